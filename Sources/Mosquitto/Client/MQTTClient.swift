@@ -1,0 +1,229 @@
+import CMosquitto
+import Logging
+
+/// Where the client's connection stands.
+public enum ConnectionState: Sendable, Hashable {
+    /// Not connected yet.
+    case idle
+    /// Connected; the broker's CONNACK.
+    case connected(ConnAck)
+    /// The connection was lost; the client is reconnecting (or about to give up).
+    case disconnected
+    /// The client has ended (shut down or gave up). Create a new client to connect again.
+    case shutDown
+}
+
+/// Something that happened to the connection. Read them from ``MQTTClient/events``.
+public enum ConnectionEvent: Sendable, Hashable {
+    /// The broker accepted the connection.
+    case connected(ConnAck)
+    /// The connection ended; nil for a clean, client-initiated disconnect.
+    case disconnected(MQTTError?)
+    /// The next connection attempt starts after `after`.
+    case reconnecting(after: Duration, attempt: Int)
+    /// The client stopped reconnecting because of this error; it is about to shut down.
+    case gaveUp(MQTTError)
+    /// The client has shut down; the stream ends.
+    case shutDown
+}
+
+/// An MQTT 3.1.1/5 client over libmosquitto, with async/await publishing and per-subscription `AsyncSequence`s.
+///
+/// ```swift
+/// let client = try MQTTClient(configuration: .init(host: "127.0.0.1", port: 1883))
+/// try await client.connect()
+/// let temps = try await client.subscribe("sensors/+/temperature")
+/// try await client.publish(MQTTMessage(topic: "sensors/kitchen/temperature", string: "21.5"))
+/// for try await message in temps { print(message.topic, message.string ?? "") }
+/// await client.shutdown()
+/// ```
+///
+/// The client owns one network thread that runs libmosquitto's loop and its own reconnect loop
+/// (exponential backoff with jitter, giving up on fatal refusals, re-subscribing when the broker lost the
+/// session). Publishing is bounded: at most ``MQTTConfiguration/maximumQueuedMessages`` messages wait or fly at
+/// once, and `publish` suspends while that queue is full. Each subscription stream has its own bounded buffer
+/// with a stated overflow policy and a drop counter.
+///
+/// Call ``shutdown()`` when done: it sends DISCONNECT, joins the network thread and ends every stream.
+public final class MQTTClient: Sendable {
+    let core: ClientCore
+
+    /// Creates a client. Nothing is sent until ``connect()``.
+    /// - Throws: ``MQTTError`` for an invalid configuration (keepalive, port, TLS files, will topic …).
+    public init(configuration: MQTTConfiguration) throws(MQTTError) {
+        core = try ClientCore(configuration: configuration)
+    }
+
+    deinit {
+        _ = core.requestShutdown()
+    }
+
+    /// The configuration the client was made with.
+    public var configuration: MQTTConfiguration { core.config }
+
+    /// The libmosquitto version in use, for example "2.0.11".
+    public static var libraryVersion: String { MosquittoLibrary.version }
+
+    /// Where the connection stands now.
+    public var state: ConnectionState { core.state.withLock { $0.connection } }
+
+    /// Connection events (connected, disconnected, reconnecting in N s, gave up). Each call returns a new
+    /// stream holding up to 256 unread events.
+    public var events: AsyncStream<ConnectionEvent> { core.makeEvents() }
+
+    /// Connects and waits for the broker's CONNACK.
+    ///
+    /// When the first attempt fails (refused TCP, bad credentials, TLS), this throws and the client ends,
+    /// unless ``MQTTConfiguration/ReconnectPolicy/retryInitialConnect`` is set. After the first success the
+    /// client reconnects by itself. Calling `connect()` again while connected returns the current CONNACK.
+    @discardableResult
+    public func connect() async throws -> ConnAck {
+        let id = core.state.withLock { $0.nextID() }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<ConnAck, any Error>) in
+                let immediate = core.state.withLock { s -> Result<ConnAck, MQTTError>? in
+                    if case .connected(let ack) = s.connection { return .success(ack) }
+                    if s.handleClosed || s.shutdownRequested { return .failure(s.closedError) }
+                    s.connectWaiters[id] = c
+                    return nil
+                }
+                if let immediate {
+                    c.resume(with: immediate.mapError { $0 as any Error })
+                } else {
+                    core.startNetworkThreadIfNeeded()
+                }
+            }
+        } onCancel: {
+            let c = core.state.withLock { $0.connectWaiters.removeValue(forKey: id) }
+            c?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Publishes a message.
+    ///
+    /// - Parameters:
+    ///   - message: topic, payload, QoS, retain flag and MQTT 5 properties. The topic is validated first;
+    ///     an invalid one throws ``MQTTError/Code/invalidTopic`` and nothing is sent.
+    ///   - completion: ``PublishCompletion/acknowledged`` (default) waits for PUBACK/PUBCOMP (or the socket
+    ///     write at QoS 0); ``PublishCompletion/enqueued`` returns once the message is in the bounded outgoing
+    ///     queue, so a fast publisher keeps many messages in flight.
+    /// - Returns: a receipt that says whether the message was queued while offline.
+    /// - Throws: ``MQTTError``: `.notConnected` for QoS 0 while offline (QoS 1/2 are queued until the connection
+    ///   returns), `.notAuthorized`/`.publishRejected` when the broker refuses it (MQTT 5), `.shutDown`.
+    ///   Cancelling the task stops the wait; a message already handed to libmosquitto is still delivered.
+    @discardableResult
+    public func publish(_ message: MQTTMessage, completion: PublishCompletion = .acknowledged) async throws -> PublishReceipt {
+        try await core.publish(message, completion: completion)
+    }
+
+    /// Publishes bytes to a topic. See ``publish(_:completion:)``.
+    @discardableResult
+    public func publish(to topic: String, payload: some Sequence<UInt8>, qos: QoS = .atLeastOnce, retain: Bool = false,
+                        properties: MessageProperties = .init(), completion: PublishCompletion = .acknowledged) async throws -> PublishReceipt {
+        try await core.publish(MQTTMessage(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties), completion: completion)
+    }
+
+    /// Publishes a UTF-8 string to a topic. See ``publish(_:completion:)``.
+    @discardableResult
+    public func publish(to topic: String, string: String, qos: QoS = .atLeastOnce, retain: Bool = false,
+                        properties: MessageProperties = .init(), completion: PublishCompletion = .acknowledged) async throws -> PublishReceipt {
+        try await core.publish(MQTTMessage(topic: topic, string: string, qos: qos, retain: retain, properties: properties), completion: completion)
+    }
+
+    /// Waits until every publication handed to the client so far has completed (acknowledged, written, or failed).
+    public func waitUntilAllPublished() async {
+        await core.waitUntilAllPublished()
+    }
+
+    /// Subscribes to one or more filters and returns their messages as one stream.
+    ///
+    /// Waits for the broker's SUBACK. If the client is offline the subscription is registered and sent when the
+    /// connection returns (``MessageStream/grantedQoS`` is then nil for it). Ending the iteration unsubscribes.
+    /// - Throws: `.invalidFilter` before anything is sent; `.notAuthorized`/`.subscriptionRejected` when the broker
+    ///   refuses a filter.
+    public func subscribe(_ subscriptions: [Subscription], buffer: SubscriptionBuffer = .default) async throws -> MessageStream {
+        try await core.subscribe(subscriptions, buffer: buffer)
+    }
+
+    /// Subscribes to filters at one QoS. See ``subscribe(_:buffer:)``.
+    public func subscribe(_ filters: String..., qos: QoS = .atLeastOnce, buffer: SubscriptionBuffer = .default) async throws -> MessageStream {
+        try await core.subscribe(filters.map { Subscription($0, qos: qos) }, buffer: buffer)
+    }
+
+    /// Subscribes for the duration of `body`, then unsubscribes.
+    public func withSubscription<R: Sendable>(_ subscriptions: [Subscription], buffer: SubscriptionBuffer = .default,
+                                              _ body: (MessageStream) async throws -> R) async throws -> R {
+        let stream = try await subscribe(subscriptions, buffer: buffer)
+        defer { stream.cancel() }
+        return try await body(stream)
+    }
+
+    /// Sends UNSUBSCRIBE for the filters and waits for the UNSUBACK. Streams left without filters end.
+    public func unsubscribe(_ filters: [String]) async throws {
+        try await core.unsubscribe(filters)
+    }
+
+    /// Every message the client receives, whatever subscription it came through (a firehose).
+    /// Each call returns a new stream with its own buffer; it subscribes to nothing by itself.
+    public func allMessages(buffer: SubscriptionBuffer = .default) -> MessageStream {
+        core.makeFirehose(buffer: buffer)
+    }
+
+    /// Sends a request (MQTT 5) and waits for the reply.
+    ///
+    /// Sets the Response Topic to the client's private response topic and a random Correlation Data (unless the
+    /// message already has one), publishes at the message's QoS, and returns the first message that comes back
+    /// with that correlation data.
+    /// - Throws: `.timeout` when no reply arrives in time; `.requiresMQTT5` on MQTT 3.1.1.
+    public func request(_ message: MQTTMessage, timeout: Duration = .seconds(10)) async throws -> MQTTMessage {
+        try await core.request(message, timeout: timeout)
+    }
+
+    /// The response topic this client's requests carry.
+    public var responseTopic: String { core.responseTopic }
+
+    /// Answers a request: publishes `payload` to its Response Topic with its Correlation Data.
+    /// - Throws: `.invalidArgument` when the request has no response topic.
+    @discardableResult
+    public func respond(to request: MQTTMessage, payload: some Sequence<UInt8>, qos: QoS = .atLeastOnce,
+                        properties: MessageProperties = .init()) async throws -> PublishReceipt {
+        guard let topic = request.properties.responseTopic else {
+            throw MQTTError(.invalidArgument, "The request on '\(request.topic)' has no response topic, so it cannot be answered.")
+        }
+        var props = properties
+        props.correlationData = request.properties.correlationData
+        return try await publish(MQTTMessage(topic: topic, payload: payload, qos: qos, properties: props))
+    }
+
+    /// Serves requests on `filter` until the task is cancelled: each request's reply is what `handler` returns.
+    public func serveRequests(on filter: String, qos: QoS = .atLeastOnce,
+                              _ handler: @escaping @Sendable (MQTTMessage) async throws -> [UInt8]) async throws {
+        let stream = try await subscribe([Subscription(filter, qos: qos)])
+        for try await request in stream {
+            guard request.properties.responseTopic != nil else { continue }
+            let reply = try await handler(request)
+            try await respond(to: request, payload: reply, qos: qos)
+        }
+    }
+
+    /// Disconnects cleanly (DISCONNECT, so no will is published), joins the network thread, fails what is still
+    /// waiting with `.shutDown`, and ends every stream. Safe to call more than once.
+    public func shutdown() async {
+        await core.shutdown()
+    }
+
+    /// Connects, runs `body`, and shuts the client down however `body` ends.
+    public static func withClient<R: Sendable>(_ configuration: MQTTConfiguration,
+                                               _ body: (MQTTClient) async throws -> R) async throws -> R {
+        let client = try MQTTClient(configuration: configuration)
+        do {
+            try await client.connect()
+            let r = try await body(client)
+            await client.shutdown()
+            return r
+        } catch {
+            await client.shutdown()
+            throw error
+        }
+    }
+}

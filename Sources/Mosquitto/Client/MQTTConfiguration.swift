@@ -1,0 +1,326 @@
+import Logging
+
+/// Everything a client needs to know before it connects.
+///
+/// ```swift
+/// var config = MQTTConfiguration(host: "127.0.0.1", port: 1883)
+/// config.clientID = "thermostat-1"
+/// config.session = .persistent(expiry: 3600)
+/// let client = try MQTTClient(configuration: config)
+/// ```
+public struct MQTTConfiguration: Sendable {
+    /// Where the broker listens.
+    public enum Endpoint: Sendable, Hashable, CustomStringConvertible {
+        /// A TCP host name or address and port.
+        case tcp(host: String, port: Int)
+        /// A Unix domain socket path (libmosquitto connects with port 0).
+        case unixSocket(path: String)
+
+        public var description: String {
+            switch self {
+            case .tcp(let host, let port): return "\(host):\(port)"
+            case .unixSocket(let path): return "unix:\(path)"
+            }
+        }
+    }
+
+    /// Whether the broker keeps the client's subscriptions and queued messages across connections.
+    public enum Session: Sendable, Hashable {
+        /// Start a fresh session (MQTT 3.1.1 clean session, MQTT 5 clean start with expiry 0).
+        case clean
+        /// Keep the session: MQTT 3.1.1 clean session false; MQTT 5 clean start false with a
+        /// Session Expiry Interval of `expiry` seconds (0xFFFFFFFF = never expires). Needs a client id.
+        case persistent(expiry: UInt32)
+    }
+
+    /// User name and password sent in CONNECT.
+    public struct Credentials: Sendable, Hashable {
+        /// The user name.
+        public var username: String
+        /// The password, if any.
+        public var password: String?
+        /// Creates credentials.
+        public init(username: String, password: String? = nil) {
+            self.username = username
+            self.password = password
+        }
+    }
+
+    /// The Last Will and Testament the broker publishes when the client dies without DISCONNECT.
+    public struct Will: Sendable, Hashable {
+        /// The will message (its MQTT 5 properties are sent as will properties).
+        public var message: MQTTMessage
+        /// MQTT 5 Will Delay Interval, in seconds.
+        public var delayInterval: UInt32?
+        /// Creates a will.
+        public init(_ message: MQTTMessage, delayInterval: UInt32? = nil) {
+            self.message = message
+            self.delayInterval = delayInterval
+        }
+    }
+
+    /// TLS settings. Server certificates and host names are verified unless ``insecure`` is set.
+    public struct TLS: Sendable, Hashable {
+        /// A PEM file of trusted CA certificates.
+        public var caFile: String?
+        /// A directory of trusted CA certificates (hashed names, as `c_rehash` makes).
+        public var caDirectory: String?
+        /// The client certificate (PEM) for mutual TLS.
+        public var certificateFile: String?
+        /// The client private key (PEM) for mutual TLS.
+        public var keyFile: String?
+        /// Skip the host name check of the broker's certificate. Prints a warning: use only for tests.
+        public var insecure: Bool
+        /// `tlsv1.3`, `tlsv1.2` or `tlsv1.1`; nil lets OpenSSL choose.
+        public var version: String?
+        /// An OpenSSL cipher list.
+        public var ciphers: String?
+        /// ALPN protocol to offer.
+        public var alpn: String?
+        /// Trust the operating system's CA store (in addition to `caFile`/`caDirectory`).
+        public var useSystemCertificates: Bool
+        /// Pre-shared-key TLS instead of certificates: identity and hex-encoded key.
+        public var psk: (identity: String, hexKey: String)? {
+            get { pskIdentity.map { ($0, pskHexKey ?? "") } }
+            set { pskIdentity = newValue?.identity; pskHexKey = newValue?.hexKey }
+        }
+        var pskIdentity: String?
+        var pskHexKey: String?
+
+        /// Creates TLS settings that trust `caFile`.
+        public init(caFile: String? = nil, caDirectory: String? = nil, certificateFile: String? = nil, keyFile: String? = nil,
+                    insecure: Bool = false, version: String? = nil, ciphers: String? = nil, alpn: String? = nil,
+                    useSystemCertificates: Bool = false) {
+            self.caFile = caFile
+            self.caDirectory = caDirectory
+            self.certificateFile = certificateFile
+            self.keyFile = keyFile
+            self.insecure = insecure
+            self.version = version
+            self.ciphers = ciphers
+            self.alpn = alpn
+            self.useSystemCertificates = useSystemCertificates
+        }
+
+        /// Creates pre-shared-key TLS settings.
+        public static func psk(identity: String, hexKey: String, version: String? = nil, ciphers: String? = nil) -> TLS {
+            var t = TLS(version: version, ciphers: ciphers)
+            t.pskIdentity = identity
+            t.pskHexKey = hexKey
+            return t
+        }
+
+        public static func == (a: TLS, b: TLS) -> Bool {
+            a.caFile == b.caFile && a.caDirectory == b.caDirectory && a.certificateFile == b.certificateFile && a.keyFile == b.keyFile
+                && a.insecure == b.insecure && a.version == b.version && a.ciphers == b.ciphers && a.alpn == b.alpn
+                && a.useSystemCertificates == b.useSystemCertificates && a.pskIdentity == b.pskIdentity && a.pskHexKey == b.pskHexKey
+        }
+        public func hash(into h: inout Hasher) { h.combine(caFile); h.combine(certificateFile); h.combine(pskIdentity) }
+    }
+
+    /// How the client reconnects after it lost the connection.
+    ///
+    /// The delay before attempt *n* is `initialDelay · multiplier^(n-1)`, capped at `maximumDelay`, then
+    /// spread by ±`jitter` (a fraction) so that many clients do not reconnect in lock step.
+    public struct ReconnectPolicy: Sendable, Hashable {
+        /// Whether to reconnect at all after a connection was lost.
+        public var enabled: Bool
+        /// The first delay.
+        public var initialDelay: Duration
+        /// The largest delay.
+        public var maximumDelay: Duration
+        /// Growth factor between attempts.
+        public var multiplier: Double
+        /// Random spread, as a fraction of the delay (0.2 = ±20 %).
+        public var jitter: Double
+        /// Give up after this many consecutive failed attempts; nil = never.
+        public var maximumAttempts: Int?
+        /// Also retry the very first connection (otherwise `connect()` throws at once when the broker is down).
+        public var retryInitialConnect: Bool
+        /// Stop at once on refusals that retrying cannot fix: bad credentials, not authorised, banned,
+        /// bad client id, unsupported protocol, TLS failures.
+        public var giveUpOnFatalErrors: Bool
+
+        /// Creates a policy.
+        public init(enabled: Bool = true, initialDelay: Duration = .milliseconds(500), maximumDelay: Duration = .seconds(30),
+                    multiplier: Double = 2, jitter: Double = 0.2, maximumAttempts: Int? = nil,
+                    retryInitialConnect: Bool = false, giveUpOnFatalErrors: Bool = true) {
+            self.enabled = enabled
+            self.initialDelay = initialDelay
+            self.maximumDelay = maximumDelay
+            self.multiplier = multiplier
+            self.jitter = jitter
+            self.maximumAttempts = maximumAttempts
+            self.retryInitialConnect = retryInitialConnect
+            self.giveUpOnFatalErrors = giveUpOnFatalErrors
+        }
+
+        /// Exponential backoff from 0.5 s to 30 s with ±20 % jitter, forever, giving up on fatal refusals.
+        public static let `default` = ReconnectPolicy()
+        /// Never reconnect: a lost connection ends the client.
+        public static let never = ReconnectPolicy(enabled: false)
+
+        /// The delay before attempt `attempt` (1-based), with jitter drawn from `random`.
+        public func delay(forAttempt attempt: Int, random: Double = Double.random(in: -1...1)) -> Duration {
+            let base = initialDelay / .seconds(1)
+            let cap = maximumDelay / .seconds(1)
+            let raw = min(cap, base * pow(multiplier, Double(max(0, attempt - 1))))
+            let spread = raw * (1 + jitter * random)
+            return .milliseconds(Int64(max(0, spread) * 1000))
+        }
+    }
+
+    /// The broker endpoint.
+    public var endpoint: Endpoint
+    /// MQTT 5 by default.
+    public var protocolVersion: MQTTProtocolVersion = .v5
+    /// The client identifier; nil asks the broker to assign one (clean sessions only).
+    public var clientID: String?
+    /// Clean or persistent session.
+    public var session: Session = .clean
+    /// Keepalive interval in seconds: 0 (off) or 5…65535. mosquitto_pub's default is 60.
+    public var keepAlive: Int = 60
+    /// User name and password.
+    public var credentials: Credentials?
+    /// Last will.
+    public var will: Will?
+    /// TLS settings; nil for plain TCP.
+    public var tls: TLS?
+    /// Reconnect behaviour.
+    public var reconnect: ReconnectPolicy = .default
+    /// The most publications that may be queued or in flight at once (libmosquitto's own queue is unbounded).
+    /// `publish` suspends while the queue is full. At most 65,000, so message ids never run out.
+    public var maximumQueuedMessages: Int = 1000
+    /// How many QoS 1/2 publications libmosquitto sends before it waits for acknowledgements
+    /// (its `max_inflight_messages`, MQTT 5 Receive Maximum of the broker overrides it). 0 means 65,535.
+    public var maximumInflightMessages: Int = 20
+    /// Local address to bind the socket to.
+    public var bindAddress: String?
+    /// Disable Nagle's algorithm.
+    public var tcpNoDelay: Bool = false
+    /// MQTT 5 user properties sent in CONNECT.
+    public var connectUserProperties: [UserProperty] = []
+    /// Prefix of the private response topic used by ``MQTTClient/request(_:timeout:)``.
+    public var responseTopicPrefix: String = "responses"
+    /// Where the client logs. libmosquitto's own log lines are forwarded at `.debug`/`.trace` when that level is on.
+    public var logger: Logger = Logger(label: "mosquitto.client")
+
+    /// Creates a configuration for a TCP broker.
+    public init(host: String = "localhost", port: Int = 1883, clientID: String? = nil, protocolVersion: MQTTProtocolVersion = .v5) {
+        self.endpoint = .tcp(host: host, port: port)
+        self.clientID = clientID
+        self.protocolVersion = protocolVersion
+    }
+
+    /// Creates a configuration for an endpoint.
+    public init(endpoint: Endpoint, clientID: String? = nil, protocolVersion: MQTTProtocolVersion = .v5) {
+        self.endpoint = endpoint
+        self.clientID = clientID
+        self.protocolVersion = protocolVersion
+    }
+
+    /// Creates a configuration from an `mqtt://` or `mqtts://` URL:
+    /// `mqtt[s]://[username[:password]@]host[:port][/topic]`. The port defaults to 1883 (8883 for `mqtts`).
+    /// `mqtts` turns TLS on with the operating system's CA store. The topic part, if any, is ignored here;
+    /// use ``MQTTURL`` to read it.
+    public init(url: String) throws(MQTTError) {
+        let parsed = try MQTTURL(url)
+        self.init(host: parsed.host, port: parsed.port)
+        if let user = parsed.username { credentials = Credentials(username: user, password: parsed.password) }
+        if parsed.isTLS { tls = TLS(useSystemCertificates: true) }
+    }
+
+    func validate() throws(MQTTError) {
+        if keepAlive != 0 && !(5...65535).contains(keepAlive) {
+            throw MQTTError(.invalidArgument, "Invalid keepalive \(keepAlive): use 0 (off) or 5 to 65535 seconds.")
+        }
+        if case .tcp(let host, let port) = endpoint {
+            if host.isEmpty { throw MQTTError(.invalidArgument, "Invalid host: the host name is empty.") }
+            if !(1...65535).contains(port) { throw MQTTError(.invalidArgument, "Invalid port \(port): use 1 to 65535.") }
+        }
+        if case .persistent = session, clientID == nil || clientID?.isEmpty == true {
+            throw MQTTError(.invalidArgument, "A persistent session needs a client id: set clientID (mosquitto_sub: -i, with -c).")
+        }
+        if let id = clientID, id.utf8.count > 65535 {
+            throw MQTTError(.invalidArgument, "The client id is longer than 65535 bytes.")
+        }
+        if maximumQueuedMessages < 1 || maximumQueuedMessages > 65000 {
+            throw MQTTError(.invalidArgument, "maximumQueuedMessages must be between 1 and 65000 (message ids are 16 bits).")
+        }
+        if let will {
+            try MQTTTopic.validateName(will.message.topic)
+        }
+        if let tls, tls.pskIdentity != nil, tls.caFile != nil || tls.caDirectory != nil || tls.certificateFile != nil {
+            throw MQTTError(.invalidArgument, "TLS-PSK and certificate-based TLS cannot be used together: choose --psk or --cafile/--capath.")
+        }
+    }
+}
+
+/// A parsed `mqtt://` or `mqtts://` URL, as `mosquitto_pub -L` takes it.
+public struct MQTTURL: Sendable, Hashable {
+    /// True for `mqtts://`.
+    public var isTLS: Bool
+    /// User name, if given.
+    public var username: String?
+    /// Password, if given.
+    public var password: String?
+    /// Host name or address.
+    public var host: String
+    /// Port (default 1883, or 8883 for `mqtts`).
+    public var port: Int
+    /// The topic after the first `/`, if any.
+    public var topic: String?
+
+    /// Parses `mqtt[s]://[username[:password]@]host[:port][/topic]`.
+    public init(_ url: String) throws(MQTTError) {
+        var rest: Substring
+        if url.hasPrefix("mqtt://") { isTLS = false; rest = url.dropFirst(7) }
+        else if url.hasPrefix("mqtts://") { isTLS = true; rest = url.dropFirst(8) }
+        else { throw MQTTError(.invalidArgument, "Unsupported URL scheme in '\(url)': use mqtt:// or mqtts://.") }
+        topic = nil
+        if let slash = rest.firstIndex(of: "/") {
+            topic = String(rest[rest.index(after: slash)...])
+            rest = rest[..<slash]
+        }
+        username = nil
+        password = nil
+        if let at = rest.lastIndex(of: "@") {
+            let userinfo = rest[..<at]
+            rest = rest[rest.index(after: at)...]
+            if let colon = userinfo.firstIndex(of: ":") {
+                username = String(userinfo[..<colon])
+                password = String(userinfo[userinfo.index(after: colon)...])
+            } else {
+                username = String(userinfo)
+            }
+        }
+        port = isTLS ? 8883 : 1883
+        if rest.hasPrefix("[") {  // [ipv6]:port
+            guard let close = rest.firstIndex(of: "]") else { throw MQTTError(.invalidArgument, "Invalid URL '\(url)': unterminated '[' in the host.") }
+            host = String(rest[rest.index(after: rest.startIndex)..<close])
+            let after = rest[rest.index(after: close)...]
+            if after.hasPrefix(":") { port = try Self.port(after.dropFirst(), url) }
+        } else if let colon = rest.lastIndex(of: ":") {
+            host = String(rest[..<colon])
+            port = try Self.port(rest[rest.index(after: colon)...], url)
+        } else {
+            host = String(rest)
+        }
+        if host.isEmpty { throw MQTTError(.invalidArgument, "Invalid URL '\(url)': the host is empty.") }
+    }
+
+    private static func port(_ s: Substring, _ url: String) throws(MQTTError) -> Int {
+        guard let p = Int(s), (1...65535).contains(p) else {
+            throw MQTTError(.invalidArgument, "Invalid URL '\(url)': the port must be a number from 1 to 65535.")
+        }
+        return p
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif

@@ -1,0 +1,166 @@
+import CMosquitto
+
+/// The one error type of the library.
+///
+/// Every failure carries a ``Code`` you can switch over, the MQTT reason code when the broker sent one,
+/// and a ``message`` written for a person: what went wrong and what to do about it.
+public struct MQTTError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What kind of failure this is.
+    public enum Code: Sendable, Hashable {
+        /// A topic name given for publishing is not valid (wildcards, empty, bad UTF-8, too long).
+        case invalidTopic
+        /// A subscription filter is not valid (misplaced wildcard, bad `$share/` form, bad UTF-8, too long).
+        case invalidFilter
+        /// An argument or option is out of range or inconsistent.
+        case invalidArgument
+        /// The payload or packet is larger than MQTT (or the broker) allows.
+        case payloadTooLarge
+        /// The client is not connected and the operation cannot be queued (QoS 0 publish, unsubscribe).
+        case notConnected
+        /// The TCP connection could not be made (refused, unreachable, DNS failure).
+        case connectionFailed
+        /// The connection was lost before the operation finished.
+        case connectionLost
+        /// The broker refused the connection with the given reason (see ``MQTTError/reasonCode``).
+        case connectionRefused
+        /// The broker refused the user name or password.
+        case badCredentials
+        /// The broker says this client is not authorised (connect, publish or subscribe).
+        case notAuthorized
+        /// TLS failed: the certificate did not verify, a file could not be read, or the handshake failed.
+        case tls
+        /// The broker rejected a subscription (a SUBACK failure code).
+        case subscriptionRejected
+        /// The broker rejected a publication (a PUBACK/PUBREC failure reason code).
+        case publishRejected
+        /// The broker or the client broke the MQTT protocol.
+        case protocolError
+        /// The operation did not finish in the time allowed.
+        case timeout
+        /// The client was shut down before the operation finished.
+        case shutDown
+        /// The client gave up reconnecting after a fatal refusal or too many attempts.
+        case gaveUp
+        /// The operation needs MQTT 5 (for example request/response or subscription options).
+        case requiresMQTT5
+        /// An operating-system error (see ``MQTTError/systemErrno``).
+        case system
+        /// Any other libmosquitto error code.
+        case library(Int32)
+    }
+
+    /// What kind of failure this is.
+    public var code: Code
+    /// The MQTT reason code (CONNACK, PUBACK, SUBACK or DISCONNECT) when the broker sent one.
+    public var reasonCode: UInt8?
+    /// The `errno` value for ``Code/system`` and ``Code/connectionFailed`` errors.
+    public var systemErrno: Int32?
+    /// A sentence a person can act on.
+    public var message: String
+
+    /// Creates an error.
+    public init(_ code: Code, _ message: String, reasonCode: UInt8? = nil, systemErrno: Int32? = nil) {
+        self.code = code
+        self.message = message
+        self.reasonCode = reasonCode
+        self.systemErrno = systemErrno
+    }
+
+    public var description: String { message }
+}
+
+extension MQTTError {
+    /// libmosquitto's own text for a `MOSQ_ERR_*` code.
+    static func libraryText(_ rc: Int32) -> String {
+        String(cString: mosquitto_strerror(rc))
+    }
+
+    /// Maps a `MOSQ_ERR_*` result code to an error, with a sentence about `context`.
+    static func fromLibrary(_ rc: Int32, context: String) -> MQTTError {
+        let text = libraryText(rc)
+        switch mosq_err_t(rawValue: rc) {
+        case MOSQ_ERR_NO_CONN:
+            return MQTTError(.notConnected, "\(context): the client is not connected to the broker.")
+        case MOSQ_ERR_CONN_LOST:
+            return MQTTError(.connectionLost, "\(context): the connection to the broker was lost.")
+        case MOSQ_ERR_INVAL:
+            return MQTTError(.invalidArgument, "\(context): invalid argument (\(text)).")
+        case MOSQ_ERR_PAYLOAD_SIZE, MOSQ_ERR_OVERSIZE_PACKET:
+            return MQTTError(.payloadTooLarge, "\(context): the message is larger than MQTT or the broker allows (\(text)). Send a smaller payload or raise the broker's message_size_limit/max_packet_size.")
+        case MOSQ_ERR_TLS, MOSQ_ERR_TLS_HANDSHAKE:
+            return MQTTError(.tls, "\(context): TLS failed (\(text)). Check the CA file, the broker's certificate and host name, and the client certificate and key.")
+        case MOSQ_ERR_AUTH:
+            return MQTTError(.badCredentials, "\(context): authentication failed. Check the user name and password.")
+        case MOSQ_ERR_ACL_DENIED:
+            return MQTTError(.notAuthorized, "\(context): not authorised by the broker's access control list.")
+        case MOSQ_ERR_PROTOCOL, MOSQ_ERR_MALFORMED_PACKET, MOSQ_ERR_DUPLICATE_PROPERTY, MOSQ_ERR_QOS_NOT_SUPPORTED:
+            return MQTTError(.protocolError, "\(context): MQTT protocol error (\(text)).")
+        case MOSQ_ERR_MALFORMED_UTF8:
+            return MQTTError(.invalidTopic, "\(context): a string is not valid UTF-8 for MQTT.")
+        case MOSQ_ERR_NOT_SUPPORTED:
+            return MQTTError(.invalidArgument, "\(context): not supported by this libmosquitto build (\(text)).")
+        case MOSQ_ERR_EAI:
+            return MQTTError(.connectionFailed, "\(context): the broker's host name could not be resolved. Check -h/--host.")
+        case MOSQ_ERR_ERRNO:
+            let e = errnoValue()
+            let detail = String(cString: strerror(e))
+            if e == ECONNREFUSED {
+                return MQTTError(.connectionFailed, "\(context): connection refused (\(detail)). Is the broker running and listening on that host and port?", systemErrno: e)
+            }
+            return MQTTError(.connectionFailed, "\(context): \(detail).", systemErrno: e)
+        case MOSQ_ERR_KEEPALIVE:
+            return MQTTError(.connectionLost, "\(context): the broker did not answer within the keepalive interval.")
+        case MOSQ_ERR_NOMEM:
+            return MQTTError(.system, "\(context): out of memory.")
+        default:
+            return MQTTError(.library(rc), "\(context): \(text) (libmosquitto error \(rc)).")
+        }
+    }
+
+    /// Maps a CONNACK return code to an error, using the text that fits the protocol version.
+    static func connectRefused(_ rc: Int32, protocolVersion: MQTTProtocolVersion) -> MQTTError {
+        let reason = UInt8(truncatingIfNeeded: rc)
+        if protocolVersion == .v3_1_1 {
+            let text = String(cString: mosquitto_connack_string(rc))
+            switch rc {
+            case 4: return MQTTError(.badCredentials, "\(text) The broker refused the user name or password; check -u/-P or the broker's password_file.", reasonCode: reason)
+            case 5: return MQTTError(.notAuthorized, "\(text) The broker does not allow this client; check the credentials, the client id and the broker's ACL.", reasonCode: reason)
+            default: return MQTTError(.connectionRefused, text, reasonCode: reason)
+            }
+        }
+        let text = String(cString: mosquitto_reason_string(rc))
+        switch reason {
+        case 0x86: return MQTTError(.badCredentials, "Connection refused: \(text) (reason 0x86). Check the user name and password.", reasonCode: reason)
+        case 0x87: return MQTTError(.notAuthorized, "Connection refused: \(text) (reason 0x87). Check the credentials, the client id and the broker's ACL.", reasonCode: reason)
+        default: return MQTTError(.connectionRefused, "Connection refused: \(text) (reason 0x\(String(reason, radix: 16))).", reasonCode: reason)
+        }
+    }
+
+    /// Maps a v5 reason code on PUBACK/PUBREC/SUBACK/DISCONNECT to a readable text.
+    static func reasonText(_ reason: UInt8) -> String {
+        String(cString: mosquitto_reason_string(Int32(reason)))
+    }
+
+    /// Whether reconnecting can help after this error.
+    var isFatalForReconnect: Bool {
+        switch code {
+        case .badCredentials, .notAuthorized, .tls, .invalidArgument, .gaveUp, .shutDown: return true
+        case .connectionRefused:
+            // v3: 1 unacceptable protocol, 2 identifier rejected. v5: 0x84 bad protocol, 0x85 bad client id,
+            // 0x8A banned, 0x8C bad authentication method.
+            guard let r = reasonCode else { return false }
+            return [1, 2, 0x84, 0x85, 0x8A, 0x8C].contains(r)
+        default: return false
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+@inline(__always) func errnoValue() -> Int32 { errno }
