@@ -44,12 +44,8 @@ final class ClientCore: @unchecked Sendable {
             throw MQTTError(.invalidArgument, "Could not create the MQTT client: \(String(cString: strerror(errno))).")
         }
         self.mosq = handle
-        do {
-            try configureHandle()
-        } catch {
-            mosquitto_destroy(handle)
-            throw error
-        }
+        // On failure the object is fully initialised, so deinit runs and destroys the handle.
+        try configureHandle()
         mosquitto_user_data_set(handle, Unmanaged.passUnretained(self).toOpaque())
         installCallbacks()
     }
@@ -204,6 +200,9 @@ final class ClientCore: @unchecked Sendable {
     }
 
     private func networkMain() {
+        cmosquitto_set_thread_name("mosquitto-net")
+        let tid = cmosquitto_thread_id()
+        state.withLock { $0.networkThreadID = tid }
         var attempt = 0
         var finalError: MQTTError?
         outer: while true {
@@ -315,6 +314,7 @@ final class ClientCore: @unchecked Sendable {
             e.finish()
         }
         for j in work.joinWaiters { j.resume() }
+        withExtendedLifetime(work.responseStream) {}
     }
 
     /// Requests shutdown; returns true when a network thread is running and will finish it.
@@ -356,6 +356,14 @@ final class ClientCore: @unchecked Sendable {
                 mosquitto_destroy(mosq)
             }
             finishEverything(error: nil)
+        }
+    }
+
+    /// Closes the TCP socket under libmosquitto, as a network failure would (tests of wills and reconnects).
+    func severConnectionForTesting() {
+        _ = try? withHandle { h in
+            let fd = mosquitto_socket(h)
+            if fd >= 0 { _ = closeSocketForTesting(fd) }
         }
     }
 
@@ -617,6 +625,15 @@ final class ClientCore: @unchecked Sendable {
             props = try CPropertyList.publish(message.properties)
         }
         defer { props.free() }
+        if message.qos == .atMostOnce {
+            let online = state.withLock { s -> Bool in
+                if case .connected = s.connection { return true }
+                return false
+            }
+            if !online {
+                throw MQTTError(.notConnected, "QoS 0 message to '\(message.topic)' not sent: the client is offline. Use QoS 1 or 2 to have it queued until the connection returns.")
+            }
+        }
         try await acquireSlot()
         var mid: Int32 = 0
         var epoch: UInt64 = 0
@@ -993,11 +1010,15 @@ struct CoreState: ~Copyable {
         var drainWaiters: [CheckedContinuation<Void, Never>] = []
         var events: [AsyncStream<ConnectionEvent>.Continuation] = []
         var joinWaiters: [CheckedContinuation<Void, Never>] = []
+        /// Released after unlocking: dropping a stream ends it, which takes the lock again.
+        var responseStream: MessageStream?
     }
 
     var connection: ConnectionState = .idle
     var threadStarted = false
     var threadExited = false
+    /// Kernel thread id of the network thread (Linux), for tests and diagnostics.
+    var networkThreadID: Int = -1
     var shutdownRequested = false
     var handleClosed = false
     var handleDestroyed = false
@@ -1059,6 +1080,7 @@ struct CoreState: ~Copyable {
         t.events = Array(events.values); events.removeAll()
         t.joinWaiters = joinWaiters; joinWaiters.removeAll()
         slotsInUse = 0
+        t.responseStream = responseStream
         responseStream = nil
         return t
     }
@@ -1136,3 +1158,11 @@ private let onLogTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPoi
         c.logger.debug("libmosquitto: \(line)")
     }
 }
+
+#if canImport(Glibc)
+import Glibc
+private func closeSocketForTesting(_ fd: Int32) -> Int32 { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+#elseif canImport(Darwin)
+import Darwin
+private func closeSocketForTesting(_ fd: Int32) -> Int32 { Darwin.shutdown(fd, SHUT_RDWR) }
+#endif

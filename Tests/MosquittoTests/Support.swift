@@ -1,0 +1,105 @@
+import Foundation
+import Logging
+import Mosquitto
+import MosquittoBroker
+import Synchronization
+import Testing
+
+/// Starts a private broker for the duration of `body`, and always shuts it down.
+func withBroker<T>(_ configuration: MosquittoBroker.Configuration = .init(),
+                   _ body: (MosquittoBroker) async throws -> T) async throws -> T {
+    let broker = try MosquittoBroker(configuration: configuration)
+    try await broker.start()
+    do {
+        let r = try await body(broker)
+        await broker.shutdown()
+        return r
+    } catch {
+        await broker.shutdown()
+        throw error
+    }
+}
+
+func config(_ broker: MosquittoBroker, id: String? = nil, version: MQTTProtocolVersion = .v5) -> MQTTConfiguration {
+    var c = MQTTConfiguration(host: broker.host, port: broker.port, clientID: id ?? "t-\(UUID().uuidString.prefix(8))", protocolVersion: version)
+    c.keepAlive = 10
+    var logger = Logger(label: "test")
+    logger.logLevel = .warning
+    c.logger = logger
+    c.reconnect.initialDelay = .milliseconds(100)
+    c.reconnect.maximumDelay = .seconds(1)
+    return c
+}
+
+func connected(_ broker: MosquittoBroker, id: String? = nil, version: MQTTProtocolVersion = .v5,
+               _ adjust: (inout MQTTConfiguration) -> Void = { _ in }) async throws -> MQTTClient {
+    var c = config(broker, id: id, version: version)
+    adjust(&c)
+    let client = try MQTTClient(configuration: c)
+    try await client.connect()
+    return client
+}
+
+/// Reads from `stream` until `count` messages arrived or `timeout` passed; returns what arrived.
+/// The stream is finished afterwards when the timeout hit.
+func collect(_ stream: MessageStream, count: Int, timeout: Duration = .seconds(10)) async throws -> [MQTTMessage] {
+    let box = Locked<[MQTTMessage]>([])
+    await withTaskGroup(of: Void.self) { group in
+        group.addTask {
+            var n = 0
+            do {
+                for try await m in stream {
+                    box.withLock { $0.append(m) }
+                    n += 1
+                    if n >= count { break }
+                }
+            } catch {}
+        }
+        group.addTask { try? await Task.sleep(for: timeout) }
+        await group.next()
+        group.cancelAll()
+    }
+    return box.value
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return try await condition()
+}
+
+/// Resident set size of this process in bytes (Linux /proc).
+func residentBytes() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+    let parts = s.split(separator: " ")
+    guard parts.count > 1, let pages = Int(parts[1]) else { return 0 }
+    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+}
+
+/// Number of threads of this process (Linux /proc).
+func threadCount() -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? 0
+}
+
+/// Threads of this process named `name` (Linux /proc comm).
+func threads(named name: String) -> Int {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+    return tasks.filter { t in
+        ((try? String(contentsOfFile: "/proc/self/task/\(t)/comm", encoding: .utf8)) ?? "").hasPrefix(name)
+    }.count
+}
+
+func payload(_ i: Int) -> [UInt8] { Array("message-\(i)".utf8) }
+
+/// A lock-protected value that closures and tasks can share.
+final class Locked<T: Sendable>: Sendable {
+    private let m: Mutex<T>
+    init(_ value: T) { m = Mutex(value) }
+    @discardableResult
+    func withLock<R: Sendable>(_ body: (inout sending T) throws -> sending R) rethrows -> R { try m.withLock(body) }
+    var value: T { m.withLock { $0 } }
+}
