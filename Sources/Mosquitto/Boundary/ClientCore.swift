@@ -70,6 +70,12 @@ final class ClientCore: @unchecked Sendable {
         try check(mosquitto_threaded_set(mosq, true), "Setting threaded mode")
         let inflight = config.maximumInflightMessages
         try check(mosquitto_int_option(mosq, MOSQ_OPT_SEND_MAXIMUM, Int32(clamping: inflight)), "Setting the in-flight window")
+        // libmosquitto's own receive quota (20 by default) counts a QoS 2 message until PUBREL, while mosquitto
+        // brokers stop counting it at PUBREC; with both QoS in flight the broker overruns the quota and
+        // libmosquitto drops the connection with a protocol error. Advertise a quota the broker can honour.
+        if isV5 {
+            try check(mosquitto_int_option(mosq, MOSQ_OPT_RECEIVE_MAXIMUM, Int32(config.receiveMaximum)), "Setting the receive maximum")
+        }
         if config.tcpNoDelay {
             try check(mosquitto_int_option(mosq, MOSQ_OPT_TCP_NODELAY, 1), "Setting TCP_NODELAY")
         }

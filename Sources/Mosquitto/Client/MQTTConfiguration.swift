@@ -194,6 +194,9 @@ public struct MQTTConfiguration: Sendable {
     /// How many QoS 1/2 publications libmosquitto sends before it waits for acknowledgements
     /// (its `max_inflight_messages`, MQTT 5 Receive Maximum of the broker overrides it). 0 means 65,535.
     public var maximumInflightMessages: Int = 20
+    /// MQTT 5 Receive Maximum: how many QoS 1/2 messages the broker may send before this client acknowledged
+    /// them (1…65535). The broker's own `max_inflight_messages` applies too.
+    public var receiveMaximum: UInt16 = 65535
     /// Local address to bind the socket to.
     public var bindAddress: String?
     /// Disable Nagle's algorithm.
@@ -243,6 +246,9 @@ public struct MQTTConfiguration: Sendable {
         }
         if let id = clientID, id.utf8.count > 65535 {
             throw MQTTError(.invalidArgument, "The client id is longer than 65535 bytes.")
+        }
+        if receiveMaximum == 0 {
+            throw MQTTError(.invalidArgument, "receiveMaximum must be between 1 and 65535.")
         }
         if maximumQueuedMessages < 1 || maximumQueuedMessages > 65000 {
             throw MQTTError(.invalidArgument, "maximumQueuedMessages must be between 1 and 65000 (message ids are 16 bits).")
