@@ -7,18 +7,33 @@ let package = Package(
     products: [
         .library(name: "Mosquitto", targets: ["Mosquitto"]),
         .library(name: "MosquittoBroker", targets: ["MosquittoBroker"]),
+        .library(name: "MQTTBridge", targets: ["MQTTBridge"]),
+        .executable(name: "mqtt-pub", targets: ["mqtt-pub"]),
+        .executable(name: "mqtt-sub", targets: ["mqtt-sub"]),
+        .executable(name: "mqtt-rr", targets: ["mqtt-rr"]),
+        .executable(name: "mqtt-bridge", targets: ["mqtt-bridge"]),
         .executable(name: "mosquitto-demo", targets: ["mosquitto-demo"]),
+        .executable(name: "mosquitto-bench", targets: ["mosquitto-bench"]),
+        .executable(name: "mosquitto-bench-c", targets: ["mosquitto-bench-c"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
+        // The C library, found with pkg-config.
         .systemLibrary(
             name: "CMosquitto",
             pkgConfig: "libmosquitto",
             providers: [.apt(["libmosquitto-dev"]), .brew(["mosquitto"])]
         ),
+        // The client library.
         .target(
             name: "Mosquitto",
             dependencies: [
@@ -27,19 +42,76 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
+        // A private mosquitto broker for tests, the demo and the examples.
         .target(
             name: "MosquittoBroker",
             dependencies: [
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // What mqtt-pub, mqtt-sub, mqtt-rr (and mqtt-bridge's broker options) share.
+        .target(
+            name: "MosquittoCLI",
+            dependencies: [
+                "Mosquitto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(name: "mqtt-pub", dependencies: ["MosquittoCLI"]),
+        .executableTarget(name: "mqtt-sub", dependencies: ["MosquittoCLI"]),
+        .executableTarget(name: "mqtt-rr", dependencies: ["MosquittoCLI"]),
+        // The MQTT <-> TCP/UDP bridge as a library (a ServiceLifecycle Service) and its executable.
+        .target(
+            name: "MQTTBridge",
+            dependencies: [
+                "Mosquitto",
+                "MosquittoCLI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "mqtt-bridge", dependencies: ["MQTTBridge"]),
+        // The demo: a private broker, simulated telemetry and a wildcard subscriber.
         .executableTarget(
             name: "mosquitto-demo",
             dependencies: ["Mosquitto", "MosquittoBroker"]
         ),
+        // Benchmarks: the Swift library and the same workload in raw libmosquitto C.
+        .executableTarget(
+            name: "mosquitto-bench",
+            dependencies: [
+                "Mosquitto", "MosquittoBroker",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "Benchmarks/mosquitto-bench"
+        ),
+        .executableTarget(
+            name: "mosquitto-bench-c",
+            dependencies: ["CMosquitto"],
+            path: "Benchmarks/mosquitto-bench-c"
+        ),
         .testTarget(
             name: "MosquittoTests",
             dependencies: ["Mosquitto", "MosquittoBroker", "CMosquitto"]
+        ),
+        .testTarget(
+            name: "CLITests",
+            dependencies: ["MosquittoCLI", "Mosquitto", "MosquittoBroker"]
+        ),
+        .testTarget(
+            name: "BridgeTests",
+            dependencies: [
+                "MQTTBridge", "Mosquitto", "MosquittoBroker",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -130,6 +130,9 @@ final class ClientCore: @unchecked Sendable {
                 try check(mosquitto_string_option(mosq, MOSQ_OPT_TLS_ALPN, alpn), "Setting ALPN")
             }
         }
+        if let proxy = config.socks5Proxy {
+            try check(mosquitto_socks5_set(mosq, proxy.host, Int32(proxy.port), proxy.username, proxy.password), "Setting the SOCKS5 proxy")
+        }
         if let bind = config.bindAddress {
             try check(mosquitto_string_option(mosq, MOSQ_OPT_BIND_ADDRESS, bind), "Setting the bind address")
         }
@@ -1150,8 +1153,9 @@ private let onMessageTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRa
     let payload: [UInt8] = (m.payload != nil && m.payloadlen > 0)
         ? Array(UnsafeRawBufferPointer(start: m.payload, count: Int(m.payloadlen))) : []
     let properties = props == nil ? MessageProperties() : PropertyReader.messageProperties(props)
-    let message = MQTTMessage(topic: topic, payload: payload, qos: QoS(rawValue: UInt8(clamping: m.qos)) ?? .atMostOnce,
+    var message = MQTTMessage(topic: topic, payload: payload, qos: QoS(rawValue: UInt8(clamping: m.qos)) ?? .atMostOnce,
                               retain: m.retain, properties: properties)
+    message.messageID = UInt16(truncatingIfNeeded: m.mid)
     c.handleMessage(message)
 }
 

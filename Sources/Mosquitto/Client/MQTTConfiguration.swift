@@ -170,6 +170,25 @@ public struct MQTTConfiguration: Sendable {
         }
     }
 
+    /// A SOCKS5 proxy to connect through (`mosquitto_pub --proxy socks5h://user:pass@host:port`).
+    public struct SOCKS5Proxy: Sendable, Hashable {
+        /// Proxy host.
+        public var host: String
+        /// Proxy port (1080 by default).
+        public var port: Int
+        /// Proxy user name.
+        public var username: String?
+        /// Proxy password.
+        public var password: String?
+        /// Creates proxy settings.
+        public init(host: String, port: Int = 1080, username: String? = nil, password: String? = nil) {
+            self.host = host
+            self.port = port
+            self.username = username
+            self.password = password
+        }
+    }
+
     /// The broker endpoint.
     public var endpoint: Endpoint
     /// MQTT 5 by default.
@@ -197,6 +216,8 @@ public struct MQTTConfiguration: Sendable {
     /// MQTT 5 Receive Maximum: how many QoS 1/2 messages the broker may send before this client acknowledged
     /// them (1…65535). The broker's own `max_inflight_messages` applies too.
     public var receiveMaximum: UInt16 = 65535
+    /// Connect through a SOCKS5 proxy.
+    public var socks5Proxy: SOCKS5Proxy?
     /// Local address to bind the socket to.
     public var bindAddress: String?
     /// Disable Nagle's algorithm.

@@ -103,6 +103,9 @@ public struct MQTTMessage: Sendable, Hashable {
     public var retain: Bool
     /// MQTT 5 properties.
     public var properties: MessageProperties
+    /// The packet identifier a received message arrived with (0 for QoS 0 and for messages you build).
+    /// Not part of equality.
+    public var messageID: UInt16 = 0
 
     /// Creates a message from bytes.
     public init(topic: String, payload: some Sequence<UInt8>, qos: QoS = .atLeastOnce, retain: Bool = false, properties: MessageProperties = .init()) {
@@ -116,6 +119,18 @@ public struct MQTTMessage: Sendable, Hashable {
     /// Creates a message from a string, sent as UTF-8.
     public init(topic: String, string: String, qos: QoS = .atLeastOnce, retain: Bool = false, properties: MessageProperties = .init()) {
         self.init(topic: topic, payload: Array(string.utf8), qos: qos, retain: retain, properties: properties)
+    }
+
+    public static func == (a: MQTTMessage, b: MQTTMessage) -> Bool {
+        a.topic == b.topic && a.payload == b.payload && a.qos == b.qos && a.retain == b.retain && a.properties == b.properties
+    }
+
+    public func hash(into h: inout Hasher) {
+        h.combine(topic)
+        h.combine(payload)
+        h.combine(qos)
+        h.combine(retain)
+        h.combine(properties)
     }
 
     /// The payload decoded as UTF-8, or nil when it is not valid UTF-8.

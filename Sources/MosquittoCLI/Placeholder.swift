@@ -1,0 +1,1 @@
+// Shared CLI options and commands live here.

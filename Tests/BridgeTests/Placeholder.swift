@@ -1,0 +1,2 @@
+import Testing
+@Test func bridgePlaceholder() { #expect(Bool(true)) }
