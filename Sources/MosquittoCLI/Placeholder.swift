@@ -1,1 +1,0 @@
-// Shared CLI options and commands live here.
