@@ -1,0 +1,9 @@
+import MosquittoCLI
+
+/// `mqtt-sub`: see ``MosquittoCLI/SubCommand``.
+@main
+struct MQTTSub {
+    static func main() async {
+        await CLIRunner.main(SubCommand.self)
+    }
+}

@@ -1,2 +1,0 @@
-import Testing
-@Test func bridgePlaceholder() { #expect(Bool(true)) }
