@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what swift-mosquitto needs on Debian/Ubuntu, or says exactly what to run.
+# Sourced by scripts/demo.sh and scripts/test.sh.
+set -euo pipefail
+
+packages="libmosquitto-dev mosquitto mosquitto-clients pkg-config openssl"
+
+have_all() {
+    command -v pkg-config >/dev/null 2>&1 && pkg-config --exists libmosquitto &&
+    { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || [ -n "${MOSQUITTO_BINARY:-}" ]; } &&
+    command -v mosquitto_pub >/dev/null 2>&1 && command -v mosquitto_sub >/dev/null 2>&1 &&
+    command -v mosquitto_passwd >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1
+}
+
+if ! command -v swift >/dev/null 2>&1; then
+    echo "error: the Swift toolchain (swift) is not on PATH. Install Swift 6.1 or newer from swift.org first." >&2
+    exit 1
+fi
+
+if ! have_all; then
+    if [ "$(id -u)" = "0" ]; then
+        echo "Installing: $packages"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        # shellcheck disable=SC2086
+        apt-get install -y -qq $packages >/dev/null
+    else
+        echo "error: missing system packages. Run:" >&2
+        echo "  sudo apt-get update && sudo apt-get install -y $packages" >&2
+        exit 1
+    fi
+    have_all || { echo "error: $packages installed, but libmosquitto or mosquitto is still not found." >&2; exit 1; }
+fi

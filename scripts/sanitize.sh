@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs tests under a sanitizer: scripts/sanitize.sh thread|address [swift test arguments]
+# Defaults to the core library's suite (everything that crosses the libmosquitto callback boundary).
+# The volume test runs 100,000 messages here instead of 1,000,000 (sanitizers are 5-15x slower).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/bootstrap.sh
+kind="${1:-thread}"
+shift || true
+case "$kind" in
+    thread|address) ;;
+    *) echo "usage: scripts/sanitize.sh thread|address [swift test arguments]" >&2; exit 1 ;;
+esac
+if [ $# -eq 0 ]; then set -- --filter MosquittoTests; fi
+export MOSQUITTO_VOLUME_MESSAGES="${MOSQUITTO_VOLUME_MESSAGES:-100000}"
+# Halt on the first report so that a race fails the run instead of scrolling by.
+export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1}"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"
+swift build --build-tests --sanitize="$kind" --scratch-path ".build-$kind"
+swift test --skip-build --sanitize="$kind" --scratch-path ".build-$kind" "$@"

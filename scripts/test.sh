@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test suite: every test talks to a real mosquitto that the tests start on free loopback ports.
+# Extra arguments go to `swift test`, for example: scripts/test.sh --filter ClientTests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/bootstrap.sh
+swift build --build-tests
+swift test --skip-build "$@"
