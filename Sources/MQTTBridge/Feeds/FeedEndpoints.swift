@@ -1,0 +1,103 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// A refused feed connection (allowlist or connection limit).
+struct FeedRejected: Error {}
+
+extension RouteRuntime {
+    /// TCP server: binds (loopback unless told otherwise), checks the allowlist and the connection limit.
+    func startServer(group: any EventLoopGroup) async throws {
+        let address = config.feed.addresses[0]
+        let allow = IPAllowList(config.feed.allow)
+        let route = self
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.autoRead, value: false)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                let peer = channel.remoteAddress?.ipAddress ?? ""
+                if !allow.allows(peer) {
+                    route.metrics.connectionsRejected.add()
+                    route.logger.warning("Route \(route.config.name): connection from \(peer) refused (not in allow)")
+                    return channel.eventLoop.makeFailedFuture(FeedRejected())
+                }
+                if route.metrics.openConnectionCount >= route.config.feed.maxConnections {
+                    route.metrics.connectionsRejected.add()
+                    route.logger.warning("Route \(route.config.name): connection from \(peer) refused (max_connections \(route.config.feed.maxConnections))")
+                    return channel.eventLoop.makeFailedFuture(FeedRejected())
+                }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(FeedChannelHandler(route: route))
+                }
+            }
+            .bind(host: address.host, port: address.port)
+            .get()
+        setListener(channel)
+        logger.info("Route \(config.name): listening on \(channel.localAddress.map { "\($0)" } ?? "?")")
+    }
+
+    /// UDP: binds and, for MQTT → feed, registers the targets.
+    func startUDP(group: any EventLoopGroup) async throws {
+        let address = config.feed.addresses[0]
+        let route = self
+        let channel = try await DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelOption(.autoRead, value: false)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(UDPFeedHandler(route: route))
+                }
+            }
+            .bind(host: address.host, port: address.port)
+            .get()
+        setListener(channel)
+        if config.direction.writesFeed {
+            for target in config.feed.udpTargets {
+                let socket = try SocketAddress.makeAddressResolvingHost(target.host, port: target.port)
+                register(FeedConnection(id: nextConnectionID(), channel: channel, target: socket, limit: config.outQueueBytes,
+                                        policy: .drop, routeMetrics: metrics, metrics: nil))
+            }
+        }
+        logger.info("Route \(config.name): UDP on \(channel.localAddress.map { "\($0)" } ?? "?")")
+    }
+
+    /// TCP client: dials the addresses in turn, redialling with decorrelated jitter until the route stops.
+    func runClient(group: any EventLoopGroup) async {
+        var delay = config.feed.restartTimeout.base
+        var attempt = 0
+        var index = 0
+        let route = self
+        while !Task.isCancelled && !isStopping {
+            let address = config.feed.addresses[index % config.feed.addresses.count]
+            index += 1
+            do {
+                let channel = try await ClientBootstrap(group: group)
+                    .connectTimeout(.seconds(5))
+                    .channelOption(.autoRead, value: false)
+                    .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .channelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(FeedChannelHandler(route: route))
+                        }
+                    }
+                    .connect(host: address.host, port: address.port)
+                    .get()
+                if attempt > 0 { metrics.reconnects.add() }
+                attempt += 1
+                setClientChannel(channel)
+                delay = config.feed.restartTimeout.base
+                if isStopping { channel.close(promise: nil) }
+                try? await channel.closeFuture.get()
+                setClientChannel(nil)
+            } catch {
+                attempt += 1
+                logger.debug("Route \(config.name): cannot connect to \(address): \(error)")
+            }
+            if Task.isCancelled || isStopping { break }
+            try? await Task.sleep(for: delay)
+            delay = config.feed.restartTimeout.next(after: delay)
+        }
+    }
+}

@@ -1,0 +1,358 @@
+import Logging
+import Mosquitto
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+
+/// The bridge as a swift-service-lifecycle `Service`: routes between MQTT and TCP/UDP feeds.
+///
+/// ```swift
+/// let configuration = try ConfigParser.parse(text)
+/// let bridge = BridgeService(configuration: configuration, logger: logger)
+/// let group = ServiceGroup(configuration: .init(services: [bridge], gracefulShutdownSignals: [.sigterm], logger: logger))
+/// try await group.run()
+/// ```
+///
+/// `run()` connects to the broker (retrying until it is up), opens every route's spool and feed endpoint, and
+/// forwards until graceful shutdown (SIGTERM) or cancellation. Graceful shutdown drains: the feeds stop, the spools
+/// are published until empty (at most ``BridgeConfiguration/drainTimeout``), the retained state topic goes to `0`,
+/// and the client disconnects. ``reload(_:)`` applies a new configuration route by route (SIGHUP in `mqtt-bridge`).
+public final class BridgeService: Service, Sendable {
+    /// Counters, readable in-process and over HTTP.
+    public let metrics: BridgeMetrics
+    let group: any EventLoopGroup
+    let logger: Logger
+
+    private struct State {
+        var configuration: BridgeConfiguration
+        var routes: [String: RouteRuntime] = [:]
+        var client: MQTTClient?
+        var publisher: Publisher?
+        var httpChannel: (any Channel)?
+        var stopRequested = false
+        var stopWaiter: CheckedContinuation<Void, Never>?
+        var startedWaiters: [CheckedContinuation<Void, any Error>] = []
+        var started = false
+        var startError: (any Error)?
+        var spools: [String: Spool] = [:]
+        var fanOutTasks: [String: Task<Void, Never>] = [:]
+    }
+    private let state: Mutex<State>
+    private let doorbell = Doorbell()
+
+    /// Creates the service. Nothing starts until ``run()``.
+    public init(configuration: BridgeConfiguration, logger: Logger = Logger(label: "mqtt-bridge"),
+                eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        self.metrics = BridgeMetrics()
+        self.group = eventLoopGroup
+        self.logger = logger
+        self.state = Mutex(State(configuration: configuration))
+    }
+
+    /// The configuration in force.
+    public var configuration: BridgeConfiguration { state.withLock { $0.configuration } }
+
+    /// The port a TCP server or UDP route is bound to (useful with port 0).
+    public func port(ofRoute name: String) -> Int? {
+        state.withLock { $0.routes[name] }?.localPort
+    }
+
+    /// The port of the HTTP metrics and health endpoint.
+    public var metricsPort: Int? { state.withLock { $0.httpChannel?.localAddress?.port } }
+
+    /// Unacknowledged records in a route's spool.
+    public func spoolDepth(ofRoute name: String) -> Int? {
+        state.withLock { $0.spools[name] }?.depth.records
+    }
+
+    /// Waits until every route's endpoint is open (not until the broker is connected).
+    public func waitUntilStarted() async throws {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            let result = state.withLock { s -> Result<Void, any Error>? in
+                if let e = s.startError { return .failure(e) }
+                if s.started { return .success(()) }
+                s.startedWaiters.append(c)
+                return nil
+            }
+            if let result { c.resume(with: result) }
+        }
+    }
+
+    /// Starts a graceful stop, as SIGTERM does: drain, then return from ``run()``.
+    public func triggerGracefulShutdown() {
+        let w = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            s.stopRequested = true
+            defer { s.stopWaiter = nil }
+            return s.stopWaiter
+        }
+        w?.resume()
+    }
+
+    /// Whether the bridge is ready: connected to the broker, every feed endpoint up, and no spool full.
+    public var isReady: Bool {
+        let (routes, spools) = state.withLock { (Array($0.routes.values), Array($0.spools.values)) }
+        return metrics.isMQTTConnected && routes.allSatisfy(\.isFeedUp) && spools.allSatisfy { !$0.isFull }
+    }
+
+    private func signalStarted(_ error: (any Error)?) {
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, any Error>] in
+            s.started = error == nil
+            s.startError = error
+            defer { s.startedWaiters.removeAll() }
+            return s.startedWaiters
+        }
+        for w in waiters {
+            if let error { w.resume(throwing: error) } else { w.resume() }
+        }
+    }
+
+    func makeClientConfiguration(_ c: BridgeConfiguration) -> MQTTConfiguration {
+        var mqtt = c.mqtt
+        mqtt.reconnect.retryInitialConnect = true
+        mqtt.reconnect.giveUpOnFatalErrors = false
+        mqtt.maximumQueuedMessages = min(65000, max(mqtt.maximumQueuedMessages, c.publishBatch * max(1, c.routes.count) + 100))
+        if c.notifications {
+            mqtt.will = .init(MQTTMessage(topic: c.statePrefix + "/state", string: "0", qos: .atLeastOnce, retain: true))
+        }
+        return mqtt
+    }
+
+    /// Runs the bridge until graceful shutdown or cancellation.
+    public func run() async throws {
+        let configuration = self.configuration
+        let client: MQTTClient
+        do {
+            client = try MQTTClient(configuration: makeClientConfiguration(configuration))
+        } catch {
+            signalStarted(error)
+            throw error
+        }
+        let publisher = Publisher(client: client, batch: configuration.publishBatch, doorbell: doorbell, logger: logger)
+        state.withLock { s in
+            s.client = client
+            s.publisher = publisher
+        }
+        do {
+            for route in configuration.routes { try await startRoute(route, configuration: configuration, client: client, publisher: publisher) }
+            if let address = configuration.metricsAddress {
+                let channel = try await HealthServer.start(host: address.host, port: address.port, group: group) { [self] path in
+                    respond(path)
+                }
+                state.withLock { $0.httpChannel = channel }
+                logger.info("Metrics and health on http://\(address.host):\(channel.localAddress?.port ?? address.port)/metrics")
+            }
+        } catch {
+            signalStarted(error)
+            await stopEverything(client: client, drain: false)
+            throw error
+        }
+        signalStarted(nil)
+        logger.info("mqtt-bridge started: \(configuration.routes.count) route(s), broker \(configuration.mqtt.endpoint)")
+
+        await withGracefulShutdownHandler {
+            await withTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { [logger] in
+                    do { try await client.connect() } catch { logger.error("MQTT connection failed: \(error)") }
+                }
+                tasks.addTask { [self] in await watchEvents(client, configuration: configuration) }
+                tasks.addTask { await publisher.run() }
+                if configuration.progressInterval > .zero {
+                    tasks.addTask { [self] in await reportProgress(every: configuration.progressInterval) }
+                }
+                await withTaskCancellationHandler {
+                    await waitForStop()
+                } onCancel: {
+                    self.triggerGracefulShutdown()
+                }
+                let cancelled = Task.isCancelled
+                await stopEverything(client: client, drain: !cancelled, publisherRunning: true)
+                tasks.cancelAll()
+            }
+        } onGracefulShutdown: {
+            self.triggerGracefulShutdown()
+        }
+        await stopEverything(client: client, drain: false)
+        logger.info("mqtt-bridge stopped")
+    }
+
+    private func waitForStop() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.stopRequested { return true }
+                s.stopWaiter = c
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    private func startRoute(_ route: RouteConfiguration, configuration: BridgeConfiguration, client: MQTTClient,
+                            publisher: Publisher) async throws {
+        let routeMetrics = metrics.route(route.name)
+        var spool: Spool?
+        if route.direction.readsFeed {
+            spool = state.withLock { $0.spools[route.name] }
+            if spool == nil {
+                let s = try Spool(configuration: SpoolConfiguration(
+                    directory: configuration.spoolDirectory + "/" + route.name, maxBytes: configuration.spoolMaxBytes,
+                    segmentBytes: configuration.spoolSegmentBytes, fsync: configuration.spoolFsync, full: configuration.spoolFull),
+                    logger: logger)
+                state.withLock { $0.spools[route.name] = s }
+                publisher.add(.init(name: route.name, spool: s, metrics: routeMetrics))
+                spool = s
+            }
+        }
+        let runtime = RouteRuntime(config: route, metrics: routeMetrics, registry: metrics.registry, spool: spool,
+                                   spoolFull: configuration.spoolFull, statePrefix: configuration.statePrefix, doorbell: doorbell,
+                                   logger: logger)
+        switch route.feed.mode {
+        case .tcpServer: try await runtime.startServer(group: group)
+        case .udp: try await runtime.startUDP(group: group)
+        case .tcpClient:
+            let group = self.group
+            runtime.setClientTask(Task { await runtime.runClient(group: group) })
+        }
+        if route.direction.writesFeed {
+            let isV5 = client.configuration.protocolVersion == .v5
+            let subscriptions = route.subscriptions.map { filter -> Subscription in
+                if let share = route.shareGroup {
+                    return Subscription("$share/\(share)/\(filter)", qos: route.qos)
+                }
+                return Subscription(filter, qos: route.qos, noLocal: route.direction == .both && isV5)
+            }
+            let logger = self.logger
+            runtime.setFanOutTask(Task {
+                while !Task.isCancelled {
+                    do {
+                        let stream = try await client.subscribe(
+                            subscriptions, buffer: SubscriptionBuffer(capacity: 16384, overflow: .backpressure(maxWait: .seconds(3600))))
+                        for try await message in stream { runtime.fanOut(message) }
+                        if Task.isCancelled { return }
+                    } catch {
+                        if Task.isCancelled { return }
+                        if let e = error as? MQTTError, e.code == .shutDown || e.code == .gaveUp { return }
+                        logger.warning("Route \(route.name): subscription failed: \(error); retrying")
+                    }
+                    try? await Task.sleep(for: .milliseconds(500))
+                }
+            })
+        }
+        state.withLock { $0.routes[route.name] = runtime }
+    }
+
+    private func stopEverything(client: MQTTClient, drain: Bool, publisherRunning: Bool = false) async {
+        let (routes, http) = state.withLock { s -> ([RouteRuntime], (any Channel)?) in
+            let r = Array(s.routes.values)
+            s.routes.removeAll()
+            let h = s.httpChannel
+            s.httpChannel = nil
+            return (r, h)
+        }
+        for r in routes { await r.stop() }
+        if drain, publisherRunning, let publisher = state.withLock({ $0.publisher }) {
+            let deadline = ContinuousClock.now + configuration.drainTimeout
+            while !publisher.isDrained && ContinuousClock.now < deadline && metrics.isMQTTConnected {
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+            if !publisher.isDrained {
+                logger.warning("Stopping with records still in the spool; they are sent on the next start.")
+            }
+        }
+        let notifications = configuration.notifications
+        if drain, notifications, metrics.isMQTTConnected {
+            _ = try? await client.publish(to: configuration.statePrefix + "/state", string: "0", qos: .atLeastOnce, retain: true)
+        }
+        if case .shutDown = client.state {} else { await client.shutdown() }
+        let spools = state.withLock { s -> [Spool] in
+            defer { s.spools.removeAll() }
+            return Array(s.spools.values)
+        }
+        for s in spools { s.close() }
+        try? await http?.close()
+    }
+
+    private func watchEvents(_ client: MQTTClient, configuration: BridgeConfiguration) async {
+        var connections = 0
+        let publisher = state.withLock { $0.publisher }
+        for await event in client.events {
+            switch event {
+            case .connected:
+                connections += 1
+                if connections > 1 { metrics.mqttReconnects.add() }
+                metrics.mqttConnected.store(true, ordering: .relaxed)
+                metrics.connectedGauge.set(to: 1)
+                logger.info("Connected to the broker \(configuration.mqtt.endpoint)")
+                if configuration.notifications {
+                    _ = try? await client.publish(to: configuration.statePrefix + "/state", string: "1", qos: .atLeastOnce,
+                                                  retain: true, completion: .enqueued)
+                }
+            case .disconnected:
+                metrics.mqttConnected.store(false, ordering: .relaxed)
+                metrics.connectedGauge.set(to: 0)
+                publisher?.disconnects.add(1, ordering: .relaxed)
+            case .shutDown, .gaveUp:
+                metrics.mqttConnected.store(false, ordering: .relaxed)
+                return
+            case .reconnecting:
+                break
+            }
+        }
+    }
+
+    private func reportProgress(every interval: Duration) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            if Task.isCancelled { return }
+            for m in metrics.allRoutes.sorted(by: { $0.route < $1.route }) {
+                let depth = spoolDepth(ofRoute: m.route) ?? 0
+                logger.info("route \(m.route): in \(m.framesIn.value) frames / \(m.bytesIn.value) B, published \(m.framesPublished.value), out \(m.framesOut.value), dropped \(m.totalDropped), dead-lettered \(m.deadLettered.value), spool \(depth), connections \(m.openConnectionCount)")
+            }
+        }
+    }
+
+    func respond(_ path: String) -> (status: Int, contentType: String, body: [UInt8]) {
+        switch path {
+        case "/metrics":
+            let spools = state.withLock { $0.spools }
+            for m in metrics.allRoutes {
+                let d = spools[m.route]?.depth ?? (records: 0, bytes: 0)
+                m.spoolRecords.set(to: Double(d.records))
+                m.spoolBytes.set(to: Double(d.bytes))
+                m.openConnections.set(to: Double(m.openConnectionCount))
+                m.queuedBytes.set(to: Double(m.queuedByteCount))
+            }
+            return (200, "text/plain; version=0.0.4", metrics.registry.emitToBuffer())
+        case "/healthz":
+            return (200, "text/plain", Array("ok\n".utf8))
+        case "/readyz":
+            return isReady ? (200, "text/plain", Array("ready\n".utf8)) : (503, "text/plain", Array("not ready\n".utf8))
+        default:
+            return (404, "text/plain", Array("not found\n".utf8))
+        }
+    }
+
+    /// Applies a new configuration (SIGHUP): routes that are new or changed restart, removed routes stop, unchanged
+    /// routes keep running without a disconnect. Broker settings take effect on the next start.
+    public func reload(_ new: BridgeConfiguration) async throws {
+        let (old, client, publisher) = state.withLock { ($0.configuration, $0.client, $0.publisher) }
+        guard let client, let publisher else {
+            state.withLock { $0.configuration = new }
+            return
+        }
+        let oldRoutes = Dictionary(old.routes.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let newRoutes = Dictionary(new.routes.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        var merged = new
+        merged.mqtt = old.mqtt
+        state.withLock { $0.configuration = merged }
+        for (name, route) in oldRoutes where newRoutes[name] != route {
+            let runtime = state.withLock { $0.routes.removeValue(forKey: name) }
+            await runtime?.stop()
+            logger.info("Reload: route \(name) \(newRoutes[name] == nil ? "removed" : "changed")")
+        }
+        for (name, route) in newRoutes where oldRoutes[name] != route {
+            try await startRoute(route, configuration: merged, client: client, publisher: publisher)
+            logger.info("Reload: route \(name) started")
+        }
+    }
+}

@@ -1,0 +1,218 @@
+import Logging
+import Mosquitto
+import NIOCore
+import Prometheus
+import Synchronization
+
+/// A connection id source shared by every route of a process.
+let connectionIDs = Atomic<UInt64>(0)
+
+/// One running route: its feed endpoint, its open connections, its spool, and the MQTT → feed fan-out.
+final class RouteRuntime: Sendable {
+    let config: RouteConfiguration
+    let metrics: RouteMetrics
+    let registry: PrometheusCollectorRegistry
+    let spool: Spool?
+    let spoolFull: SpoolConfiguration.FullPolicy
+    let deadLetterTopic: String
+    let frameOptions: UncheckedSendableBox<TopicTemplate.FrameOptions>
+    let logger: Logger
+    let doorbell: Doorbell
+
+    private struct State {
+        var connections: [UInt64: FeedConnection] = [:]
+        var listener: (any Channel)?
+        var clientChannel: (any Channel)?
+        var stopping = false
+        var clientTask: Task<Void, Never>?
+        var fanOutTask: Task<Void, Never>?
+        var feedUp = false
+    }
+    private let state = Mutex(State())
+    private let encoder: FrameEncoder
+
+    init(config: RouteConfiguration, metrics: RouteMetrics, registry: PrometheusCollectorRegistry, spool: Spool?,
+         spoolFull: SpoolConfiguration.FullPolicy, statePrefix: String, doorbell: Doorbell, logger: Logger) {
+        self.config = config
+        self.metrics = metrics
+        self.registry = registry
+        self.spool = spool
+        self.spoolFull = spoolFull
+        self.deadLetterTopic = config.deadLetterTopic ?? "\(statePrefix)/deadletter/\(config.name)"
+        var options = TopicTemplate.FrameOptions(fieldSeparator: config.fieldSeparator)
+        if let pattern = config.topicRegex { options.regex = try? Regex(pattern) }
+        self.frameOptions = UncheckedSendableBox(options)
+        self.doorbell = doorbell
+        self.logger = logger
+        self.encoder = FrameEncoder(framing: config.framing)
+    }
+
+    func nextConnectionID() -> UInt64 { connectionIDs.add(1, ordering: .relaxed).newValue }
+
+    var isStopping: Bool { state.withLock { $0.stopping } }
+
+    /// Whether the feed side is up: listening, or connected (TCP client).
+    var isFeedUp: Bool {
+        state.withLock { s in
+            switch config.feed.mode {
+            case .tcpClient: return s.clientChannel != nil
+            case .tcpServer, .udp: return s.listener != nil
+            }
+        }
+    }
+
+    /// The bound port of a server or UDP route.
+    var localPort: Int? { state.withLock { $0.listener?.localAddress?.port } }
+
+    func setListener(_ channel: any Channel) { state.withLock { $0.listener = channel } }
+    func setClientChannel(_ channel: (any Channel)?) { state.withLock { $0.clientChannel = channel } }
+
+    func register(_ c: FeedConnection) {
+        state.withLock { $0.connections[c.id] = c }
+        if c.target == nil {
+            metrics.connections.add()
+            metrics.open.add(1, ordering: .relaxed)
+        }
+    }
+
+    func unregister(_ id: UInt64) {
+        let removed = state.withLock { $0.connections.removeValue(forKey: id) }
+        if let removed, removed.target == nil { metrics.open.subtract(1, ordering: .relaxed) }
+    }
+
+    // MARK: Feed → MQTT
+
+    /// Builds the spool record for one frame: topic from the template, or the dead-letter topic.
+    func makeRecord(_ payload: [UInt8], connection: ConnectionContext, fixedTopic: Result<String, TopicTemplate.Failure>?,
+                    flags: SpoolRecord.Flags) -> SpoolRecord {
+        var flags = flags
+        if config.retain { flags.insert(.retain) }
+        let topic: Result<String, TopicTemplate.Failure>
+        if let fixedTopic {
+            topic = fixedTopic
+        } else if let template = config.topic {
+            topic = template.resolve(connection: connection, frame: payload, options: frameOptions.value)
+        } else {
+            topic = .failure(.missing)
+        }
+        switch topic {
+        case .success(let t):
+            return SpoolRecord(topic: t, payload: payload, qos: config.qos, flags: flags)
+        case .failure:
+            metrics.deadLettered.add()
+            flags.insert(.deadLetter)
+            flags.remove(.retain)
+            return SpoolRecord(topic: deadLetterTopic, payload: payload, qos: config.qos, flags: flags)
+        }
+    }
+
+    /// Appends records to the spool. Returns whether the reader should pause (spool full, policy block).
+    func ingest(_ records: [SpoolRecord]) -> Bool {
+        guard let spool else { return false }
+        if spoolFull == .dropNewest && spool.isFull {
+            metrics.drops[.spoolFull]!.add(records.count)
+            return false
+        }
+        do {
+            let full = try spool.append(records)
+            var bytes = 0
+            for r in records { bytes += r.payload.count }
+            metrics.framesIn.add(records.count)
+            metrics.bytesIn.add(bytes)
+            doorbell.ring()
+            return full && spoolFull == .block
+        } catch {
+            logger.error("Route \(config.name): spool write failed: \(error)")
+            metrics.drops[.spoolError]!.add(records.count)
+            return true
+        }
+    }
+
+    func whenSpaceAvailable(_ body: @escaping @Sendable () -> Void) {
+        if let spool { spool.whenSpaceAvailable(body) } else { body() }
+    }
+
+    // MARK: MQTT → feed
+
+    /// Writes one MQTT message to every connection of the route.
+    func fanOut(_ message: MQTTMessage) {
+        metrics.messagesReceived.add()
+        let bytes: [UInt8]
+        do {
+            bytes = try encoder.encode(message.payload)
+        } catch {
+            metrics.drops[.unencodable]!.add()
+            return
+        }
+        let targets = state.withLock { Array($0.connections.values) }
+        if targets.isEmpty {
+            metrics.drops[.noConnection]!.add()
+            return
+        }
+        for t in targets { t.send(bytes, payloadCount: message.payload.count) }
+    }
+
+    func setFanOutTask(_ t: Task<Void, Never>) { state.withLock { $0.fanOutTask = t } }
+    func setClientTask(_ t: Task<Void, Never>) { state.withLock { $0.clientTask = t } }
+
+    /// Stops accepting and reading, closes every connection (their partial frames follow the policy).
+    func stop() async {
+        let (listener, client, conns, tasks) = state.withLock { s in
+            s.stopping = true
+            return (s.listener, s.clientChannel, Array(s.connections.values), [s.clientTask, s.fanOutTask])
+        }
+        for t in tasks { t?.cancel() }
+        try? await listener?.close()
+        try? await client?.close()
+        for c in conns where c.target == nil { try? await c.channel.close() }
+        for t in tasks { await t?.value }
+        state.withLock { s in
+            s.connections.removeAll()
+            s.listener = nil
+            s.clientChannel = nil
+        }
+    }
+}
+
+/// Wraps a value that is immutable after creation but not declared `Sendable` (a compiled `Regex`).
+struct UncheckedSendableBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+/// A wake-up signal: `ring()` from any thread, `wait(timeout:)` from one task.
+final class Doorbell: Sendable {
+    private let state = Mutex<(rung: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    func ring() {
+        let w = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if let w = s.waiter {
+                s.waiter = nil
+                return w
+            }
+            s.rung = true
+            return nil
+        }
+        w?.resume()
+    }
+
+    /// Returns when rung (since the last wait) or after `timeout`.
+    func wait(timeout: Duration) async {
+        let timer = Task { [self] in
+            try? await Task.sleep(for: timeout)
+            if !Task.isCancelled { ring() }
+        }
+        defer { timer.cancel() }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.rung {
+                    s.rung = false
+                    return true
+                }
+                s.waiter = c
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+}

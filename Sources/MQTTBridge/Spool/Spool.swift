@@ -1,0 +1,591 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Logging
+import Mosquitto
+import Synchronization
+
+/// `close(2)`, named so that it does not clash with ``Spool/close()``.
+func closeFile(_ fd: Int32) {
+    #if canImport(Darwin)
+    _ = Darwin.close(fd)
+    #else
+    _ = Glibc.close(fd)
+    #endif
+}
+
+/// Settings of a route's on-disk spool.
+public struct SpoolConfiguration: Sendable, Hashable {
+    /// When the spool calls `fsync`.
+    public enum FsyncPolicy: Sendable, Hashable {
+        /// After every append: survives power loss, slowest.
+        case always
+        /// At most this long after an append. Survives a process crash (`kill -9`) always (the page cache
+        /// keeps the data); loses at most this interval on power loss.
+        case interval(Duration)
+        /// Never: survives a process crash, not a power loss.
+        case never
+    }
+
+    /// What happens when the spool holds ``maxBytes`` of unacknowledged records.
+    public enum FullPolicy: String, Sendable, Hashable {
+        /// Stop reading the feed sockets until the broker has acknowledged enough (TCP pushes back on the
+        /// sender). Nothing is dropped. The default.
+        case block
+        /// Drop the arriving frames and count them.
+        case dropNewest = "drop_newest"
+    }
+
+    /// The directory of this spool (created 0700; its files are 0600).
+    public var directory: String
+    /// The most unacknowledged bytes held before the full policy applies.
+    public var maxBytes: Int
+    /// Segment size: a new segment file starts after this many bytes; fully acknowledged segments are deleted.
+    public var segmentBytes: Int
+    /// When to fsync.
+    public var fsync: FsyncPolicy
+    /// The full policy.
+    public var full: FullPolicy
+
+    /// Creates a spool configuration.
+    public init(directory: String, maxBytes: Int = 256 << 20, segmentBytes: Int = 16 << 20,
+                fsync: FsyncPolicy = .interval(.seconds(1)), full: FullPolicy = .block) {
+        self.directory = directory
+        self.maxBytes = max(4096, maxBytes)
+        self.segmentBytes = max(4096, segmentBytes)
+        self.fsync = fsync
+        self.full = full
+    }
+}
+
+/// An error from the spool's file operations.
+public struct SpoolError: Error, Sendable, CustomStringConvertible {
+    /// What failed.
+    public var message: String
+    /// The errno, when a system call failed.
+    public var errno: Int32?
+    init(_ message: String, errno: Int32? = nil) {
+        self.message = message
+        self.errno = errno
+    }
+    public var description: String {
+        if let errno { return "\(message): \(String(cString: strerror(errno)))" }
+        return message
+    }
+}
+
+/// One spooled frame, ready to publish.
+public struct SpoolRecord: Sendable, Hashable {
+    /// Flags stored with a record.
+    public struct Flags: OptionSet, Sendable, Hashable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// Publish with the retain flag.
+        public static let retain = Flags(rawValue: 1)
+        /// The frame was incomplete when its connection closed.
+        public static let partial = Flags(rawValue: 2)
+        /// The frame was cut at the maximum frame size.
+        public static let truncated = Flags(rawValue: 4)
+        /// The record goes to the dead-letter topic.
+        public static let deadLetter = Flags(rawValue: 8)
+    }
+    /// The sequence number, increasing by one per record in a spool.
+    public var sequence: UInt64
+    /// The topic to publish to.
+    public var topic: String
+    /// The payload, byte-exact.
+    public var payload: [UInt8]
+    /// The QoS to publish with.
+    public var qos: QoS
+    /// Flags.
+    public var flags: Flags
+
+    /// Creates a record (the sequence is assigned by ``Spool/append(_:)``).
+    public init(sequence: UInt64 = 0, topic: String, payload: [UInt8], qos: QoS, flags: Flags = []) {
+        self.sequence = sequence
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.flags = flags
+    }
+}
+
+/// A durable, append-only, segmented log of frames waiting for the broker's acknowledgement.
+///
+/// Each record is `[length u32 LE][crc32 u32 LE][sequence u64 LE][flags u8][qos u8][topic length u16 LE][topic][payload]`,
+/// with the CRC over everything after it. The done watermark (every record up to it was acknowledged by the broker)
+/// is kept in a small `done` file replaced atomically. On open, the spool checks every record and truncates a torn
+/// tail at the first bad checksum, so it survives `kill -9` (and, with ``SpoolConfiguration/FsyncPolicy/always``,
+/// power loss) without losing an appended record.
+///
+/// Appends come from event-loop threads, reads and acknowledgements from the route's publisher task; one lock
+/// protects the state. The lock is never held across an `await`.
+public final class Spool: Sendable {
+    /// The configuration.
+    public let configuration: SpoolConfiguration
+
+    struct Segment {
+        var first: UInt64
+        var path: String
+        var fd: Int32
+        var size: Int
+    }
+
+    struct State {
+        var segments: [Segment] = []
+        var nextSequence: UInt64 = 1
+        var done: UInt64 = 0
+        /// Where the next unread record starts.
+        var readSegment = 0
+        var readOffset = 0
+        var readSequence: UInt64 = 1
+        /// Bytes and records appended but not yet acknowledged.
+        var pendingBytes = 0
+        var pendingCount = 0
+        /// Sizes of unacknowledged records, oldest first, to account bytes at acknowledgement.
+        var sizes: [(UInt64, Int)] = []
+        var sizesHead = 0
+        var lastSync: ContinuousClock.Instant = .now
+        var dirty = false
+        var closed = false
+        var recordsWaiter: CheckedContinuation<Void, Never>?
+        var spaceWaiters: [@Sendable () -> Void] = []
+        var corruptBytes = 0
+        var recovered = 0
+    }
+
+    let state: Mutex<State>
+    let logger: Logger
+    private let donePath: String
+
+    /// Opens (or creates) the spool, checking every record and truncating a torn tail.
+    public init(configuration: SpoolConfiguration, logger: Logger = Logger(label: "mqtt-bridge.spool")) throws {
+        self.configuration = configuration
+        self.logger = logger
+        let dir = configuration.directory
+        donePath = dir + "/done"
+        try Self.makeDirectory(dir)
+        var s = State()
+        // Done watermark.
+        if let data = Self.readFile(donePath), data.count == 12 {
+            let seq = data.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt64.self).littleEndian }
+            let crc = data.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian }
+            if CRC32.checksum(Array(data[0..<8])) == crc { s.done = seq }
+        }
+        // Segments.
+        var names: [(UInt64, String)] = []
+        if let d = opendir(dir) {
+            while let e = readdir(d) {
+                let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+                }
+                if name.hasPrefix("seg-") && name.hasSuffix(".log"), let n = UInt64(name.dropFirst(4).dropLast(4)) {
+                    names.append((n, name))
+                }
+            }
+            closedir(d)
+        }
+        names.sort { $0.0 < $1.0 }
+        var foundRead = false
+        var lastSeq: UInt64 = s.done
+        for (first, name) in names {
+            let path = dir + "/" + name
+            let fd = open(path, O_RDWR | O_APPEND | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { throw SpoolError("Cannot open spool segment \(path)", errno: errno) }
+            var seg = Segment(first: first, path: path, fd: fd, size: 0)
+            let fileSize = Int(lseek(fd, 0, SEEK_END))
+            var offset = 0
+            var header = [UInt8](repeating: 0, count: 8)
+            while offset + 8 <= fileSize {
+                guard Self.pread(fd, &header, offset) == 8 else { break }
+                let length = Int(header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt32.self).littleEndian })
+                let crc = header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian }
+                guard length >= 12, offset + 8 + length <= fileSize else { break }
+                var body = [UInt8](repeating: 0, count: length)
+                guard Self.pread(fd, &body, offset + 8) == length, CRC32.checksum(body) == crc else { break }
+                let seq = body.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt64.self).littleEndian }
+                if seq > s.done {
+                    if !foundRead {
+                        foundRead = true
+                        s.readSegment = s.segments.count
+                        s.readOffset = offset
+                        s.readSequence = seq
+                    }
+                    s.pendingBytes += 8 + length
+                    s.pendingCount += 1
+                    s.sizes.append((seq, 8 + length))
+                }
+                lastSeq = max(lastSeq, seq)
+                offset += 8 + length
+            }
+            if offset < fileSize {
+                logger.warning("Spool segment \(path): \(fileSize - offset) bytes after the last valid record (torn write) truncated.")
+                s.corruptBytes += fileSize - offset
+                _ = ftruncate(fd, off_t(offset))
+            }
+            seg.size = offset
+            s.segments.append(seg)
+        }
+        s.nextSequence = lastSeq + 1
+        s.recovered = s.pendingCount
+        if !foundRead {
+            s.readSegment = s.segments.count
+            s.readOffset = 0
+            s.readSequence = s.nextSequence
+        }
+        state = Mutex(s)
+        if s.pendingCount > 0 {
+            logger.info("Spool \(dir): \(s.pendingCount) unacknowledged records (\(s.pendingBytes) bytes) recovered, resending.")
+        }
+        try state.withLock { s in try self.deleteDoneSegments(&s) }
+    }
+
+    deinit {
+        state.withLock { s in
+            for seg in s.segments { closeFile(seg.fd) }
+            s.segments.removeAll()
+        }
+    }
+
+    // MARK: Appending
+
+    /// Appends records in one write, assigning their sequence numbers. Returns whether the spool is now full
+    /// (the caller should stop reading its socket and wait with ``whenSpaceAvailable(_:)``).
+    @discardableResult
+    public func append(_ records: [SpoolRecord]) throws -> Bool {
+        if records.isEmpty { return isFull }
+        var bytes: [UInt8] = []
+        var waiter: CheckedContinuation<Void, Never>?
+        let full: Bool = try state.withLock { s in
+            if s.closed { throw SpoolError("The spool is closed.") }
+            bytes.removeAll(keepingCapacity: true)
+            var seq = s.nextSequence
+            var sizes: [(UInt64, Int)] = []
+            sizes.reserveCapacity(records.count)
+            for r in records {
+                let before = bytes.count
+                Self.encode(r, sequence: seq, into: &bytes)
+                sizes.append((seq, bytes.count - before))
+                seq += 1
+            }
+            try self.rollIfNeeded(&s, adding: bytes.count)
+            let seg = s.segments[s.segments.count - 1]
+            try Self.writeAll(seg.fd, bytes)
+            s.segments[s.segments.count - 1].size += bytes.count
+            s.nextSequence = seq
+            s.pendingBytes += bytes.count
+            s.pendingCount += records.count
+            s.sizes.append(contentsOf: sizes)
+            s.dirty = true
+            self.syncIfDue(&s, force: false)
+            waiter = s.recordsWaiter
+            s.recordsWaiter = nil
+            return s.pendingBytes >= configuration.maxBytes
+        }
+        waiter?.resume()
+        return full
+    }
+
+    /// Whether the spool holds at least ``SpoolConfiguration/maxBytes`` of unacknowledged records.
+    public var isFull: Bool { state.withLock { $0.pendingBytes >= configuration.maxBytes } }
+
+    /// Calls `body` once the spool is no longer full (at once when it is not).
+    public func whenSpaceAvailable(_ body: @escaping @Sendable () -> Void) {
+        let now = state.withLock { s -> Bool in
+            if s.pendingBytes < configuration.maxBytes || s.closed { return true }
+            s.spaceWaiters.append(body)
+            return false
+        }
+        if now { body() }
+    }
+
+    // MARK: Reading and acknowledging
+
+    /// Unacknowledged records and bytes.
+    public var depth: (records: Int, bytes: Int) { state.withLock { ($0.pendingCount, $0.pendingBytes) } }
+
+    /// Records found unacknowledged when the spool was opened.
+    public var recoveredRecords: Int { state.withLock { $0.recovered } }
+
+    /// Bytes of torn or corrupt records truncated when the spool was opened.
+    public var corruptBytes: Int { state.withLock { $0.corruptBytes } }
+
+    /// Waits until there is at least one record not yet handed out by ``readBatch(maxRecords:maxBytes:)``, or the
+    /// spool is closed.
+    public func waitForRecords() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.closed || s.readSequence < s.nextSequence { return true }
+                let old = s.recordsWaiter
+                s.recordsWaiter = c
+                old?.resume()
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    /// Wakes a task blocked in ``waitForRecords()`` (used at shutdown).
+    public func wakeReader() {
+        let w = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            defer { s.recordsWaiter = nil }
+            return s.recordsWaiter
+        }
+        w?.resume()
+    }
+
+    /// Reads the next records in order, up to the limits (at least one record when any is unread).
+    public func readBatch(maxRecords: Int, maxBytes: Int = 4 << 20) throws -> [SpoolRecord] {
+        try state.withLock { s in
+            var out: [SpoolRecord] = []
+            var bytes = 0
+            var header = [UInt8](repeating: 0, count: 8)
+            while out.count < maxRecords && bytes < maxBytes && s.readSequence < s.nextSequence {
+                guard s.readSegment < s.segments.count else { break }
+                let seg = s.segments[s.readSegment]
+                if s.readOffset >= seg.size {
+                    if s.readSegment + 1 < s.segments.count {
+                        s.readSegment += 1
+                        s.readOffset = 0
+                        continue
+                    }
+                    break
+                }
+                guard Self.pread(seg.fd, &header, s.readOffset) == 8 else {
+                    throw SpoolError("Cannot read spool segment \(seg.path)", errno: errno)
+                }
+                let length = Int(header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt32.self).littleEndian })
+                var body = [UInt8](repeating: 0, count: length)
+                guard Self.pread(seg.fd, &body, s.readOffset + 8) == length else {
+                    throw SpoolError("Cannot read spool segment \(seg.path)", errno: errno)
+                }
+                let r = Self.decode(body)
+                s.readOffset += 8 + length
+                s.readSequence = r.sequence + 1
+                bytes += length
+                out.append(r)
+            }
+            return out
+        }
+    }
+
+    /// Marks every record up to `sequence` as acknowledged by the broker: they will not be sent again, and
+    /// segments holding only acknowledged records are deleted.
+    public func markDone(through sequence: UInt64) throws {
+        var wake: [@Sendable () -> Void] = []
+        try state.withLock { s in
+            guard sequence > s.done else { return }
+            s.done = sequence
+            while s.sizesHead < s.sizes.count && s.sizes[s.sizesHead].0 <= sequence {
+                s.pendingBytes -= s.sizes[s.sizesHead].1
+                s.pendingCount -= 1
+                s.sizesHead += 1
+            }
+            if s.sizesHead > 4096 && s.sizesHead * 2 > s.sizes.count {
+                s.sizes.removeFirst(s.sizesHead)
+                s.sizesHead = 0
+            }
+            try self.writeDone(sequence)
+            try self.deleteDoneSegments(&s)
+            if s.pendingBytes < configuration.maxBytes {
+                wake = s.spaceWaiters
+                s.spaceWaiters.removeAll()
+            }
+        }
+        for w in wake { w() }
+    }
+
+    /// Hands out again every record not yet acknowledged (after a failed publish).
+    public func rewind() {
+        state.withLock { s in
+            let target = s.done + 1
+            // Find the segment holding `target`.
+            var index = 0
+            for (i, seg) in s.segments.enumerated() where seg.first <= target { index = i }
+            var offset = 0
+            var header = [UInt8](repeating: 0, count: 20)
+            while index < s.segments.count {
+                let seg = s.segments[index]
+                if offset >= seg.size {
+                    if index + 1 >= s.segments.count { break }
+                    index += 1
+                    offset = 0
+                    continue
+                }
+                guard Self.pread(seg.fd, &header, offset) == header.count else { break }
+                let length = Int(header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt32.self).littleEndian })
+                let seq = header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian }
+                if seq >= target { break }
+                offset += 8 + length
+            }
+            s.readSegment = index
+            s.readOffset = offset
+            s.readSequence = target
+        }
+    }
+
+    /// Flushes to disk if the fsync policy says it is time.
+    public func syncIfDue() {
+        state.withLock { s in syncIfDue(&s, force: false) }
+    }
+
+    /// Syncs and closes the files. Appends fail afterwards; waiters are released.
+    public func close() {
+        let (w, spaces) = state.withLock { s -> (CheckedContinuation<Void, Never>?, [@Sendable () -> Void]) in
+            syncIfDue(&s, force: true)
+            s.closed = true
+            let w = s.recordsWaiter
+            s.recordsWaiter = nil
+            let sp = s.spaceWaiters
+            s.spaceWaiters.removeAll()
+            return (w, sp)
+        }
+        w?.resume()
+        for f in spaces { f() }
+    }
+
+    // MARK: Internals
+
+    private func syncIfDue(_ s: inout State, force: Bool) {
+        guard s.dirty, let seg = s.segments.last else { return }
+        let due: Bool
+        switch configuration.fsync {
+        case .always: due = true
+        case .never: due = force
+        case .interval(let d): due = force || ContinuousClock.now - s.lastSync >= d
+        }
+        if due {
+            _ = fdatasync(seg.fd)
+            s.dirty = false
+            s.lastSync = .now
+        }
+    }
+
+    private func rollIfNeeded(_ s: inout State, adding: Int) throws {
+        if let last = s.segments.last, last.size == 0 || last.size + adding <= configuration.segmentBytes { return }
+        // The previous segment is complete: make it durable before starting the next one.
+        if let last = s.segments.last, configuration.fsync != .never { _ = fdatasync(last.fd) }
+        let name = "seg-" + String(s.nextSequence).leftPadded(20) + ".log"
+        let path = configuration.directory + "/" + name
+        let fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SpoolError("Cannot create spool segment \(path)", errno: errno) }
+        s.segments.append(Segment(first: s.nextSequence, path: path, fd: fd, size: 0))
+        Self.syncDirectory(configuration.directory)
+    }
+
+    private func deleteDoneSegments(_ s: inout State) throws {
+        // A segment is done when the next one starts at or before done + 1, and it is not being read.
+        while s.segments.count > 1 && s.segments[1].first <= s.done + 1 && s.readSegment > 0 {
+            let seg = s.segments.removeFirst()
+            closeFile(seg.fd)
+            unlink(seg.path)
+            s.readSegment -= 1
+        }
+    }
+
+    private func writeDone(_ sequence: UInt64) throws {
+        var data = [UInt8]()
+        withUnsafeBytes(of: sequence.littleEndian) { data.append(contentsOf: $0) }
+        let crc = CRC32.checksum(data)
+        withUnsafeBytes(of: crc.littleEndian) { data.append(contentsOf: $0) }
+        let tmp = donePath + ".tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SpoolError("Cannot write \(tmp)", errno: errno) }
+        defer { closeFile(fd) }
+        try Self.writeAll(fd, data)
+        if configuration.fsync == .always { _ = fdatasync(fd) }
+        guard rename(tmp, donePath) == 0 else { throw SpoolError("Cannot rename \(tmp)", errno: errno) }
+    }
+
+    static func encode(_ r: SpoolRecord, sequence: UInt64, into out: inout [UInt8]) {
+        let topic = Array(r.topic.utf8)
+        let bodyLength = 8 + 1 + 1 + 2 + topic.count + r.payload.count
+        let start = out.count
+        out.append(contentsOf: repeatElement(0, count: 8))
+        withUnsafeBytes(of: sequence.littleEndian) { out.append(contentsOf: $0) }
+        out.append(r.flags.rawValue)
+        out.append(r.qos.rawValue)
+        withUnsafeBytes(of: UInt16(truncatingIfNeeded: topic.count).littleEndian) { out.append(contentsOf: $0) }
+        out.append(contentsOf: topic)
+        out.append(contentsOf: r.payload)
+        let crc = out.withUnsafeBytes { CRC32.checksum(UnsafeRawBufferPointer(rebasing: $0[(start + 8)...])) }
+        out.withUnsafeMutableBytes { p in
+            p.storeBytes(of: UInt32(bodyLength).littleEndian, toByteOffset: start, as: UInt32.self)
+            p.storeBytes(of: crc.littleEndian, toByteOffset: start + 4, as: UInt32.self)
+        }
+    }
+
+    static func decode(_ body: [UInt8]) -> SpoolRecord {
+        body.withUnsafeBytes { p in
+            let seq = p.loadUnaligned(fromByteOffset: 0, as: UInt64.self).littleEndian
+            let flags = SpoolRecord.Flags(rawValue: p[8])
+            let qos = QoS(rawValue: p[9]) ?? .atLeastOnce
+            let tl = Int(p.loadUnaligned(fromByteOffset: 10, as: UInt16.self).littleEndian)
+            let topic = String(decoding: p[12..<12 + tl], as: UTF8.self)
+            let payload = Array(p[(12 + tl)...])
+            return SpoolRecord(sequence: seq, topic: topic, payload: payload, qos: qos, flags: flags)
+        }
+    }
+
+    static func makeDirectory(_ path: String) throws {
+        var partial = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            partial += "/" + component
+            if mkdir(partial, 0o700) != 0 && errno != EEXIST {
+                throw SpoolError("Cannot create the spool directory \(partial)", errno: errno)
+            }
+        }
+        _ = chmod(path, 0o700)
+    }
+
+    static func syncDirectory(_ path: String) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 {
+            _ = fsync(fd)
+            closeFile(fd)
+        }
+    }
+
+    static func readFile(_ path: String) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { closeFile(fd) }
+        var out = [UInt8](repeating: 0, count: 64)
+        let n = pread(fd, &out, 0)
+        return n >= 0 ? Array(out[0..<n]) : nil
+    }
+
+    static func pread(_ fd: Int32, _ buffer: inout [UInt8], _ offset: Int) -> Int {
+        var done = 0
+        let count = buffer.count
+        while done < count {
+            let n = buffer.withUnsafeMutableBytes { p in
+                #if canImport(Darwin)
+                Darwin.pread(fd, p.baseAddress! + done, count - done, off_t(offset + done))
+                #else
+                Glibc.pread(fd, p.baseAddress! + done, count - done, off_t(offset + done))
+                #endif
+            }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { p in write(fd, p.baseAddress! + done, bytes.count - done) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SpoolError("Cannot write to the spool", errno: errno)
+            }
+            done += n
+        }
+    }
+}
