@@ -18,23 +18,37 @@ public enum MQTTTopic {
     /// not empty, at most 65,535 bytes, no `+` or `#`, and valid MQTT UTF-8 (no NUL, no control
     /// characters, no non-characters).
     public static func validateName(_ topic: String) throws(MQTTError) {
+        // Validate in place when the string is contiguous UTF-8 (the usual case): publishing calls this per message.
+        if let problem = topic.utf8.withContiguousStorageIfAvailable({ nameProblem($0) }) {
+            if let problem { throw problem }
+            return
+        }
         try validateName(bytes: Array(topic.utf8))
     }
 
     /// Byte form of ``validateName(_:)`` for topics built from untrusted data (checks UTF-8 too).
     public static func validateName(bytes: [UInt8]) throws(MQTTError) {
+        if let problem = bytes.withUnsafeBufferPointer({ nameProblem($0) }) { throw problem }
+    }
+
+    static func nameProblem(_ bytes: UnsafeBufferPointer<UInt8>) -> MQTTError? {
         if bytes.isEmpty {
-            throw MQTTError(.invalidTopic, "Invalid topic: a topic name cannot be empty.")
+            return MQTTError(.invalidTopic, "Invalid topic: a topic name cannot be empty.")
         }
         if bytes.count > maximumLength {
-            throw MQTTError(.invalidTopic, "Invalid topic: \(bytes.count) bytes is longer than MQTT's limit of 65535.")
+            return MQTTError(.invalidTopic, "Invalid topic: \(bytes.count) bytes is longer than MQTT's limit of 65535.")
         }
-        if let bad = bytes.firstIndex(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }) {
-            throw MQTTError(.invalidTopic, "Invalid topic '\(printable(bytes))': the wildcard '\(Character(Unicode.Scalar(bytes[bad])))' is only allowed in subscription filters, not in a topic you publish to.")
+        var ascii = true
+        for b in bytes {
+            if b == UInt8(ascii: "+") || b == UInt8(ascii: "#") {
+                return MQTTError(.invalidTopic, "Invalid topic '\(printable(Array(bytes)))': the wildcard '\(Character(Unicode.Scalar(b)))' is only allowed in subscription filters, not in a topic you publish to.")
+            }
+            if b >= 0x80 || b < 0x20 || b == 0x7F { ascii = false }
         }
-        if let problem = utf8Problem(bytes) {
-            throw MQTTError(.invalidTopic, "Invalid topic '\(printable(bytes))': \(problem).")
+        if !ascii, let problem = utf8Problem(Array(bytes)) {
+            return MQTTError(.invalidTopic, "Invalid topic '\(printable(Array(bytes)))': \(problem).")
         }
+        return nil
     }
 
     /// Throws ``MQTTError/Code/invalidFilter`` unless `filter` is a valid subscription filter: not empty,

@@ -1,0 +1,261 @@
+import CMosquitto
+import DequeModule
+import Foundation
+import Logging
+import Synchronization
+
+extension ClientCore {
+    /// Installs the trampolines below: the only functions libmosquitto calls into Swift.
+    func installCallbacks() {
+        mosquitto_connect_v5_callback_set(mosq, onConnectTrampoline)
+        mosquitto_disconnect_v5_callback_set(mosq, onDisconnectTrampoline)
+        mosquitto_publish_v5_callback_set(mosq, onPublishTrampoline)
+        mosquitto_message_v5_callback_set(mosq, onMessageTrampoline)
+        mosquitto_subscribe_v5_callback_set(mosq, onSubscribeTrampoline)
+        mosquitto_unsubscribe_v5_callback_set(mosq, onUnsubscribeTrampoline)
+        if logger.logLevel <= .debug {
+            mosquitto_log_callback_set(mosq, onLogTrampoline)
+        }
+    }
+
+    // MARK: Callback handlers (network thread)
+
+    func handleConnect(rc: Int32, flags: Int32, props: OpaquePointer?) {
+        guard rc == 0 else {
+            let error = MQTTError.connectRefused(rc, protocolVersion: config.protocolVersion)
+            logger.error("\(error.message)")
+            state.withLock { $0.lastRefusal = error }
+            return
+        }
+        let ack = PropertyReader.connAck(flags: flags, props)
+        let (waiters, resend) = state.withLock { s -> ([CheckedContinuation<ConnAck, any Error>], [CoreState.FilterEntry]) in
+            s.connectedThisAttempt = true
+            s.everConnected = true
+            s.connection = .connected(ack)
+            if !ack.sessionPresent {
+                for k in s.filters.keys { s.filters[k]!.confirmed = false }
+            }
+            let resend = s.filters.values.filter { !$0.confirmed }
+            let w = Array(s.connectWaiters.values)
+            s.connectWaiters.removeAll()
+            return (w, resend)
+        }
+        logger.info("Connected to \(config.endpoint) (session present: \(ack.sessionPresent))")
+        for w in waiters { w.resume(returning: ack) }
+        emit(.connected(ack))
+        // Re-subscribe: libmosquitto never does it, and subscribe calls made while offline were not queued.
+        for entry in resend {
+            var mid: Int32 = 0
+            let rc = sendSubscribe(mosq, entry: entry, mid: &mid)
+            if rc == MOSQ_ERR_SUCCESS.rawValue {
+                state.withLock { $0.subackWaiters[UInt16(truncatingIfNeeded: mid)] = .resubscribe(entry.filter) }
+            } else {
+                logger.error("Re-subscribing to '\(entry.filter)' failed: \(MQTTError.libraryText(rc))")
+            }
+        }
+    }
+
+    func handleDisconnect(rc: Int32) {
+        let error: MQTTError? = {
+            if rc == 0 { return nil }
+            if isV5 && rc >= 0x80 && rc <= 0xFF {
+                return MQTTError(.connectionLost, "The broker closed the connection: \(MQTTError.reasonText(UInt8(rc))) (reason 0x\(String(rc, radix: 16))).", reasonCode: UInt8(rc))
+            }
+            return MQTTError.fromLibrary(rc, context: "Connection to \(config.endpoint)")
+        }()
+        let lost = state.withLock { s -> [(UInt16, CoreState.PendingPublish)] in
+            s.epoch &+= 1
+            if case .connected = s.connection { s.connection = .disconnected }
+            // QoS 0 messages still queued in libmosquitto are discarded by it when the connection goes.
+            var lost: [(UInt16, CoreState.PendingPublish)] = []
+            for (mid, p) in s.pending where p.qos == .atMostOnce {
+                lost.append((mid, p))
+            }
+            for (mid, _) in lost { s.pending.removeValue(forKey: mid) }
+            return lost
+        }
+        for (mid, p) in lost {
+            p.waiter?.resume(throwing: MQTTError(.connectionLost, "QoS 0 message \(mid) was not sent: the connection was lost. Use QoS 1 or 2 to have messages kept until the connection returns."))
+            releaseSlot()
+        }
+        // SUBACKs that will not come: the subscriptions are re-sent on reconnect.
+        let subWaiters = state.withLock { s -> [CoreState.SubackWaiter] in
+            let all = Array(s.subackWaiters.values)
+            s.subackWaiters.removeAll()
+            s.earlySubacks.removeAll()
+            return all
+        }
+        for w in subWaiters { w.resumeOffline() }
+        if let error {
+            logger.warning("Disconnected from \(config.endpoint): \(error.message)")
+        }
+        emit(.disconnected(error))
+    }
+
+    /// Called when the connection ended, before the reconnect decision.
+    func handleConnectionEnded(_ error: MQTTError) {
+        state.withLock { s in
+            if case .connected = s.connection { s.connection = .disconnected }
+        }
+    }
+
+    func handlePublished(mid: Int32, reason: Int32) {
+        let id = UInt16(truncatingIfNeeded: mid)
+        let r = UInt8(truncatingIfNeeded: reason)
+        let limit = config.maximumQueuedMessages
+        let (waiter, release) = state.withLock { s -> (CheckedContinuation<UInt8, any Error>?, SlotRelease) in
+            var waiter: CheckedContinuation<UInt8, any Error>?
+            if let p = s.pending.removeValue(forKey: id) {
+                waiter = p.waiter
+            } else {
+                // on_publish beat mosquitto_publish's return: publish() picks this up when it registers.
+                s.earlyAcks[id] = r
+            }
+            return (waiter, s.releaseSlot(limit: limit))
+        }
+        waiter?.resume(returning: r)
+        release.resume()
+    }
+
+    func handleSubscribed(mid: Int32, codes: [UInt8]) {
+        let id = UInt16(truncatingIfNeeded: mid)
+        let waiter = state.withLock { s -> CoreState.SubackWaiter? in
+            if let w = s.subackWaiters.removeValue(forKey: id) {
+                if case .resubscribe(let filter) = w, let code = codes.first {
+                    if code < 0x80 { s.filters[filter]?.confirmed = true }
+                }
+                if case .user(let filter, _) = w, let code = codes.first, code < 0x80 {
+                    s.filters[filter]?.confirmed = true
+                }
+                return w
+            }
+            s.earlySubacks[id] = codes
+            return nil
+        }
+        guard let waiter else { return }
+        switch waiter {
+        case .user(_, let c): c.resume(returning: codes)
+        case .resubscribe(let filter):
+            if let code = codes.first, code >= 0x80 {
+                logger.error("The broker rejected the re-subscription to '\(filter)': \(MQTTError.reasonText(code))")
+                failFilter(filter, MQTTError(.subscriptionRejected, "The broker rejected the re-subscription to '\(filter)' after reconnecting: \(MQTTError.reasonText(code)).", reasonCode: code))
+            }
+        }
+    }
+
+    func handleUnsubscribed(mid: Int32) {
+        let id = UInt16(truncatingIfNeeded: mid)
+        let c = state.withLock { s -> CheckedContinuation<Void, any Error>? in
+            if let c = s.unsubackWaiters.removeValue(forKey: id) { return c }
+            s.earlyUnsubacks.insert(id)
+            return nil
+        }
+        c?.resume()
+    }
+
+    func handleMessage(_ message: MQTTMessage) {
+        let (targets, request) = state.withLock { s -> ([MessageBuffer], CheckedContinuation<MQTTMessage, any Error>?) in
+            var targets: [MessageBuffer]
+            let ids = message.properties.subscriptionIdentifiers
+            if ids.count == 1 {
+                // MQTT 5: the broker says which subscription matched; the common case is one.
+                targets = s.routes(forSubscriptionID: ids[0])
+            } else if !ids.isEmpty {
+                var seen = Set<ObjectIdentifier>()
+                targets = []
+                for id in ids {
+                    for b in s.routes(forSubscriptionID: id) where seen.insert(ObjectIdentifier(b)).inserted { targets.append(b) }
+                }
+            } else {
+                // MQTT 3.1.1 (or no identifier): match the topic against every filter.
+                var streamIDs = Set<UInt64>()
+                for e in s.filters.values where MQTTTopic.matches(filter: e.filter, topic: message.topic) {
+                    streamIDs.formUnion(e.streams)
+                }
+                targets = streamIDs.compactMap { s.streams[$0] }
+            }
+            if !s.firehoses.isEmpty { targets.append(contentsOf: s.firehoses.values) }
+            var request: CheckedContinuation<MQTTMessage, any Error>?
+            if !s.requests.isEmpty, message.topic == responseTopic, let corr = message.properties.correlationData {
+                request = s.requests.removeValue(forKey: corr)
+            }
+            s.messagesReceived += 1
+            return (targets, request)
+        }
+        for t in targets { t.push(message) }
+        request?.resume(returning: message)
+    }
+
+    /// Ends the streams of a filter the broker refused.
+    func failFilter(_ filter: String, _ error: MQTTError) {
+        let buffers = state.withLock { s -> [MessageBuffer] in
+            guard let e = s.filters.removeValue(forKey: filter) else { return [] }
+            s.filtersByID.removeValue(forKey: e.id)
+            return e.streams.compactMap { s.streams[$0] }
+        }
+        for b in buffers { b.finish(error: error) }
+    }
+}
+
+// MARK: - C callbacks: the single entry point from libmosquitto into Swift
+
+@inline(__always)
+private func core(_ obj: UnsafeMutableRawPointer?) -> ClientCore? {
+    guard let obj else { return nil }
+    return Unmanaged<ClientCore>.fromOpaque(obj).takeUnretainedValue()
+}
+
+private let onConnectTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, Int32, OpaquePointer?) -> Void = { _, obj, rc, flags, props in
+    core(obj)?.handleConnect(rc: rc, flags: flags, props: props)
+}
+
+private let onDisconnectTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, OpaquePointer?) -> Void = { _, obj, rc, _ in
+    core(obj)?.handleDisconnect(rc: rc)
+}
+
+private let onPublishTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, Int32, OpaquePointer?) -> Void = { _, obj, mid, reason, _ in
+    core(obj)?.handlePublished(mid: mid, reason: reason)
+}
+
+private let onSubscribeTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, Int32, UnsafePointer<Int32>?, OpaquePointer?) -> Void = { _, obj, mid, count, granted, _ in
+    var codes: [UInt8] = []
+    if let granted, count > 0 {
+        codes = (0..<Int(count)).map { UInt8(truncatingIfNeeded: granted[$0]) }
+    }
+    core(obj)?.handleSubscribed(mid: mid, codes: codes)
+}
+
+private let onUnsubscribeTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, OpaquePointer?) -> Void = { _, obj, mid, _ in
+    core(obj)?.handleUnsubscribed(mid: mid)
+}
+
+private let onMessageTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, UnsafePointer<mosquitto_message>?, OpaquePointer?) -> Void = { _, obj, msg, props in
+    guard let c = core(obj), let m = msg?.pointee else { return }
+    // Copy everything out of C memory now: it is freed when this callback returns.
+    let topic = m.topic.map { String(cString: $0) } ?? ""
+    let payload: [UInt8] = (m.payload != nil && m.payloadlen > 0)
+        ? Array(UnsafeRawBufferPointer(start: m.payload, count: Int(m.payloadlen))) : []
+    let properties = props == nil ? MessageProperties() : PropertyReader.messageProperties(props)
+    var message = MQTTMessage(topic: topic, payload: payload, qos: QoS(rawValue: UInt8(clamping: m.qos)) ?? .atMostOnce,
+                              retain: m.retain, properties: properties)
+    message.messageID = UInt16(truncatingIfNeeded: m.mid)
+    c.handleMessage(message)
+}
+
+private let onLogTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, UnsafePointer<CChar>?) -> Void = { _, obj, level, text in
+    guard let c = core(obj), let text else { return }
+    let line = String(cString: text)
+    if level == MOSQ_LOG_DEBUG {
+        c.logger.trace("libmosquitto: \(line)")
+    } else {
+        c.logger.debug("libmosquitto: \(line)")
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+func closeSocketForTesting(_ fd: Int32) -> Int32 { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+#elseif canImport(Darwin)
+import Darwin
+func closeSocketForTesting(_ fd: Int32) -> Int32 { Darwin.shutdown(fd, SHUT_RDWR) }
+#endif

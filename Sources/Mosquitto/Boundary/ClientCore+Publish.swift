@@ -1,0 +1,197 @@
+import CMosquitto
+import DequeModule
+import Foundation
+import Logging
+import Synchronization
+
+extension ClientCore {
+    // MARK: Publishing
+
+    /// Gives back one outgoing-queue slot (from the network thread's on_publish, or after a failed publish).
+    func releaseSlot() {
+        let release = state.withLock { $0.releaseSlot(limit: config.maximumQueuedMessages) }
+        release.resume()
+    }
+
+    /// Waits until a queue slot is handed to this publisher (the slow path of `publish`).
+    private func waitForSlot() async throws {
+        let limit = config.maximumQueuedMessages
+        let id = state.withLock { $0.nextID() }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+                let immediate = state.withLock { s -> Result<Void, any Error>? in
+                    if s.handleClosed || s.shutdownRequested { return .failure(s.closedError) }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    if s.slotsInUse < limit && s.slotWaiters.isEmpty {
+                        s.slotsInUse += 1
+                        return .success(())
+                    }
+                    s.slotWaiters.append(.init(id: id, continuation: c))
+                    return nil
+                }
+                if let immediate { c.resume(with: immediate) }
+            }
+        } onCancel: {
+            let c = state.withLock { s -> CheckedContinuation<Void, any Error>? in
+                guard let i = s.slotWaiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return s.slotWaiters.remove(at: i).continuation
+            }
+            c?.resume(throwing: CancellationError())
+        }
+    }
+
+    private enum Admission {
+        case admitted(epoch: UInt64)
+        case mustWait
+        case offline
+        case closed(MQTTError)
+    }
+
+    private enum Outcome {
+        case early(UInt8)
+        case registered
+        case needsWaiter
+        case lost(SlotRelease)
+        case failed(SlotRelease)
+    }
+
+    func publish(_ message: MQTTMessage, completion: PublishCompletion) async throws -> PublishReceipt {
+        try MQTTTopic.validateName(message.topic)
+        if message.payload.count > 268_435_455 {
+            throw MQTTError(.payloadTooLarge, "The payload is \(message.payload.count) bytes; MQTT allows at most 268,435,455.")
+        }
+        var props = CPropertyList()
+        if isV5 && !message.properties.isEmpty {
+            props = try CPropertyList.publish(message.properties)
+        }
+        defer { props.free() }
+        let qos = message.qos
+        let limit = config.maximumQueuedMessages
+        let offlineError = MQTTError(.notConnected, "QoS 0 message to '\(message.topic)' not sent: the client is offline. Use QoS 1 or 2 to have it queued until the connection returns.")
+
+        // One lock for the common case: a free slot in the outgoing queue, the gate, the connection epoch.
+        func admit(holdingSlot: Bool) -> Admission {
+            state.withLock { s in
+                if s.handleClosed || s.shutdownRequested { return .closed(s.closedError) }
+                if qos == .atMostOnce, !s.isConnected {
+                    if holdingSlot { s.slotsInUse -= 1 }
+                    return .offline
+                }
+                if !holdingSlot {
+                    guard s.slotsInUse < limit && s.slotWaiters.isEmpty else { return .mustWait }
+                    s.slotsInUse += 1
+                }
+                s.activeCalls += 1
+                return .admitted(epoch: s.epoch)
+            }
+        }
+        var admission = admit(holdingSlot: false)
+        if case .mustWait = admission {
+            try await waitForSlot()
+            admission = admit(holdingSlot: true)
+        }
+        let epoch: UInt64
+        switch admission {
+        case .admitted(let e): epoch = e
+        case .offline: throw offlineError
+        case .closed(let e): throw e
+        case .mustWait: preconditionFailure("admit(holdingSlot: true) never asks to wait")
+        }
+
+        var mid: Int32 = 0
+        let rc: Int32 = message.payload.withUnsafeBytes { buf in
+            mosquitto_publish_v5(mosq, &mid, message.topic, Int32(buf.count), buf.baseAddress,
+                                 Int32(qos.rawValue), message.retain, props.head)
+        }
+        let id = UInt16(truncatingIfNeeded: mid)
+        let offline = rc == MOSQ_ERR_NO_CONN.rawValue
+        // NO_CONN at QoS 1/2 means "queued until the connection returns" (libmosquitto resends it).
+        let accepted = rc == MOSQ_ERR_SUCCESS.rawValue || (offline && qos != .atMostOnce)
+
+        // One lock again: leave the gate and register the message (or learn it already completed).
+        let outcome = state.withLock { s -> Outcome in
+            s.activeCalls -= 1
+            if !accepted { return .failed(s.releaseSlot(limit: limit)) }
+            if let r = s.earlyAcks.removeValue(forKey: id) { return .early(r) }
+            if qos == .atMostOnce && s.epoch != epoch { return .lost(s.releaseSlot(limit: limit)) }
+            if completion == .enqueued {
+                s.pending[id] = .init(qos: qos, waiter: nil)
+                return .registered
+            }
+            return .needsWaiter
+        }
+        let lostError = MQTTError(.connectionLost, "QoS 0 message to '\(message.topic)' may not have been sent: the connection was lost. Use QoS 1 or 2 to have messages kept until the connection returns.")
+        switch outcome {
+        case .failed(let release):
+            release.resume()
+            if offline { throw offlineError }
+            throw MQTTError.fromLibrary(rc, context: "Publishing to '\(message.topic)'")
+        case .lost(let release):
+            release.resume()
+            throw lostError
+        case .early(let r):
+            try checkReason(r, topic: message.topic)
+            return PublishReceipt(messageID: id, reasonCode: r, queuedWhileOffline: offline, completed: true)
+        case .registered:
+            return PublishReceipt(messageID: id, reasonCode: 0, queuedWhileOffline: offline, completed: false)
+        case .needsWaiter:
+            break
+        }
+
+        let reason: UInt8 = try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<UInt8, any Error>) in
+                let early = state.withLock { s -> UInt8? in
+                    if let r = s.earlyAcks.removeValue(forKey: id) { return r }
+                    s.pending[id] = .init(qos: qos, waiter: c)
+                    return nil
+                }
+                if let early { c.resume(returning: early) } else if Task.isCancelled { detachWaiter(id) }
+            }
+        } onCancel: {
+            detachWaiter(id)
+        }
+        try checkReason(reason, topic: message.topic)
+        return PublishReceipt(messageID: id, reasonCode: reason, queuedWhileOffline: offline, completed: true)
+    }
+
+    /// Stops waiting for message `id`'s acknowledgement (the message itself stays queued: libmosquitto cannot
+    /// take it back).
+    private func detachWaiter(_ id: UInt16) {
+        let c = state.withLock { s -> CheckedContinuation<UInt8, any Error>? in
+            let c = s.pending[id]?.waiter
+            s.pending[id]?.waiter = nil
+            return c
+        }
+        c?.resume(throwing: CancellationError())
+    }
+
+    private func checkReason(_ r: UInt8, topic: String) throws {
+        guard r >= 0x80 else { return }
+        let text = MQTTError.reasonText(r)
+        if r == 0x87 {
+            throw MQTTError(.notAuthorized, "The broker refused the message to '\(topic)': \(text) (reason 0x87). Check the broker's ACL for this user and topic.", reasonCode: r)
+        }
+        throw MQTTError(.publishRejected, "The broker refused the message to '\(topic)': \(text) (reason 0x\(String(r, radix: 16))).", reasonCode: r)
+    }
+
+    func waitUntilAllPublished() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { s -> Bool in
+                if s.slotsInUse == 0 || s.handleClosed { return true }
+                s.drainWaiters.append(c)
+                return false
+            }
+            if done { c.resume() }
+        }
+    }
+}
+
+/// What `publish` waits for before it returns.
+public enum PublishCompletion: Sendable, Hashable {
+    /// Wait for the broker's acknowledgement (PUBACK for QoS 1, PUBCOMP for QoS 2) or, at QoS 0, for the
+    /// write to the socket.
+    case acknowledged
+    /// Return as soon as the message is in the client's bounded outgoing queue, so that one publisher keeps
+    /// many messages in flight. Suspends only while the queue is full.
+    case enqueued
+}

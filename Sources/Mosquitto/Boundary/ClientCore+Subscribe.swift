@@ -1,0 +1,177 @@
+import CMosquitto
+import DequeModule
+import Foundation
+import Logging
+import Synchronization
+
+extension ClientCore {
+    // MARK: Subscribing
+
+    func sendSubscribe(_ h: OpaquePointer, entry: CoreState.FilterEntry, mid: inout Int32) -> Int32 {
+        if isV5 {
+            var props = CPropertyList()
+            defer { props.free() }
+            try? props.add(varint: MQTT_PROP_SUBSCRIPTION_IDENTIFIER, entry.id)
+            return mosquitto_subscribe_v5(h, &mid, entry.filter, Int32(entry.qos.rawValue), entry.options, props.head)
+        }
+        return mosquitto_subscribe(h, &mid, entry.filter, Int32(entry.qos.rawValue))
+    }
+
+    func subscribe(_ subscriptions: [Subscription], buffer policy: SubscriptionBuffer, internalFilter: Bool = false) async throws -> MessageStream {
+        guard !subscriptions.isEmpty else { throw MQTTError(.invalidArgument, "Subscribe needs at least one filter.") }
+        for s in subscriptions { try MQTTTopic.validateFilter(s.filter) }
+        if !isV5 && subscriptions.contains(where: { $0.optionBits != 0 }) {
+            throw MQTTError(.requiresMQTT5, "No-local, retain-as-published and retain handling need MQTT 5: connect with protocolVersion .v5 (-V mqttv5).")
+        }
+        let streamID = state.withLock { $0.nextID() }
+        let buffer = MessageBuffer(policy: policy) { [weak self] in self?.removeStream(streamID) }
+        let toSend = try state.withLock { s throws(MQTTError) -> [CoreState.FilterEntry] in
+            if s.handleClosed || s.shutdownRequested { throw s.closedError }
+            s.streams[streamID] = buffer
+            var out: [CoreState.FilterEntry] = []
+            for sub in subscriptions {
+                if var e = s.filters[sub.filter] {
+                    e.streams.insert(streamID)
+                    if sub.qos > e.qos || sub.optionBits != e.options {
+                        e.qos = max(e.qos, sub.qos)
+                        e.options = sub.optionBits
+                        out.append(e)
+                    }
+                    s.filters[sub.filter] = e
+                } else {
+                    let id = s.nextSubscriptionID
+                    s.nextSubscriptionID = s.nextSubscriptionID >= 268_435_455 ? 1 : s.nextSubscriptionID + 1
+                    let e = CoreState.FilterEntry(filter: sub.filter, id: id, qos: sub.qos, options: sub.optionBits, streams: [streamID])
+                    s.filters[sub.filter] = e
+                    s.filtersByID[id] = sub.filter
+                    out.append(e)
+                }
+            }
+            return out
+        }
+        var granted: [String: QoS?] = [:]
+        do {
+            for entry in toSend {
+                var mid: Int32 = 0
+                guard let rc = try withHandle({ h in sendSubscribe(h, entry: entry, mid: &mid) }) else {
+                    throw state.withLock { $0.closedError }
+                }
+                if rc == MOSQ_ERR_NO_CONN.rawValue {
+                    granted[entry.filter] = .some(nil)  // sent on reconnect
+                    continue
+                }
+                if rc != MOSQ_ERR_SUCCESS.rawValue {
+                    throw MQTTError.fromLibrary(rc, context: "Subscribing to '\(entry.filter)'")
+                }
+                let codes = try await awaitSuback(UInt16(truncatingIfNeeded: mid), filter: entry.filter)
+                guard let codes else {
+                    granted[entry.filter] = .some(nil)
+                    continue
+                }
+                if let code = codes.first, code >= 0x80 {
+                    let text = isV5 ? MQTTError.reasonText(code) : "failure"
+                    if code == 0x87 {
+                        throw MQTTError(.notAuthorized, "The broker refused the subscription to '\(entry.filter)': \(text) (reason 0x87). Check the broker's ACL.", reasonCode: code)
+                    }
+                    throw MQTTError(.subscriptionRejected, "The broker refused the subscription to '\(entry.filter)': \(text) (reason 0x\(String(code, radix: 16))).", reasonCode: code)
+                }
+                granted[entry.filter] = codes.first.flatMap { QoS(rawValue: $0) }
+            }
+        } catch {
+            buffer.finish()
+            removeStream(streamID)
+            throw error
+        }
+        let filters = subscriptions.map(\.filter)
+        let grants: [QoS?] = filters.map { f in
+            if let g = granted[f] { return g }
+            return state.withLock { s in s.filters[f].map { $0.confirmed ? $0.qos : nil } ?? nil }
+        }
+        return MessageStream(buffer: buffer, filters: filters, grantedQoS: grants)
+    }
+
+    /// Waits for the SUBACK of `mid`; nil when the connection dropped first (re-sent on reconnect).
+    private func awaitSuback(_ mid: UInt16, filter: String) async throws -> [UInt8]? {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<[UInt8]?, any Error>) in
+            let early = state.withLock { s -> [UInt8]?? in
+                if let codes = s.earlySubacks.removeValue(forKey: mid) {
+                    if let code = codes.first, code < 0x80 { s.filters[filter]?.confirmed = true }
+                    return .some(codes)
+                }
+                if s.handleClosed { return .some(nil) }
+                s.subackWaiters[mid] = .user(filter, c)
+                return .none
+            }
+            if case .some(let codes) = early { c.resume(returning: codes) }
+        }
+    }
+
+    /// Removes a stream and unsubscribes the filters no other stream uses.
+    func removeStream(_ streamID: UInt64) {
+        let gone = state.withLock { s -> [String] in
+            guard s.streams.removeValue(forKey: streamID) != nil else { return [] }
+            var gone: [String] = []
+            for (f, var e) in s.filters where e.streams.contains(streamID) {
+                e.streams.remove(streamID)
+                if e.streams.isEmpty && !e.isInternal {
+                    s.filters.removeValue(forKey: f)
+                    s.filtersByID.removeValue(forKey: e.id)
+                    gone.append(f)
+                } else {
+                    s.filters[f] = e
+                }
+            }
+            return gone
+        }
+        for f in gone {
+            _ = try? withHandle { h in mosquitto_unsubscribe(h, nil, f) }
+        }
+    }
+
+    func unsubscribe(_ filters: [String]) async throws {
+        let buffers = state.withLock { s -> [MessageBuffer] in
+            var out: [MessageBuffer] = []
+            for f in filters {
+                if let e = s.filters.removeValue(forKey: f) {
+                    s.filtersByID.removeValue(forKey: e.id)
+                    out += e.streams.compactMap { s.streams[$0] }
+                }
+            }
+            return out
+        }
+        for f in filters {
+            var mid: Int32 = 0
+            guard let rc = try withHandle({ h in mosquitto_unsubscribe(h, &mid, f) }) else { throw state.withLock { $0.closedError } }
+            if rc == MOSQ_ERR_NO_CONN.rawValue { continue }
+            if rc != MOSQ_ERR_SUCCESS.rawValue { throw MQTTError.fromLibrary(rc, context: "Unsubscribing from '\(f)'") }
+            let id = UInt16(truncatingIfNeeded: mid)
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+                let early = state.withLock { s -> Bool in
+                    if s.earlyUnsubacks.remove(id) != nil { return true }
+                    s.unsubackWaiters[id] = c
+                    return false
+                }
+                if early { c.resume() }
+            }
+        }
+        // Streams whose every filter is gone end.
+        for b in buffers {
+            let stillUsed = state.withLock { s in s.filters.values.contains { e in e.streams.contains { s.streams[$0] === b } } }
+            if !stillUsed { b.finish() }
+        }
+    }
+
+    func makeFirehose(buffer policy: SubscriptionBuffer) -> MessageStream {
+        let id = state.withLock { $0.nextID() }
+        let buffer = MessageBuffer(policy: policy) { [weak self] in
+            _ = self?.state.withLock { $0.firehoses.removeValue(forKey: id) }
+        }
+        let closed = state.withLock { s -> Bool in
+            if s.handleClosed { return true }
+            s.firehoses[id] = buffer
+            return false
+        }
+        if closed { buffer.finish() }
+        return MessageStream(buffer: buffer, filters: ["#"], grantedQoS: [])
+    }
+}

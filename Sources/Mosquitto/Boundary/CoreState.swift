@@ -1,0 +1,169 @@
+import DequeModule
+
+/// Everything `ClientCore` shares between threads, guarded by its `state` mutex.
+
+/// Continuations to resume after the state lock is released.
+struct SlotRelease {
+    var slots: [CheckedContinuation<Void, any Error>] = []
+    var drained: [CheckedContinuation<Void, Never>] = []
+
+    func resume() {
+        for c in slots { c.resume() }
+        for c in drained { c.resume() }
+    }
+}
+
+struct CoreState: ~Copyable {
+    struct PendingPublish {
+        var qos: QoS
+        var waiter: CheckedContinuation<UInt8, any Error>?
+    }
+    struct SlotWaiter {
+        var id: UInt64
+        var continuation: CheckedContinuation<Void, any Error>
+    }
+    struct FilterEntry {
+        var filter: String
+        var id: UInt32
+        var qos: QoS
+        var options: Int32
+        var streams: Set<UInt64>
+        var confirmed = false
+        var isInternal = false
+    }
+    enum SubackWaiter {
+        case user(String, CheckedContinuation<[UInt8]?, any Error>)
+        case resubscribe(String)
+
+        func resumeOffline() {
+            if case .user(_, let c) = self { c.resume(returning: nil) }
+        }
+        func resume(throwing e: MQTTError) {
+            if case .user(_, let c) = self { c.resume(throwing: e) }
+        }
+    }
+    struct Teardown {
+        var connectWaiters: [CheckedContinuation<ConnAck, any Error>] = []
+        var slotWaiters: [CheckedContinuation<Void, any Error>] = []
+        var pending: [(UInt16, PendingPublish)] = []
+        var subacks: [SubackWaiter] = []
+        var unsubacks: [CheckedContinuation<Void, any Error>] = []
+        var requests: [CheckedContinuation<MQTTMessage, any Error>] = []
+        var buffers: [MessageBuffer] = []
+        var drainWaiters: [CheckedContinuation<Void, Never>] = []
+        var events: [AsyncStream<ConnectionEvent>.Continuation] = []
+        var joinWaiters: [CheckedContinuation<Void, Never>] = []
+        /// Released after unlocking: dropping a stream ends it, which takes the lock again.
+        var responseStream: MessageStream?
+    }
+
+    var connection: ConnectionState = .idle
+    var threadStarted = false
+    var threadExited = false
+    /// Kernel thread id of the network thread (Linux), for tests and diagnostics.
+    var networkThreadID: Int = -1
+    var shutdownRequested = false
+    var handleClosed = false
+    var handleDestroyed = false
+    var activeCalls = 0
+    var connectedThisAttempt = false
+    var everConnected = false
+    var lastRefusal: MQTTError?
+    var finalError: MQTTError?
+    var epoch: UInt64 = 0
+    var idCounter: UInt64 = 0
+
+    var connectWaiters: [UInt64: CheckedContinuation<ConnAck, any Error>] = [:]
+    var joinWaiters: [CheckedContinuation<Void, Never>] = []
+    var events: [UInt64: AsyncStream<ConnectionEvent>.Continuation] = [:]
+
+    var slotsInUse = 0
+    var slotWaiters = Deque<SlotWaiter>()
+    var pending: [UInt16: PendingPublish] = [:]
+    var earlyAcks: [UInt16: UInt8] = [:]
+    var drainWaiters: [CheckedContinuation<Void, Never>] = []
+
+    var filters: [String: FilterEntry] = [:] { didSet { routesByID = nil } }
+    var filtersByID: [UInt32: String] = [:]
+    var nextSubscriptionID: UInt32 = 1
+    var streams: [UInt64: MessageBuffer] = [:] { didSet { routesByID = nil } }
+    /// Streams to deliver to, by MQTT 5 subscription identifier; rebuilt after any subscription change.
+    var routesByID: [UInt32: [MessageBuffer]]?
+    var firehoses: [UInt64: MessageBuffer] = [:]
+    var subackWaiters: [UInt16: SubackWaiter] = [:]
+    var earlySubacks: [UInt16: [UInt8]] = [:]
+    var unsubackWaiters: [UInt16: CheckedContinuation<Void, any Error>] = [:]
+    var earlyUnsubacks: Set<UInt16> = []
+    var messagesReceived = 0
+
+    var requests: [[UInt8]: CheckedContinuation<MQTTMessage, any Error>] = [:]
+    var responseSubscribed = false
+    var responseStream: MessageStream?
+
+    mutating func routes(forSubscriptionID id: UInt32) -> [MessageBuffer] {
+        if routesByID == nil {
+            var table: [UInt32: [MessageBuffer]] = [:]
+            for e in filters.values {
+                table[e.id] = e.streams.sorted().compactMap { streams[$0] }
+            }
+            routesByID = table
+        }
+        return routesByID?[id] ?? []
+    }
+
+    var isConnected: Bool {
+        if case .connected = connection { return true }
+        return false
+    }
+
+    /// Gives back one outgoing-queue slot. Waiting publishers are woken in batches, once the queue has
+    /// drained to three quarters of `limit`, so a publisher that runs ahead is not woken once per message.
+    mutating func releaseSlot(limit: Int) -> SlotRelease {
+        slotsInUse -= 1
+        var release = SlotRelease()
+        if !slotWaiters.isEmpty {
+            let lowWater = limit - max(1, limit / 4)
+            if slotsInUse <= lowWater {
+                while slotsInUse < limit, let w = slotWaiters.popFirst() {
+                    slotsInUse += 1
+                    release.slots.append(w.continuation)
+                }
+            }
+        } else if slotsInUse == 0 && !drainWaiters.isEmpty {
+            release.drained = drainWaiters
+            drainWaiters.removeAll()
+        }
+        return release
+    }
+
+    mutating func nextID() -> UInt64 {
+        idCounter += 1
+        return idCounter
+    }
+
+    var closedError: MQTTError {
+        finalError ?? MQTTError(.shutDown, "The MQTT client was shut down; create a new client to connect again.")
+    }
+
+    mutating func takeEverything() -> Teardown {
+        var t = Teardown()
+        threadExited = true
+        handleClosed = true
+        t.connectWaiters = Array(connectWaiters.values); connectWaiters.removeAll()
+        t.slotWaiters = slotWaiters.map(\.continuation); slotWaiters.removeAll()
+        t.pending = pending.compactMap { $0.value.waiter == nil ? nil : ($0.key, $0.value) }; pending.removeAll()
+        t.subacks = Array(subackWaiters.values); subackWaiters.removeAll()
+        t.unsubacks = Array(unsubackWaiters.values); unsubackWaiters.removeAll()
+        t.requests = Array(requests.values); requests.removeAll()
+        t.buffers = Array(streams.values) + Array(firehoses.values); streams.removeAll(); firehoses.removeAll()
+        filters.removeAll(); filtersByID.removeAll()
+        t.drainWaiters = drainWaiters; drainWaiters.removeAll()
+        t.events = Array(events.values); events.removeAll()
+        t.joinWaiters = joinWaiters; joinWaiters.removeAll()
+        slotsInUse = 0
+        t.responseStream = responseStream
+        responseStream = nil
+        return t
+    }
+}
+
