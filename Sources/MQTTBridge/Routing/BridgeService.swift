@@ -150,12 +150,13 @@ public final class BridgeService: Service, Sendable {
         signalStarted(nil)
         logger.info("mqtt-bridge started: \(configuration.routes.count) route(s), broker \(configuration.mqtt.endpoint)")
 
+        let events = client.events  // before connecting, so the first .connected is not missed
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { [logger] in
                     do { try await client.connect() } catch { logger.error("MQTT connection failed: \(error)") }
                 }
-                tasks.addTask { [self] in await watchEvents(client, configuration: configuration) }
+                tasks.addTask { [self] in await watchEvents(client, events: events, configuration: configuration) }
                 tasks.addTask { await publisher.run() }
                 if configuration.progressInterval > .zero {
                     tasks.addTask { [self] in await reportProgress(every: configuration.progressInterval) }
@@ -272,10 +273,10 @@ public final class BridgeService: Service, Sendable {
         try? await http?.close()
     }
 
-    private func watchEvents(_ client: MQTTClient, configuration: BridgeConfiguration) async {
+    private func watchEvents(_ client: MQTTClient, events: AsyncStream<ConnectionEvent>, configuration: BridgeConfiguration) async {
         var connections = 0
         let publisher = state.withLock { $0.publisher }
-        for await event in client.events {
+        for await event in events {
             switch event {
             case .connected:
                 connections += 1

@@ -1,0 +1,167 @@
+import Foundation
+import Mosquitto
+import MQTTBridge
+import Testing
+
+@Suite("Spool")
+struct SpoolTests {
+    func records(_ range: Range<Int>) -> [SpoolRecord] {
+        range.map { SpoolRecord(topic: "t/\($0)", payload: Array("p\($0)".utf8) + [0x00, 0xFF], qos: .atLeastOnce) }
+    }
+
+    @Test("records survive reopening until marked done; files are owner-only")
+    func persistAndAck() throws {
+        let dir = temporaryDirectory() + "/spool"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        do {
+            let spool = try Spool(configuration: SpoolConfiguration(directory: dir, segmentBytes: 4096))
+            try spool.append(records(0..<500))
+            let batch = try spool.readBatch(maxRecords: 100)
+            #expect(batch.count == 100)
+            #expect(batch.first?.payload == Array("p0".utf8) + [0x00, 0xFF])
+            try spool.markDone(through: batch.last!.sequence)
+            #expect(spool.depth.records == 400)
+            spool.close()
+        }
+        let attributes = try FileManager.default.attributesOfItem(atPath: dir)
+        #expect((attributes[.posixPermissions] as? Int) == 0o700)
+        for f in try FileManager.default.contentsOfDirectory(atPath: dir) {
+            let a = try FileManager.default.attributesOfItem(atPath: dir + "/" + f)
+            #expect((a[.posixPermissions] as? Int) == 0o600, "\(f)")
+        }
+        let reopened = try Spool(configuration: SpoolConfiguration(directory: dir, segmentBytes: 4096))
+        #expect(reopened.recoveredRecords == 400)
+        var all: [SpoolRecord] = []
+        while true {
+            let b = try reopened.readBatch(maxRecords: 64)
+            if b.isEmpty { break }
+            all += b
+        }
+        #expect(all.map(\.topic) == (100..<500).map { "t/\($0)" })
+        try reopened.markDone(through: all.last!.sequence)
+        #expect(reopened.depth.records == 0)
+        // Fully acknowledged segments are deleted.
+        let segments = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("seg-") }
+        #expect(segments.count <= 1)
+    }
+
+    @Test("a torn tail (kill -9 in the middle of a write) is truncated at the first bad checksum")
+    func tornTail() throws {
+        let dir = temporaryDirectory() + "/spool"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        do {
+            let spool = try Spool(configuration: SpoolConfiguration(directory: dir))
+            try spool.append(records(0..<10))
+            spool.close()
+        }
+        let segment = try FileManager.default.contentsOfDirectory(atPath: dir).first { $0.hasPrefix("seg-") }!
+        let handle = FileHandle(forWritingAtPath: dir + "/" + segment)!
+        handle.seekToEndOfFile()
+        handle.write(Data([40, 0, 0, 0, 1, 2, 3, 4, 9, 9]))  // a header and part of a body
+        handle.closeFile()
+        let spool = try Spool(configuration: SpoolConfiguration(directory: dir))
+        #expect(spool.recoveredRecords == 10)
+        #expect(spool.corruptBytes == 10)
+        try spool.append(records(10..<11))
+        var all: [SpoolRecord] = []
+        while true {
+            let b = try spool.readBatch(maxRecords: 64)
+            if b.isEmpty { break }
+            all += b
+        }
+        #expect(all.map(\.topic) == (0..<11).map { "t/\($0)" })
+    }
+
+    @Test("the spool reports full at its byte limit and wakes waiters when acknowledgements free space")
+    func fullAndSpace() throws {
+        let dir = temporaryDirectory() + "/spool"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let spool = try Spool(configuration: SpoolConfiguration(directory: dir, maxBytes: 4096))
+        var full = false
+        var n = 0
+        while !full {
+            full = try spool.append(records(n..<n + 10))
+            n += 10
+        }
+        #expect(spool.isFull)
+        let woke = Locked(false)
+        spool.whenSpaceAvailable { woke.withLock { $0 = true } }
+        #expect(woke.value == false)
+        let b = try spool.readBatch(maxRecords: n)
+        try spool.markDone(through: b.last!.sequence)
+        #expect(woke.value == true)
+        #expect(!spool.isFull)
+    }
+}
+
+@Suite("Configuration")
+struct ConfigTests {
+    @Test("a valid mosquitto.conf-style file parses into routes")
+    func valid() throws {
+        let text = """
+        # broker
+        address 127.0.0.1:1884
+        remote_clientid plant1
+        cleansession false
+        restart_timeout 1 30
+        spool_dir /tmp/x
+        spool_max_bytes 16MiB
+        metrics_listen 127.0.0.1:9100
+
+        route gps
+        direction to_mqtt
+        mode tcp_client
+        address 10.0.0.5:10110 10.0.0.6:10110
+        framing crlf
+        max_frame 4KiB
+        topic nmea/{feed}/{field:0}
+        qos 1
+
+        route cmd
+        direction both
+        mode tcp_server
+        address 127.0.0.1:7000
+        allow 127.0.0.1 10.0.0.0/8
+        framing length 2 le
+        topic up/{peer}
+        subscribe down/#
+        slow_reader disconnect
+        """
+        let c = try ConfigParser.parse(text)
+        #expect(c.mqtt.endpoint == .tcp(host: "127.0.0.1", port: 1884))
+        #expect(c.mqtt.session == .persistent(expiry: 0xFFFF_FFFF))
+        #expect(c.spoolMaxBytes == 16 << 20)
+        #expect(c.routes.count == 2)
+        #expect(c.routes[0].feed.addresses.count == 2)
+        #expect(c.routes[0].framing == .crlf)
+        #expect(c.routes[0].maxFrame == 4096)
+        #expect(c.routes[1].framing == .lengthPrefixed(width: 2, byteOrder: .littleEndian))
+        #expect(c.routes[1].subscriptions == ["down/#"])
+        #expect(c.routes[1].slowReader == .disconnect)
+    }
+
+    @Test("--check reports every error with its line number")
+    func errorsOnLines() {
+        let text = """
+        address 127.0.0.1:1883
+        # comment
+        spool_max_bytes lots
+        route a
+        mode tcp_server
+        topic t/{nope}
+        framing length 3
+        qos 7
+        route b
+        mode tcp_client
+        topic ok
+        bogus_key 1
+        """
+        let issues = ConfigParser.check(text)
+        #expect(issues.map(\.line) == [3, 4, 6, 7, 8, 9, 12], "\(issues)")
+        #expect(issues[0].message.contains("spool_max_bytes"))
+        #expect(issues[1].message.contains("needs a 'topic'"))
+        #expect(issues[2].message.contains("{nope}"))
+        #expect(issues[5].message.contains("needs an 'address'"))
+        #expect(issues[6].message.contains("bogus_key"))
+    }
+}
