@@ -1,0 +1,145 @@
+import Foundation
+import Mosquitto
+import MosquittoBroker
+import MQTTBridge
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Distinct payloads received, and how many copies arrived in all.
+private func unique(_ r: Recorder) -> (Set<String>, Int) {
+    let s = r.strings
+    return (Set(s), s.count)
+}
+
+/// Whether the first arrival of each frame is in production order (duplicates from resends may come later).
+private func firstArrivalsInOrder(_ strings: [String], prefix: String) -> Bool {
+    var seen = Set<String>()
+    var last = -1
+    for s in strings where s.hasPrefix(prefix) && !seen.contains(s) {
+        seen.insert(s)
+        guard let n = Int(s.dropFirst(prefix.count)), n > last else { return false }
+        last = n
+    }
+    return true
+}
+
+@Suite("Resilience", .serialized)
+struct ResilienceTests {
+    @Test("the broker is stopped (SIGTERM) and restarted mid-stream: every frame arrives, in order of first arrival")
+    func brokerRestart() async throws {
+        var brokerConfig = MosquittoBroker.Configuration(persistence: true)
+        brokerConfig.autosaveInterval = 1
+        try await withBroker(brokerConfig) { broker in
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            // A persistent QoS 1 subscriber keeps its session across the restart.
+            let sub = try await connected(broker, id: "restart-sub", persistent: true)
+            let recorder = Recorder(try await sub.subscribe("r/#", qos: .atLeastOnce))
+            let config = bridgeConfig(broker, spool: dir, routes: [try serverRoute("r", topic: "r/x")], id: "restart-bridge")
+            try await withBridge(config) { bridge in
+                let peer = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "r")))
+                let total = 20000
+                let writer = Task {
+                    for chunk in stride(from: 0, to: total, by: 200) {
+                        try await peer.write(Array((chunk..<chunk + 200).map { "f\($0)\n" }.joined().utf8))
+                        try await Task.sleep(for: .milliseconds(5))
+                    }
+                }
+                #expect(await eventually { recorder.count > 2000 })
+                await broker.stop()
+                let duringOutage = bridge.metrics.route("r").framesIn.value
+                try await Task.sleep(for: .milliseconds(500))
+                try await broker.restart()
+                try await writer.value
+                let m = bridge.metrics.route("r")
+                #expect(await eventually(timeout: .seconds(60)) { unique(recorder).0.count >= total })
+                let (distinct, copies) = unique(recorder)
+                // produced = delivered (distinct) + 0 drops; duplicates only from resends.
+                #expect(distinct == Set((0..<total).map { "f\($0)" }))
+                #expect(m.totalDropped == 0)
+                #expect(firstArrivalsInOrder(recorder.strings, prefix: "f"))
+                #expect(bridge.metrics.mqttReconnects.value >= 1)
+                print("broker restart: \(total) produced, \(distinct.count) delivered, \(copies - distinct.count) duplicates, \(duringOutage) spooled before the outage")
+                await peer.close()
+            }
+            recorder.stop()
+            await sub.shutdown()
+        }
+    }
+
+    @Test("the bridge is killed with kill -9 mid-stream and restarted: every spooled frame arrives")
+    func bridgeKill9() async throws {
+        let executable = try #require(bridgeExecutable(), "build the mqtt-bridge executable first (swift build)")
+        var brokerConfig = MosquittoBroker.Configuration(persistence: true)
+        brokerConfig.maxInflightMessages = 1  // slow the broker side down so the kill lands mid-publish
+        try await withBroker(brokerConfig) { broker in
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let feedPort = freePort()
+            let httpPort = freePort()
+            let configFile = dir + "/bridge.conf"
+            try """
+            address \(broker.host):\(broker.port)
+            remote_clientid kill9-bridge
+            cleansession false
+            spool_dir \(dir)/spool
+            metrics_listen 127.0.0.1:\(httpPort)
+            progress_interval 0
+            max_inflight_messages 1
+
+            route k
+            direction to_mqtt
+            mode tcp_server
+            address 127.0.0.1:\(feedPort)
+            topic k/{feed}
+            qos 1
+            """.write(toFile: configFile, atomically: true, encoding: .utf8)
+            let sub = try await connected(broker, id: "kill9-sub", persistent: true)
+            let recorder = Recorder(try await sub.subscribe("k/#", qos: .atLeastOnce))
+
+            func launch() async throws -> Child {
+                let child = try Child(executable, ["--config", configFile, "--log-level", "warning"], output: dir + "/bridge.log")
+                let up = await eventually { (try? await httpGet(port: httpPort, path: "/readyz"))?.0 == 200 }
+                #expect(up, "bridge did not become ready: \((try? String(contentsOfFile: dir + "/bridge.log", encoding: .utf8)) ?? "")")
+                return child
+            }
+
+            // Phase 1: 20,000 frames into the first bridge process.
+            let first = try await launch()
+            let peer1 = try await FeedPeer.connect(port: feedPort)
+            let phase1 = 20000
+            try await peer1.write(Array((0..<phase1).map { "n\($0)\n" }.joined().utf8))
+            let spooled = await eventually {
+                guard let (_, body) = try? await httpGet(port: httpPort, path: "/metrics") else { return false }
+                return metricValue(body, "mqtt_bridge_frames_in_total", route: "k") == Double(phase1)
+            }
+            #expect(spooled)
+            let deliveredAtKill = Set(recorder.strings).count
+            first.signal(SIGKILL)
+            _ = await first.wait()
+            await peer1.close()
+            #expect(deliveredAtKill < phase1, "the kill should land while frames are still being published")
+
+            // Phase 2: a new process resends what was not acknowledged, and takes more frames.
+            let second = try await launch()
+            let peer2 = try await FeedPeer.connect(port: feedPort)
+            let phase2 = 5000
+            try await peer2.write(Array((phase1..<phase1 + phase2).map { "n\($0)\n" }.joined().utf8))
+            let total = phase1 + phase2
+            #expect(await eventually(timeout: .seconds(90)) { Set(recorder.strings).count >= total })
+            let distinct = Set(recorder.strings)
+            #expect(distinct == Set((0..<total).map { "n\($0)" }))
+            #expect(firstArrivalsInOrder(recorder.strings, prefix: "n"))
+            print("kill -9: \(total) produced, \(distinct.count) delivered, \(recorder.count - distinct.count) duplicates, \(deliveredAtKill) delivered at the kill")
+            await peer2.close()
+            second.signal(SIGTERM)
+            let status = await second.wait()
+            #expect(status != nil, "SIGTERM should stop the bridge")
+            recorder.stop()
+            await sub.shutdown()
+        }
+    }
+}
