@@ -182,7 +182,9 @@ extension ClientCore {
             s.messagesReceived += 1
             return (targets, request)
         }
-        for t in targets { t.push(message) }
+        for t in targets where t.push(message, deferWake: true) == nil {
+            pendingWakes.append(t)
+        }
         request?.resume(returning: message)
     }
 

@@ -29,6 +29,9 @@ final class ClientCore: @unchecked Sendable {
     let wakeup = DispatchSemaphore(value: 0)
     let isV5: Bool
     let responseTopic: String
+    /// Streams with messages queued for a consumer that has not been woken yet. Network thread only:
+    /// filled by `handleMessage` (in callbacks) and flushed by `flushWakes()` after each loop pass.
+    var pendingWakes: [MessageBuffer] = []
 
     init(configuration: MQTTConfiguration) throws(MQTTError) {
         try configuration.validate()
@@ -213,8 +216,10 @@ final class ClientCore: @unchecked Sendable {
             if rc == MOSQ_ERR_SUCCESS.rawValue {
                 while true {
                     let lrc = mosquitto_loop(mosq, 1000, 1)
+                    flushWakes()
                     if state.withLock({ $0.shutdownRequested }) {
                         finishGracefully()
+                        flushWakes()
                         break outer
                     }
                     if lrc != MOSQ_ERR_SUCCESS.rawValue {
@@ -261,6 +266,14 @@ final class ClientCore: @unchecked Sendable {
         teardown(error: finalError)
     }
 
+    /// Wakes the consumers of the messages the last loop pass delivered (one wake per stream per pass).
+    private func flushWakes() {
+        guard !pendingWakes.isEmpty else { return }
+        let wakes = pendingWakes
+        pendingWakes.removeAll(keepingCapacity: true)
+        for b in wakes { b.wakeConsumer() }
+    }
+
     /// After a shutdown request: send DISCONNECT and let libmosquitto write it before closing.
     private func finishGracefully() {
         _ = mosquitto_disconnect_v5(mosq, 0, nil)
@@ -272,6 +285,7 @@ final class ClientCore: @unchecked Sendable {
 
     /// Fails everything, destroys the handle and wakes the joiners. Runs on the network thread at its end.
     private func teardown(error: MQTTError?) {
+        flushWakes()
         // Close the gate and wait for other threads' C calls to leave it.
         state.withLock { $0.handleClosed = true }
         while state.withLock({ $0.activeCalls }) > 0 { usleep(1000) }

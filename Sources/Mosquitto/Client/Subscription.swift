@@ -84,6 +84,7 @@ final class MessageBuffer: @unchecked Sendable {
         var finished = false
         var failure: MQTTError?
         var producerWaiting = false
+        var wakeScheduled = false
         var dropped = 0
         var delivered = 0
     }
@@ -104,19 +105,23 @@ final class MessageBuffer: @unchecked Sendable {
     var receivedCount: Int { inner.withLock { $0.delivered } }
 
     private enum PushStep {
-        case done, dropped, wait
+        case done, dropped, wait, scheduleWake
         case resume(CheckedContinuation<Result<MQTTMessage?, MQTTError>, Never>)
     }
 
     /// Adds a message. Runs on the network thread; may block it under the backpressure policy.
     /// Returns false when the message was dropped.
+    ///
+    /// With `deferWake`, a waiting consumer is not resumed here: the message is queued and the caller must
+    /// call ``wakeConsumer()`` later (the network thread does so once per pass of its loop, so a burst of
+    /// messages costs one task wake-up instead of one per message). Returns `nil` in that case.
     @discardableResult
-    func push(_ message: MQTTMessage) -> Bool {
+    func push(_ message: MQTTMessage, deferWake: Bool = false) -> Bool? {
         var deadline: DispatchTime?
         while true {
             let step: PushStep = inner.withLock { s in
                 if s.finished { return .done }
-                if let c = s.consumer {
+                if let c = s.consumer, !deferWake {
                     s.consumer = nil
                     s.delivered += 1
                     return .resume(c)
@@ -124,6 +129,10 @@ final class MessageBuffer: @unchecked Sendable {
                 if s.queue.count < policy.capacity {
                     s.queue.append(message)
                     s.delivered += 1
+                    if s.consumer != nil && !s.wakeScheduled {
+                        s.wakeScheduled = true
+                        return .scheduleWake
+                    }
                     return .done
                 }
                 switch policy.overflow {
@@ -146,11 +155,14 @@ final class MessageBuffer: @unchecked Sendable {
             }
             switch step {
             case .done: return true
+            case .scheduleWake: return nil
             case .dropped: return false
             case .resume(let c):
                 c.resume(returning: .success(message))
                 return true
             case .wait:
+                // A consumer parked on an earlier deferred message must be woken before we wait for room.
+                wakeConsumer()
                 if deadline == nil, case .backpressure(let maxWait) = policy.overflow {
                     let ns = UInt64(max(0, maxWait / .nanoseconds(1)))
                     deadline = .now() + .nanoseconds(Int(min(ns, UInt64(Int.max))))
@@ -158,6 +170,17 @@ final class MessageBuffer: @unchecked Sendable {
                 _ = room.wait(timeout: min(deadline!, .now() + .milliseconds(100)))
             }
         }
+    }
+
+    /// Resumes a waiting consumer with the oldest queued message (after deferred pushes).
+    func wakeConsumer() {
+        let handoff: (CheckedContinuation<Result<MQTTMessage?, MQTTError>, Never>, MQTTMessage)? = inner.withLock { s in
+            s.wakeScheduled = false
+            guard let c = s.consumer, let m = s.queue.popFirst() else { return nil }
+            s.consumer = nil
+            return (c, m)
+        }
+        if let (c, m) = handoff { c.resume(returning: .success(m)) }
     }
 
     private enum NextStep {
@@ -210,17 +233,22 @@ final class MessageBuffer: @unchecked Sendable {
     /// Ends the stream from the client side (shutdown, give-up, rejected subscription). Buffered messages
     /// are still handed out before the end.
     func finish(error: MQTTError? = nil) {
-        let c: CheckedContinuation<Result<MQTTMessage?, MQTTError>, Never>? = inner.withLock { s in
-            if s.finished { return nil }
+        let (c, next): (CheckedContinuation<Result<MQTTMessage?, MQTTError>, Never>?, MQTTMessage?) = inner.withLock { s in
+            if s.finished { return (nil, nil) }
             s.finished = true
             s.failure = error
             s.producerWaiting = false
             let c = s.consumer
             s.consumer = nil
-            return c
+            // A consumer parked while messages were queued for it gets them first.
+            return (c, c == nil ? nil : s.queue.popFirst())
         }
         room.signal()
-        c?.resume(returning: error.map { .failure($0) } ?? .success(nil))
+        if let next {
+            c?.resume(returning: .success(next))
+        } else {
+            c?.resume(returning: error.map { .failure($0) } ?? .success(nil))
+        }
     }
 
     /// Ends the stream from the consumer side: stop buffering and unsubscribe (once).
