@@ -24,7 +24,7 @@ final class ClientCore: @unchecked Sendable {
     let mosq: OpaquePointer
     let config: MQTTConfiguration
     let logger: Logger
-    let state = Mutex(CoreState())
+    let state = LockedState(CoreState())
     /// Wakes the network thread from a reconnect back-off sleep.
     let wakeup = DispatchSemaphore(value: 0)
     let isV5: Bool

@@ -13,7 +13,7 @@ struct SlotRelease {
     }
 }
 
-struct CoreState: ~Copyable {
+struct CoreState {
     struct PendingPublish {
         var qos: QoS
         var waiter: CheckedContinuation<UInt8, any Error>?

@@ -89,7 +89,7 @@ final class MessageBuffer: @unchecked Sendable {
         var delivered = 0
     }
 
-    private let inner = Mutex(Inner())
+    private let inner = LockedState(Inner())
     private let room = DispatchSemaphore(value: 0)
     let policy: SubscriptionBuffer
     /// Called once when the consumer side ends (iteration finished, cancelled or stream dropped).
