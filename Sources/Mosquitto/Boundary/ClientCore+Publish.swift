@@ -57,6 +57,7 @@ extension ClientCore {
 
     func publish(_ message: MQTTMessage, completion: PublishCompletion) async throws -> PublishReceipt {
         try MQTTTopic.validateName(message.topic)
+        try checkDepth(message.topic, what: "topic")
         if message.payload.count > 268_435_455 {
             throw MQTTError(.payloadTooLarge, "The payload is \(message.payload.count) bytes; MQTT allows at most 268,435,455.")
         }
@@ -152,6 +153,15 @@ extension ClientCore {
         }
         try checkReason(reason, topic: message.topic)
         return PublishReceipt(messageID: id, reasonCode: reason, queuedWhileOffline: offline, completed: true)
+    }
+
+    /// Refuses topics deeper than the broker accepts (see ``MQTTConfiguration/maximumTopicLevels``).
+    func checkDepth(_ topic: String, what: String) throws(MQTTError) {
+        let levels = MQTTTopic.levelCount(topic)
+        if levels > config.maximumTopicLevels {
+            throw MQTTError(what == "topic" ? .invalidTopic : .invalidFilter,
+                            "The \(what) '\(topic.prefix(40))…' has \(levels) levels; the mosquitto broker disconnects clients that use more than \(config.maximumTopicLevels). Use a flatter topic.")
+        }
     }
 
     /// Stops waiting for message `id`'s acknowledgement (the message itself stays queued: libmosquitto cannot

@@ -19,7 +19,10 @@ extension ClientCore {
 
     func subscribe(_ subscriptions: [Subscription], buffer policy: SubscriptionBuffer, internalFilter: Bool = false) async throws -> MessageStream {
         guard !subscriptions.isEmpty else { throw MQTTError(.invalidArgument, "Subscribe needs at least one filter.") }
-        for s in subscriptions { try MQTTTopic.validateFilter(s.filter) }
+        for s in subscriptions {
+            try MQTTTopic.validateFilter(s.filter)
+            try checkDepth(s.filter, what: "filter")
+        }
         if !isV5 && subscriptions.contains(where: { $0.optionBits != 0 }) {
             throw MQTTError(.requiresMQTT5, "No-local, retain-as-published and retain handling need MQTT 5: connect with protocolVersion .v5 (-V mqttv5).")
         }

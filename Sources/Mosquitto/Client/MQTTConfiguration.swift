@@ -216,6 +216,10 @@ public struct MQTTConfiguration: Sendable {
     /// MQTT 5 Receive Maximum: how many QoS 1/2 messages the broker may send before this client acknowledged
     /// them (1…65535). The broker's own `max_inflight_messages` applies too.
     public var receiveMaximum: UInt16 = 65535
+    /// The deepest topic (in levels) the client sends. The mosquitto broker disconnects a client that
+    /// publishes or subscribes deeper than 200 levels (its `TOPIC_HIERARCHY_LIMIT`), and a QoS 1/2 message
+    /// would then be resent after every reconnect; the client refuses such a topic up front instead.
+    public var maximumTopicLevels: Int = 200
     /// Connect through a SOCKS5 proxy.
     public var socks5Proxy: SOCKS5Proxy?
     /// Local address to bind the socket to.

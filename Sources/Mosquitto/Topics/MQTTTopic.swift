@@ -98,6 +98,13 @@ public enum MQTTTopic {
         (try? validateFilter(filter)) != nil
     }
 
+    /// The number of levels in a topic or filter (one more than its `/` separators).
+    public static func levelCount(_ topic: String) -> Int {
+        var n = 1
+        for b in topic.utf8 where b == UInt8(ascii: "/") { n += 1 }
+        return n
+    }
+
     /// Splits a shared subscription `$share/<group>/<filter>` into its group and filter.
     /// Returns nil for a filter that is not shared.
     public static func shareGroup(of filter: String) -> (group: String, filter: String)? {

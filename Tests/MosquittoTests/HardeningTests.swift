@@ -1,0 +1,205 @@
+import Foundation
+import Logging
+@testable import Mosquitto
+import MosquittoBroker
+import Testing
+
+@Suite("Hardening: limits, secrets, PSK, id exhaustion, stability", .serialized)
+struct HardeningTests {
+    @Test("Oversized payloads, very long topics and deep topic trees get a clear error and leave the client usable")
+    func limits() async throws {
+        var bc = MosquittoBroker.Configuration()
+        bc.extraConfiguration = ["max_packet_size 4096"]  // advertised to MQTT 5 clients in CONNACK
+        try await withBroker(bc) { broker in
+            let sub = try await connected(broker)
+            let everything = try await sub.subscribe("#")
+            let c = try await connected(broker)
+            #expect(c.state != .shutDown)
+            if case .connected(let ack) = c.state { #expect(ack.maximumPacketSize == 4096) }
+            // Too big for the broker: refused before sending (libmosquitto checks the CONNACK limit).
+            do {
+                try await c.publish(MQTTMessage(topic: "big", payload: [UInt8](repeating: 1, count: 10_000)))
+                Issue.record("an oversized payload must be refused")
+            } catch let e as MQTTError {
+                #expect(e.code == .payloadTooLarge, "\(e.code): \(e.message)")
+                #expect(e.message.contains("smaller"))
+            }
+            // Longer than MQTT allows.
+            await #expect(throws: MQTTError.self) {
+                try await c.publish(MQTTMessage(topic: String(repeating: "t", count: 70_000), string: "x"))
+            }
+            // Deeper than mosquitto accepts: it would disconnect us and the QoS 1 message would be resent forever.
+            let deep = Array(repeating: "a", count: 250).joined(separator: "/")
+            do {
+                try await c.publish(MQTTMessage(topic: deep, string: "x"))
+                Issue.record("a 250-level topic must be refused")
+            } catch let e as MQTTError {
+                #expect(e.code == .invalidTopic)
+                #expect(e.message.contains("250 levels"))
+            }
+            await #expect(throws: MQTTError.self) { _ = try await c.subscribe(deep) }
+            // Still usable, and still the same connection: nothing reached the broker.
+            try await c.publish(MQTTMessage(topic: "after/limits", string: "fine"))
+            let got = try await collect(everything, count: 1)
+            #expect(got.map(\.topic) == ["after/limits"])
+            var events: [ConnectionEvent] = []
+            let stream = c.events
+            let reader = Task { for await e in stream { events.append(e) }; return events }
+            await c.shutdown()
+            let seen = await reader.value
+            #expect(!seen.contains { if case .reconnecting = $0 { return true }; return false })
+            await sub.shutdown()
+        }
+    }
+
+    @Test("Passwords and PSK keys never appear in logs, libmosquitto's debug lines included, or in errors")
+    func secretsStayOutOfLogs() async throws {
+        let password = "pa55-Sup3r-S3cret-\(UInt32.random(in: 1000...9999))"
+        try await withBroker(.init(users: ["carol": password])) { broker in
+            let lines = Locked<[String]>([])
+            for attempt in [password, "wrong-\(password)"] {
+                var c = config(broker)
+                c.credentials = .init(username: "carol", password: attempt)
+                c.logger = Logger(label: "secret-check") { _ in CapturingLogHandler(lines: lines) }
+                c.logger.logLevel = .trace
+                let client = try MQTTClient(configuration: c)
+                do {
+                    try await client.connect()
+                    try await client.publish(MQTTMessage(topic: "a/b", string: "hello"))
+                } catch let e as MQTTError {
+                    lines.withLock { $0.append(e.message) }
+                }
+                await client.shutdown()
+            }
+            let all = lines.value.joined(separator: "\n")
+            #expect(all.contains("sending CONNECT"), "libmosquitto's own debug lines were captured")
+            #expect(!all.contains(password), "the password leaked into the logs")
+        }
+    }
+
+    @Test("TLS-PSK connects with the right key and is refused with a wrong one")
+    func psk() async throws {
+        let pskPort = freeLoopbackPort()
+        var bc = MosquittoBroker.Configuration()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("psk-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let pskFile = dir.appendingPathComponent("psk").path
+        try "device1:deadbeefcafe0123\n".write(toFile: pskFile, atomically: true, encoding: .utf8)
+        bc.extraConfiguration = ["listener \(pskPort) 127.0.0.1", "psk_hint toolkit", "psk_file \(pskFile)", "use_identity_as_username true"]
+        try await withBroker(bc) { broker in
+            var good = config(broker)
+            good.endpoint = .tcp(host: "127.0.0.1", port: pskPort)
+            good.tls = .psk(identity: "device1", hexKey: "deadbeefcafe0123", version: "tlsv1.2")
+            let client = try MQTTClient(configuration: good)
+            try await client.connect()
+            let s = try await client.subscribe("psk/x")
+            try await client.publish(MQTTMessage(topic: "psk/x", string: "over psk"))
+            #expect(try await collect(s, count: 1).first?.string == "over psk")
+            await client.shutdown()
+
+            var bad = good
+            bad.tls = .psk(identity: "device1", hexKey: "0000000000000000", version: "tlsv1.2")
+            let badClient = try MQTTClient(configuration: bad)
+            await #expect(throws: MQTTError.self) { try await badClient.connect() }
+        }
+    }
+
+    @Test("Mutual TLS: a broker that requires client certificates refuses a client without one")
+    func mutualTLS() async throws {
+        var bc = MosquittoBroker.Configuration(tls: true)
+        bc.requireClientCertificate = true
+        try await withBroker(bc) { broker in
+            let files = try #require(broker.tlsFiles)
+            var c = config(broker)
+            c.endpoint = .tcp(host: "localhost", port: try #require(broker.tlsPort))
+            c.tls = .init(caFile: files.caFile)
+            let anonymous = try MQTTClient(configuration: c)
+            await #expect(throws: MQTTError.self) { try await anonymous.connect() }
+            c.tls = .init(caFile: files.caFile, certificateFile: files.clientCertificate, keyFile: files.clientKey)
+            let withCert = try MQTTClient(configuration: c)
+            try await withCert.connect()
+            await withCert.shutdown()
+        }
+    }
+
+    @Test("A publisher that runs far ahead never has more messages in flight than message ids allow, and delivery stays exact")
+    func messageIDsNeverRunOut() async throws {
+        let n = 70_000
+        var bc = MosquittoBroker.Configuration(persistence: true)
+        bc.maxQueuedMessages = 0
+        try await withBroker(bc) { broker in
+            let sub = try await connected(broker, id: "ids-sub") { $0.session = .persistent(expiry: 600) }
+            let stream = try await sub.subscribe([Subscription("ids/x", qos: .exactlyOnce)], buffer: .init(capacity: 100_000))
+            let pub = try await connected(broker, id: "ids-pub") {
+                $0.session = .persistent(expiry: 600)
+                $0.maximumQueuedMessages = 65_000
+            }
+            // While the broker is down, everything queues in the client: up to 65,000, then publish waits.
+            await broker.stop()
+            #expect(await eventually { pub.state == .disconnected })
+            let accepted = Locked(0)
+            let publisher = Task {
+                for i in 0..<n {
+                    try await pub.publish(MQTTMessage(topic: "ids/x", payload: withUnsafeBytes(of: UInt32(i)) { Array($0) }, qos: .exactlyOnce),
+                                          completion: .enqueued)
+                    accepted.withLock { $0 += 1 }
+                }
+            }
+            #expect(await eventually(timeout: .seconds(60)) { accepted.value == 65_000 })
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(accepted.value == 65_000, "the 65,001st publish must wait for a free message id")
+            let inFlight = pub.core.state.withLock { $0.slotsInUse }
+            #expect(inFlight <= 65_000)
+            try await broker.start()
+            try await publisher.value
+            await pub.waitUntilAllPublished()
+            let got = try await collect(stream, count: n, timeout: .seconds(120))
+            let ids = got.map { $0.payload.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) } }
+            #expect(ids.count == n, "received \(ids.count) of \(n)")
+            #expect(Set(ids).count == ids.count, "QoS 2 must not duplicate")
+            await pub.shutdown()
+            await sub.shutdown()
+        }
+    }
+
+    @Test("10,000 connect/publish/disconnect cycles leave file descriptors and memory where they began")
+    func connectCycles() async throws {
+        let cycles = Int(ProcessInfo.processInfo.environment["MOSQUITTO_STABILITY_CYCLES"] ?? "") ?? 10_000
+        try await withBroker { broker in
+            let watcher = try await connected(broker)
+            let stream = try await watcher.subscribe("cycle/#", qos: .atLeastOnce)
+            func batch(_ range: Range<Int>) async throws {
+                try await withThrowingTaskGroup(of: Void.self) { g in
+                    for i in range {
+                        g.addTask {
+                            let c = try MQTTClient(configuration: config(broker, id: "cycle-\(i)"))
+                            try await c.connect()
+                            try await c.publish(MQTTMessage(topic: "cycle/\(i % 10)", string: "\(i)"))
+                            await c.shutdown()
+                        }
+                    }
+                    try await g.waitForAll()
+                }
+            }
+            // Warm up allocator pools and thread caches, then measure.
+            try await batch(0..<200)
+            let fdBefore = openFileDescriptors()
+            let rssBefore = residentBytes()
+            var i = 200
+            while i < cycles {
+                let end = min(cycles, i + 8)
+                try await batch(i..<end)
+                i = end
+            }
+            let got = try await collect(stream, count: cycles, timeout: .seconds(60))
+            let fdAfter = openFileDescriptors()
+            let rssAfter = residentBytes()
+            print("cycles: \(cycles), fds \(fdBefore) -> \(fdAfter), RSS \(rssBefore / 1024) KiB -> \(rssAfter / 1024) KiB, delivered \(got.count)")
+            #expect(got.count == cycles)
+            #expect(fdAfter <= fdBefore + 2, "file descriptors leaked: \(fdBefore) -> \(fdAfter)")
+            #expect(rssAfter - rssBefore < 24 * 1_048_576, "resident memory grew by \((rssAfter - rssBefore) / 1024) KiB")
+            await watcher.shutdown()
+        }
+    }
+}
