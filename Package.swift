@@ -97,6 +97,21 @@ let package = Package(
             dependencies: ["CMosquitto"],
             path: "Benchmarks/mosquitto-bench-c"
         ),
+        // Fuzzing: every parser of untrusted bytes as a libFuzzer target (see Fuzz/run.sh), and the replay of
+        // committed corpora and crashes as tests.
+        .target(
+            name: "FuzzTargets",
+            dependencies: ["Mosquitto", "CMosquitto", "MQTTBridge", "MosquittoCLI"]
+        ),
+        .executableTarget(
+            name: "mosquitto-fuzz",
+            dependencies: ["FuzzTargets"],
+            path: "Fuzz/mosquitto-fuzz"
+        ),
+        .testTarget(
+            name: "FuzzRegressionTests",
+            dependencies: ["FuzzTargets"]
+        ),
         .testTarget(
             name: "MosquittoTests",
             dependencies: ["Mosquitto", "MosquittoBroker", "CMosquitto"]
@@ -113,6 +128,19 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // The examples: one runnable program per messaging pattern (Examples/README.md), and their smoke tests.
+        .target(
+            name: "ExampleSupport",
+            dependencies: ["Mosquitto", "MosquittoBroker", .product(name: "Logging", package: "swift-log")],
+            path: "Examples/Support"
+        ),
+        .executableTarget(name: "example-telemetry", dependencies: exampleDependencies, path: "Examples/Telemetry"),
+        .executableTarget(name: "example-wildcard", dependencies: exampleDependencies, path: "Examples/Wildcard"),
+        .executableTarget(name: "example-broadcast", dependencies: exampleDependencies, path: "Examples/Broadcast"),
+        .executableTarget(name: "example-request-reply", dependencies: exampleDependencies + ["mqtt-rr"], path: "Examples/RequestReply"),
     ],
     swiftLanguageModes: [.v6]
 )
+
+/// What every example links: the library, the private broker, and the examples' shared option handling.
+var exampleDependencies: [Target.Dependency] { ["Mosquitto", "MosquittoBroker", "ExampleSupport"] }
