@@ -339,3 +339,39 @@ extension MQTTClient {
         core.severConnectionForTesting()
     }
 }
+
+@Suite("Client: per-message completion callbacks")
+struct CompletionCallbackTests {
+    @Test("onComplete reports every acknowledgement, every broker refusal, and messages a shutdown abandoned")
+    func callbacks() async throws {
+        var bc = MosquittoBroker.Configuration(users: ["alice": "pw"])
+        bc.aclFileContents = "user alice\ntopic readwrite ok/#\n"
+        try await withBroker(bc) { broker in
+            let pub = try await connected(broker) { $0.credentials = .init(username: "alice", password: "pw") }
+            let results = Locked<[Int: Result<UInt8, MQTTError>]>([:])
+            for i in 0..<500 {
+                let topic = i % 100 == 99 ? "denied/\(i)" : "ok/\(i)"
+                try await pub.publish(MQTTMessage(topic: topic, string: "\(i)", qos: .atLeastOnce)) { r in
+                    results.withLock { $0[i] = r }
+                }
+            }
+            #expect(await eventually { results.value.count == 500 })
+            let r = results.value
+            let refused = r.filter { if case .failure = $0.value { return true }; return false }.keys.sorted()
+            #expect(refused == [99, 199, 299, 399, 499], "exactly the ACL-denied messages fail")
+            if case .failure(let e) = r[99] { #expect(e.code == .notAuthorized && e.reasonCode == 0x87) }
+            // Queued while the broker is away, then abandoned by shutdown: each callback says so.
+            await broker.stop()
+            #expect(await eventually { pub.state == .disconnected })
+            let abandoned = Locked<[MQTTError]>([])
+            for i in 0..<10 {
+                try await pub.publish(MQTTMessage(topic: "ok/late", string: "\(i)", qos: .atLeastOnce)) { r in
+                    if case .failure(let e) = r { abandoned.withLock { $0.append(e) } }
+                }
+            }
+            await pub.shutdown()
+            #expect(abandoned.value.count == 10)
+            #expect(abandoned.value.allSatisfy { $0.code == .shutDown })
+        }
+    }
+}

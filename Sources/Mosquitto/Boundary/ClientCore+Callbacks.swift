@@ -75,7 +75,7 @@ extension ClientCore {
             return lost
         }
         for (mid, p) in lost {
-            p.waiter?.resume(throwing: MQTTError(.connectionLost, "QoS 0 message \(mid) was not sent: the connection was lost. Use QoS 1 or 2 to have messages kept until the connection returns."))
+            p.fail(MQTTError(.connectionLost, "QoS 0 message \(mid) was not sent: the connection was lost. Use QoS 1 or 2 to have messages kept until the connection returns."))
             releaseSlot()
         }
         // SUBACKs that will not come: the subscriptions are re-sent on reconnect.
@@ -103,17 +103,20 @@ extension ClientCore {
         let id = UInt16(truncatingIfNeeded: mid)
         let r = UInt8(truncatingIfNeeded: reason)
         let limit = config.maximumQueuedMessages
-        let (waiter, release) = state.withLock { s -> (CheckedContinuation<UInt8, any Error>?, SlotRelease) in
-            var waiter: CheckedContinuation<UInt8, any Error>?
-            if let p = s.pending.removeValue(forKey: id) {
-                waiter = p.waiter
-            } else {
+        let (pending, release) = state.withLock { s -> (CoreState.PendingPublish?, SlotRelease) in
+            let p = s.pending.removeValue(forKey: id)
+            if p == nil {
                 // on_publish beat mosquitto_publish's return: publish() picks this up when it registers.
                 s.earlyAcks[id] = r
             }
-            return (waiter, s.releaseSlot(limit: limit))
+            return (p, s.releaseSlot(limit: limit))
         }
-        waiter?.resume(returning: r)
+        if let pending {
+            pending.waiter?.resume(returning: r)
+            if let callback = pending.callback {
+                callback(r >= 0x80 ? .failure(publishRejection(r, topic: nil)) : .success(r))
+            }
+        }
         release.resume()
     }
 

@@ -55,7 +55,7 @@ extension ClientCore {
         case failed(SlotRelease)
     }
 
-    func publish(_ message: MQTTMessage, completion: PublishCompletion) async throws -> PublishReceipt {
+    func publish(_ message: MQTTMessage, completion: PublishCompletion, onComplete: PublishCallback? = nil) async throws -> PublishReceipt {
         try MQTTTopic.validateName(message.topic)
         try checkDepth(message.topic, what: "topic")
         if message.payload.count > 268_435_455 {
@@ -116,7 +116,7 @@ extension ClientCore {
             if let r = s.earlyAcks.removeValue(forKey: id) { return .early(r) }
             if qos == .atMostOnce && s.epoch != epoch { return .lost(s.releaseSlot(limit: limit)) }
             if completion == .enqueued {
-                s.pending[id] = .init(qos: qos, waiter: nil)
+                s.pending[id] = .init(qos: qos, waiter: nil, callback: onComplete)
                 return .registered
             }
             return .needsWaiter
@@ -131,7 +131,11 @@ extension ClientCore {
             release.resume()
             throw lostError
         case .early(let r):
-            try checkReason(r, topic: message.topic)
+            if let onComplete {
+                onComplete(r >= 0x80 ? .failure(publishRejection(r, topic: message.topic)) : .success(r))
+            } else {
+                try checkReason(r, topic: message.topic)
+            }
             return PublishReceipt(messageID: id, reasonCode: r, queuedWhileOffline: offline, completed: true)
         case .registered:
             return PublishReceipt(messageID: id, reasonCode: 0, queuedWhileOffline: offline, completed: false)
@@ -177,11 +181,17 @@ extension ClientCore {
 
     private func checkReason(_ r: UInt8, topic: String) throws {
         guard r >= 0x80 else { return }
+        throw publishRejection(r, topic: topic)
+    }
+
+    /// The error for a PUBACK/PUBREC failure reason code.
+    func publishRejection(_ r: UInt8, topic: String?) -> MQTTError {
         let text = MQTTError.reasonText(r)
+        let which = topic.map { "the message to '\($0)'" } ?? "a message"
         if r == 0x87 {
-            throw MQTTError(.notAuthorized, "The broker refused the message to '\(topic)': \(text) (reason 0x87). Check the broker's ACL for this user and topic.", reasonCode: r)
+            return MQTTError(.notAuthorized, "The broker refused \(which): \(text) (reason 0x87). Check the broker's ACL for this user and topic.", reasonCode: r)
         }
-        throw MQTTError(.publishRejected, "The broker refused the message to '\(topic)': \(text) (reason 0x\(String(r, radix: 16))).", reasonCode: r)
+        return MQTTError(.publishRejected, "The broker refused \(which): \(text) (reason 0x\(String(r, radix: 16))).", reasonCode: r)
     }
 
     func waitUntilAllPublished() async {

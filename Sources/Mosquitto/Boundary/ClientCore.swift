@@ -312,7 +312,7 @@ final class ClientCore: @unchecked Sendable {
         for c in work.connectWaiters { c.resume(throwing: shutdownError) }
         for c in work.slotWaiters { c.resume(throwing: shutdownError) }
         for (mid, p) in work.pending {
-            p.waiter?.resume(throwing: MQTTError(shutdownError.code, "Message \(mid) was not acknowledged by the broker before the client ended: \(shutdownError.message)", reasonCode: shutdownError.reasonCode))
+            p.fail(MQTTError(shutdownError.code, "Message \(mid) was not acknowledged by the broker before the client ended: \(shutdownError.message)", reasonCode: shutdownError.reasonCode))
         }
         for w in work.subacks { w.resume(throwing: shutdownError) }
         for c in work.unsubacks { c.resume(throwing: shutdownError) }

@@ -2,6 +2,9 @@ import DequeModule
 
 /// Everything `ClientCore` shares between threads, guarded by its `state` mutex.
 
+/// What `publish(_:onComplete:)` calls: the MQTT 5 reason code of the acknowledgement, or the failure.
+typealias PublishCallback = @Sendable (Result<UInt8, MQTTError>) -> Void
+
 /// Continuations to resume after the state lock is released.
 struct SlotRelease {
     var slots: [CheckedContinuation<Void, any Error>] = []
@@ -17,6 +20,14 @@ struct CoreState {
     struct PendingPublish {
         var qos: QoS
         var waiter: CheckedContinuation<UInt8, any Error>?
+        /// Called on the network thread when the message completes (see `MQTTClient.publish(_:onComplete:)`).
+        var callback: PublishCallback? = nil
+
+        /// Reports a failure to whoever waits for this message.
+        func fail(_ error: MQTTError) {
+            waiter?.resume(throwing: error)
+            callback?(.failure(error))
+        }
     }
     struct SlotWaiter {
         var id: UInt64
@@ -151,7 +162,7 @@ struct CoreState {
         handleClosed = true
         t.connectWaiters = Array(connectWaiters.values); connectWaiters.removeAll()
         t.slotWaiters = slotWaiters.map(\.continuation); slotWaiters.removeAll()
-        t.pending = pending.compactMap { $0.value.waiter == nil ? nil : ($0.key, $0.value) }; pending.removeAll()
+        t.pending = pending.compactMap { $0.value.waiter == nil && $0.value.callback == nil ? nil : ($0.key, $0.value) }; pending.removeAll()
         t.subacks = Array(subackWaiters.values); subackWaiters.removeAll()
         t.unsubacks = Array(unsubackWaiters.values); unsubackWaiters.removeAll()
         t.requests = Array(requests.values); requests.removeAll()

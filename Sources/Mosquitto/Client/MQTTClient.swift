@@ -116,6 +116,21 @@ public final class MQTTClient: Sendable {
         try await core.publish(message, completion: completion)
     }
 
+    /// Hands a message to the bounded outgoing queue and reports its completion through `onComplete`.
+    ///
+    /// Returns as soon as the message is queued, like ``PublishCompletion/enqueued``; `onComplete` is then called
+    /// exactly once, on the client's network thread, with the MQTT 5 reason code when the broker acknowledged the
+    /// message (PUBACK/PUBCOMP, or the socket write at QoS 0), or with the error when the broker refused it
+    /// (reason code 0x80 or above), the connection dropped a QoS 0 message, or the client ended first. It is not
+    /// called when this method throws. Keep `onComplete` short and non-blocking: it runs on the thread that
+    /// reads from the broker. This is how a store-and-forward caller (such as a spool) learns, per message, when
+    /// the broker has taken responsibility, without a task per message.
+    @discardableResult
+    public func publish(_ message: MQTTMessage,
+                        onComplete: @escaping @Sendable (Result<UInt8, MQTTError>) -> Void) async throws -> PublishReceipt {
+        try await core.publish(message, completion: .enqueued, onComplete: onComplete)
+    }
+
     /// Publishes bytes to a topic. See ``publish(_:completion:)``.
     @discardableResult
     public func publish(to topic: String, payload: some Sequence<UInt8>, qos: QoS = .atLeastOnce, retain: Bool = false,
