@@ -6,13 +6,16 @@ import Synchronization
 /// Connecting, and turning the library's errors into mosquitto's messages and exit codes.
 enum ClientSession {
     /// Creates a client and connects; every failure becomes a ``CLIError`` with mosquitto's exit code.
-    static func connect(_ configuration: MQTTConfiguration) async throws -> MQTTClient {
+    /// - Parameter prepare: runs on the client before it connects (to open a stream that must see the very
+    ///   first messages, such as those a resumed session delivers right after the CONNACK).
+    static func connect(_ configuration: MQTTConfiguration, prepare: (MQTTClient) -> Void = { _ in }) async throws -> MQTTClient {
         let client: MQTTClient
         do {
             client = try MQTTClient(configuration: configuration)
         } catch {
             throw setupError(error)
         }
+        prepare(client)
         do {
             try await client.connect()
         } catch {

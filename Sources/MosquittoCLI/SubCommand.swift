@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Mosquitto
+import Synchronization
 
 /// `mqtt-sub`: subscribes and prints what arrives — a drop-in for `mosquitto_sub` 2.0.11, with a JSON-lines
 /// output (`--json`) and an explicit reconnect policy (`--no-reconnect` fails fast instead of resuming).
@@ -145,7 +146,13 @@ public struct SubCommand: MosquittoTool {
         }
         let signals = SignalWatcher([SIGINT, SIGTERM])
         defer { signals.cancel() }
-        let connectTask = Task { try await ClientSession.connect(configuration) }
+        // The stream exists before the connection, so that a resumed session's queued messages are not missed.
+        let firehose = Locked<MessageStream?>(nil)
+        let connectTask = Task {
+            try await ClientSession.connect(configuration) { client in
+                firehose.set(client.allMessages(buffer: .init(capacity: 8192, overflow: .backpressure(maxWait: .seconds(3600)))))
+            }
+        }
         let client: MQTTClient
         let early = Task {
             if await signals.next() != nil { connectTask.cancel() }
@@ -158,31 +165,35 @@ public struct SubCommand: MosquittoTool {
             if connectTask.isCancelled { throw CLIError("", exitCode: 255) }
             throw error
         }
-        let result = await Self.receive(client: client, plan: plan, formatter: formatter, signals: signals,
+        guard let all = firehose.get() else { throw CLIError("Error: internal: no message stream.") }
+        // The subscription streams live until the client is shut down: dropping them earlier would UNSUBSCRIBE,
+        // and mosquitto_sub leaves its subscriptions in a persistent session (-c) when it exits.
+        let keep = Locked<[MessageStream]>([])
+        let result = await Self.receive(client: client, all: all, keep: keep, plan: plan, formatter: formatter, signals: signals,
                                         v5: v5, quiet: connection.quiet)
         StandardOutput.shared.flush()
         await client.shutdown()
+        withExtendedLifetime(keep) {}
         if let result { throw result }
     }
 
     enum Ending: Sendable { case done, failed(CLIError) }
 
     /// Subscribes, prints, and ends on `-C`, `-E`, `--retained-only`, `-W`, a signal or a lost connection.
-    static func receive(client: MQTTClient, plan: Plan, formatter: MessageFormatter, signals: SignalWatcher,
+    static func receive(client: MQTTClient, all: MessageStream, keep: Locked<[MessageStream]>, plan: Plan, formatter: MessageFormatter, signals: SignalWatcher,
                         v5: Bool, quiet: Bool) async -> CLIError? {
         let options = plan
-        let all = client.allMessages(buffer: .init(capacity: 8192, overflow: .backpressure(maxWait: .seconds(3600))))
         let events = client.events
         return await withTaskGroup(of: CLIError?.self) { group in
             group.addTask {
                 // Subscriptions: one per filter, so that a refused filter does not hide the others.
-                var streams: [MessageStream] = []
                 var denied = 0
                 for f in plan.filters {
                     let sub = Subscription(f, qos: plan.qos, retainAsPublished: v5 && options.retainAsPublished,
                                            retainHandling: v5 && options.noRetained ? .never : .sendAlways)
                     do {
-                        streams.append(try await client.subscribe([sub], buffer: .init(capacity: 1, overflow: .dropNewest)))
+                        let stream = try await client.subscribe([sub], buffer: .init(capacity: 1, overflow: .dropNewest))
+                        keep.set(keep.get() + [stream])
                     } catch let e as MQTTError where e.code == .subscriptionRejected || e.code == .notAuthorized {
                         denied += 1
                     } catch {
@@ -225,7 +236,6 @@ public struct SubCommand: MosquittoTool {
                 } catch {
                     return ClientSession.runtimeError(error)
                 }
-                withExtendedLifetime(streams) {}
                 return nil
             }
             group.addTask {
@@ -259,4 +269,12 @@ public struct SubCommand: MosquittoTool {
             return first
         }
     }
+}
+
+/// A value shared between tasks behind a lock.
+final class Locked<T: Sendable>: Sendable {
+    private let value: Mutex<T>
+    init(_ v: T) { value = Mutex(v) }
+    func get() -> T { value.withLock { $0 } }
+    func set(_ v: T) { value.withLock { $0 = v } }
 }

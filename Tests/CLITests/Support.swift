@@ -1,0 +1,193 @@
+import Foundation
+import Logging
+import Mosquitto
+import MosquittoBroker
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Starts a private broker for the duration of `body`, and always shuts it down.
+func withBroker<T>(_ configuration: MosquittoBroker.Configuration = .init(),
+                   _ body: (MosquittoBroker) async throws -> T) async throws -> T {
+    let broker = try MosquittoBroker(configuration: configuration)
+    try await broker.start()
+    do {
+        let r = try await body(broker)
+        await broker.shutdown()
+        return r
+    } catch {
+        await broker.shutdown()
+        throw error
+    }
+}
+
+/// The directory holding the built `mqtt-pub`, `mqtt-sub` and `mqtt-rr`.
+let productsDirectory: String = {
+    var candidates: [URL] = [Bundle.main.bundleURL, Bundle.main.bundleURL.deletingLastPathComponent()]
+    for b in Bundle.allBundles { candidates += [b.bundleURL, b.bundleURL.deletingLastPathComponent()] }
+    candidates.append(URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent())
+    candidates.append(URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent(".build/debug"))
+    for c in candidates where FileManager.default.isExecutableFile(atPath: c.appendingPathComponent("mqtt-pub").path) {
+        return c.path
+    }
+    return candidates[0].path
+}()
+
+/// Path of one of our tools.
+func tool(_ name: String) -> String { productsDirectory + "/" + name }
+
+/// Path of a mosquitto client, or nil when it is not installed.
+func mosquittoTool(_ name: String) -> String? {
+    for dir in ["/usr/bin", "/usr/local/bin", "/opt/homebrew/bin"] where FileManager.default.isExecutableFile(atPath: dir + "/" + name) {
+        return dir + "/" + name
+    }
+    return nil
+}
+
+let hasMosquittoClients = mosquittoTool("mosquitto_sub") != nil && mosquittoTool("mosquitto_pub") != nil
+
+/// A private temporary directory, removed by the caller.
+func temporaryDirectory() -> String {
+    let path = NSTemporaryDirectory() + "cli-test-" + UUID().uuidString.prefix(8)
+    try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+/// What a finished program produced.
+struct RunResult: CustomStringConvertible {
+    var status: Int32
+    var signalled: Bool
+    var stdout: [UInt8]
+    var stderr: String
+    var out: String { String(decoding: stdout, as: UTF8.self) }
+    var description: String { "status \(status)\(signalled ? " (signal)" : ""), stdout: \(out.prefix(500)), stderr: \(stderr.prefix(500))" }
+}
+
+/// A running child process, started with an empty signal mask and default signal actions (unlike `Process`
+/// started from a Swift concurrency thread, whose blocked SIGTERM/SIGINT/SIGALRM the child would inherit).
+final class Child: @unchecked Sendable {
+    let pid: pid_t
+    let directory: String
+    private let lock = Mutex<Int32?>(nil)
+
+    init(_ executable: String, _ arguments: [String], stdinPath: String? = nil, environment: [String: String]? = nil) throws {
+        directory = temporaryDirectory()
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, stdinPath ?? "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, directory + "/stdout", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, directory + "/stderr", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for s in [SIGINT, SIGTERM, SIGALRM, SIGPIPE, SIGHUP] { sigaddset(&defaults, s) }
+        posix_spawnattr_setsigdefault(&attr, &defaults)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for p in argv { free(p) } }
+        var env = environment ?? ProcessInfo.processInfo.environment
+        env["TZ"] = env["TZ"] ?? "UTC"
+        let envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for p in envp { free(p) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, executable, &actions, &attr, argv, envp)
+        guard rc == 0 else { throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EINVAL) }
+        self.pid = pid
+    }
+
+    /// Sends a signal.
+    func signal(_ sig: Int32) { kill(pid, sig) }
+
+    /// Waits for the exit (killing the child after `timeout`) and returns what it printed.
+    func wait(timeout: Duration = .seconds(60)) async -> RunResult {
+        let deadline = ContinuousClock.now + timeout
+        var status: Int32 = 0
+        while true {
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { break }
+            if ContinuousClock.now > deadline {
+                kill(pid, SIGKILL)
+                _ = waitpid(pid, &status, 0)
+                break
+            }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        let signalled = (status & 0x7f) != 0
+        let code = signalled ? (status & 0x7f) : ((status >> 8) & 0xff)
+        let out = FileManager.default.contents(atPath: directory + "/stdout").map { Array($0) } ?? []
+        let err = FileManager.default.contents(atPath: directory + "/stderr").map { String(decoding: $0, as: UTF8.self) } ?? ""
+        try? FileManager.default.removeItem(atPath: directory)
+        return RunResult(status: code, signalled: signalled, stdout: out, stderr: err)
+    }
+
+    /// What the child wrote to standard output so far.
+    func currentOutput() -> [UInt8] {
+        FileManager.default.contents(atPath: directory + "/stdout").map { Array($0) } ?? []
+    }
+}
+
+/// Runs a program to completion.
+func run(_ executable: String, _ arguments: [String], stdin: [UInt8]? = nil, stdinPath: String? = nil,
+         environment: [String: String]? = nil, timeout: Duration = .seconds(60)) async throws -> RunResult {
+    var path = stdinPath
+    var cleanup: String?
+    if let stdin {
+        let dir = temporaryDirectory()
+        path = dir + "/stdin"
+        FileManager.default.createFile(atPath: path!, contents: Data(stdin))
+        cleanup = dir
+    }
+    defer { if let cleanup { try? FileManager.default.removeItem(atPath: cleanup) } }
+    let child = try Child(executable, arguments, stdinPath: path, environment: environment)
+    return await child.wait(timeout: timeout)
+}
+
+/// `-h host -p port` for a broker.
+func at(_ broker: MosquittoBroker) -> [String] { ["-h", broker.host, "-p", String(broker.port)] }
+
+/// A library client connected to the broker (for test set-up and checks).
+func libraryClient(_ broker: MosquittoBroker, version: MQTTProtocolVersion = .v5) async throws -> MQTTClient {
+    var c = MQTTConfiguration(host: broker.host, port: broker.port, clientID: "t-\(UUID().uuidString.prefix(8))", protocolVersion: version)
+    var logger = Logger(label: "test")
+    logger.logLevel = .critical
+    c.logger = logger
+    let client = try MQTTClient(configuration: c)
+    try await client.connect()
+    return client
+}
+
+/// Starts `count` subscribers and waits until each one is subscribed: a probe message is published on
+/// `probeTopic` until every subscriber has printed something. Returns the children and the probe output
+/// length of each (to cut it off later).
+func startSubscribers(_ commands: [(String, [String])], broker: MosquittoBroker, probeTopic: String) async throws -> [(Child, Int)] {
+    let children = try commands.map { try Child($0.0, $0.1) }
+    let probe = try await libraryClient(broker)
+    defer { Task { await probe.shutdown() } }
+    let deadline = ContinuousClock.now + .seconds(20)
+    while ContinuousClock.now < deadline {
+        if children.allSatisfy({ !$0.currentOutput().isEmpty }) { break }
+        try await probe.publish(to: probeTopic, string: "probe", qos: .atMostOnce)
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    try await Task.sleep(for: .milliseconds(100))
+    return children.map { ($0, $0.currentOutput().count) }
+}
+
+/// Replaces `"tst":"…"` values (the receive time) so that two outputs can be compared.
+func normalisedTimestamps(_ bytes: [UInt8]) -> String {
+    let s = String(decoding: bytes, as: UTF8.self)
+    // The remaining message expiry (86400 s when published) may have lost a second on the way to one of them.
+    return s.replacingOccurrences(of: #""tst":\s*"[^"]*""#, with: #""tst":"T""#, options: .regularExpression)
+        .replacingOccurrences(of: "86399", with: "86400")
+}
