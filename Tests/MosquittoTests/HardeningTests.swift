@@ -77,6 +77,29 @@ struct HardeningTests {
         }
     }
 
+    @Test("TLS verifies the broker's certificate by default; opting out works only explicitly and logs a warning")
+    func insecureOptOutWarns() async throws {
+        try await withBroker(.init(tls: true)) { broker in
+            let files = try #require(broker.tlsFiles)
+            let port = try #require(broker.tlsPort)
+            // Default: verification on, so an untrusted CA fails.
+            var c = config(broker)
+            c.endpoint = .tcp(host: "localhost", port: port)
+            c.tls = .init(caFile: files.wrongCAFile)
+            #expect(c.tls?.insecure == false)
+            let strict = try MQTTClient(configuration: c)
+            await #expect(throws: MQTTError.self) { try await strict.connect() }
+            // Explicit opt-out of the host name check: allowed, and loudly.
+            let lines = Locked<[String]>([])
+            c.tls = .init(caFile: files.caFile, insecure: true)
+            c.logger = Logger(label: "insecure") { _ in CapturingLogHandler(lines: lines) }
+            let lax = try MQTTClient(configuration: c)
+            try await lax.connect()
+            await lax.shutdown()
+            #expect(lines.value.contains { $0.hasPrefix("warning") && $0.contains("verification is OFF") })
+        }
+    }
+
     @Test("TLS-PSK connects with the right key and is refused with a wrong one")
     func psk() async throws {
         let pskPort = freeLoopbackPort()
