@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         // The C library, found with pkg-config.
@@ -138,6 +139,11 @@ let package = Package(
         .executableTarget(name: "example-wildcard", dependencies: exampleDependencies, path: "Examples/Wildcard"),
         .executableTarget(name: "example-broadcast", dependencies: exampleDependencies, path: "Examples/Broadcast"),
         .executableTarget(name: "example-request-reply", dependencies: exampleDependencies + ["mqtt-rr"], path: "Examples/RequestReply"),
+        .executableTarget(name: "example-work-queue", dependencies: exampleDependencies, path: "Examples/WorkQueue"),
+        .executableTarget(name: "example-fan-in-logger", dependencies: exampleDependencies, path: "Examples/FanInLogger"),
+        .executableTarget(name: "example-tcp-feed", dependencies: exampleDependencies + ["mqtt-bridge"], path: "Examples/TCPFeed"),
+        .executableTarget(name: "example-udp-feed", dependencies: exampleDependencies + ["mqtt-bridge"], path: "Examples/UDPFeed"),
+        .testTarget(name: "ExampleTests", dependencies: ["MosquittoBroker"]),
     ],
     swiftLanguageModes: [.v6]
 )
