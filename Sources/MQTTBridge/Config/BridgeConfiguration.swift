@@ -197,8 +197,15 @@ public struct BridgeConfiguration: Sendable {
     public var progressInterval: Duration
     /// How long SIGTERM waits for spools to drain.
     public var drainTimeout: Duration
-    /// The publisher's batch size (records in flight before it waits for all acknowledgements).
+    /// The publisher's window: the most records of one route handed to the client and not yet acknowledged
+    /// (`publish_window`, also accepted as `publish_batch`). The spool's watermark moves per acknowledgement.
     public var publishBatch: Int
+    /// libmosquitto's `max_inflight_messages` for the bridge's connection (`max_inflight_messages`); nil uses
+    /// ``defaultInflightMessages``. The broker's own `max_inflight_messages` (its MQTT 5 Receive Maximum) also applies.
+    public var maxInflightMessages: Int?
+    /// The bridge's default in-flight limit: much higher than the library's 20, so QoS 1 acknowledgements
+    /// overlap instead of costing a round trip per 20 messages.
+    public static let defaultInflightMessages = 1000
     /// The routes.
     public var routes: [RouteConfiguration]
 
@@ -215,7 +222,8 @@ public struct BridgeConfiguration: Sendable {
         self.notifications = true
         self.progressInterval = .seconds(60)
         self.drainTimeout = .seconds(10)
-        self.publishBatch = 2000
+        self.publishBatch = 10000
+        self.maxInflightMessages = nil
         self.routes = routes
     }
 }

@@ -335,6 +335,7 @@ public enum ConfigParser {
             case "max_inflight_messages":
                 guard let n = Int(value), n >= 0 else { return error("max_inflight_messages must be a number") }
                 config.mqtt.maximumInflightMessages = n
+                config.maxInflightMessages = n
             case "spool_dir": config.spoolDirectory = value
             case "spool_max_bytes":
                 guard let n = size(value), n > 0 else { return error("spool_max_bytes must be a size such as 256MiB") }
@@ -370,8 +371,8 @@ public enum ConfigParser {
             case "drain_timeout":
                 guard let d = seconds(value) else { return error("drain_timeout must be seconds") }
                 config.drainTimeout = d
-            case "publish_batch":
-                guard let n = Int(value), (1...60000).contains(n) else { return error("publish_batch must be 1 to 60000") }
+            case "publish_batch", "publish_window":
+                guard let n = Int(value), (1...60000).contains(n) else { return error("\(key) must be 1 to 60000") }
                 config.publishBatch = n
             default:
                 error("unknown option '\(key)'" + (routeKeys.contains(key) ? " before any 'route' line" : ""))

@@ -33,6 +33,8 @@ public enum DropReason: String, Sendable, CaseIterable {
     case slowReader = "slow_reader"
     /// MQTT → feed: no feed connection to write to.
     case noConnection = "no_connection"
+    /// Feed → MQTT: the broker refused a dead-letter record (reason code 0x80 or above), so it has nowhere to go.
+    case refused
     /// MQTT → feed: the payload cannot be framed (holds the delimiter, wrong fixed length …).
     case unencodable
 }
@@ -59,6 +61,11 @@ public final class RouteMetrics: Sendable {
     public let truncated: Stat
     /// Incomplete frames published at close (policy emit or deadletter).
     public let partialEmitted: Stat
+    /// Records the broker refused (reason code 0x80 or above) or the client refused up front; each is re-spooled
+    /// on the dead-letter topic (or, if it already was a dead-letter record, dropped as `refused`).
+    public let refused: Stat
+    /// Feed connections closed by the idle timeout.
+    public let idleTimeouts: Stat
     /// Feed connections accepted or established.
     public let connections: Stat
     /// Feed connections refused (allowlist or connection limit).
@@ -94,6 +101,8 @@ public final class RouteMetrics: Sendable {
         deadLettered = c("dead_lettered_total", "Frames sent to the dead-letter topic.")
         truncated = c("truncated_total", "Frames cut at max_frame and published as truncated.")
         partialEmitted = c("partial_emitted_total", "Incomplete frames published at close.")
+        refused = c("refused_total", "Records the broker refused (re-spooled on the dead-letter topic).")
+        idleTimeouts = c("idle_timeouts_total", "Feed connections closed by the idle timeout.")
         connections = c("connections_total", "Feed connections accepted or established.")
         connectionsRejected = c("connections_rejected_total", "Feed connections refused.")
         reconnects = c("feed_reconnects_total", "Feed redials.")

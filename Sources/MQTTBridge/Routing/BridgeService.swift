@@ -111,7 +111,9 @@ public final class BridgeService: Service, Sendable {
         var mqtt = c.mqtt
         mqtt.reconnect.retryInitialConnect = true
         mqtt.reconnect.giveUpOnFatalErrors = false
+        // Room for every route's window plus the state messages; the client's queue bound is what publish waits on.
         mqtt.maximumQueuedMessages = min(65000, max(mqtt.maximumQueuedMessages, c.publishBatch * max(1, c.routes.count) + 100))
+        mqtt.maximumInflightMessages = c.maxInflightMessages ?? BridgeConfiguration.defaultInflightMessages
         if c.notifications {
             mqtt.will = .init(MQTTMessage(topic: c.statePrefix + "/state", string: "0", qos: .atLeastOnce, retain: true))
         }
@@ -200,7 +202,8 @@ public final class BridgeService: Service, Sendable {
                     segmentBytes: configuration.spoolSegmentBytes, fsync: configuration.spoolFsync, full: configuration.spoolFull),
                     logger: logger)
                 state.withLock { $0.spools[route.name] = s }
-                publisher.add(.init(name: route.name, spool: s, metrics: routeMetrics))
+                publisher.add(name: route.name, spool: s, metrics: routeMetrics,
+                              deadLetterTopic: route.deadLetterTopic ?? "\(configuration.statePrefix)/deadletter/\(route.name)")
                 spool = s
             }
         }

@@ -21,6 +21,8 @@ final class RouteRuntime: Sendable {
 
     private struct State {
         var connections: [UInt64: FeedConnection] = [:]
+        /// `connections.values`, rebuilt on change, so the fan-out does not allocate per message.
+        var snapshot: [FeedConnection] = []
         var listener: (any Channel)?
         var clientChannel: (any Channel)?
         var stopping = false
@@ -68,7 +70,10 @@ final class RouteRuntime: Sendable {
     func setClientChannel(_ channel: (any Channel)?) { state.withLock { $0.clientChannel = channel } }
 
     func register(_ c: FeedConnection) {
-        state.withLock { $0.connections[c.id] = c }
+        state.withLock { s in
+            s.connections[c.id] = c
+            s.snapshot = Array(s.connections.values)
+        }
         if c.target == nil {
             metrics.connections.add()
             metrics.open.add(1, ordering: .relaxed)
@@ -76,7 +81,11 @@ final class RouteRuntime: Sendable {
     }
 
     func unregister(_ id: UInt64) {
-        let removed = state.withLock { $0.connections.removeValue(forKey: id) }
+        let removed = state.withLock { s -> FeedConnection? in
+            let r = s.connections.removeValue(forKey: id)
+            if r != nil { s.snapshot = Array(s.connections.values) }
+            return r
+        }
         if let removed, removed.target == nil { metrics.open.subtract(1, ordering: .relaxed) }
     }
 
@@ -144,7 +153,7 @@ final class RouteRuntime: Sendable {
             metrics.drops[.unencodable]!.add()
             return
         }
-        let targets = state.withLock { Array($0.connections.values) }
+        let targets = state.withLock { $0.snapshot }
         if targets.isEmpty {
             metrics.drops[.noConnection]!.add()
             return
@@ -168,6 +177,7 @@ final class RouteRuntime: Sendable {
         for t in tasks { await t?.value }
         state.withLock { s in
             s.connections.removeAll()
+            s.snapshot = []
             s.listener = nil
             s.clientChannel = nil
         }
@@ -196,13 +206,8 @@ final class Doorbell: Sendable {
         w?.resume()
     }
 
-    /// Returns when rung (since the last wait) or after `timeout`.
-    func wait(timeout: Duration) async {
-        let timer = Task { [self] in
-            try? await Task.sleep(for: timeout)
-            if !Task.isCancelled { ring() }
-        }
-        defer { timer.cancel() }
+    /// Returns when rung since the last wait (at once if it was).
+    func wait() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let now = state.withLock { s -> Bool in
                 if s.rung {
