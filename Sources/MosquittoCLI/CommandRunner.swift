@@ -109,7 +109,7 @@ public enum CLIRunner {
     }
 
     private static func quoted(_ s: String) -> String? {
-        guard let a = s.firstIndex(of: "'"), let b = s.lastIndex(of: "'"), a < b else { return nil }
+        guard let a = s.firstIndex(of: "'"), let b = s[s.index(after: a)...].firstIndex(of: "'") else { return nil }
         return String(s[s.index(after: a)..<b])
     }
 
