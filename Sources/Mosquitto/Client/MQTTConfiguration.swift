@@ -16,6 +16,7 @@ public struct MQTTConfiguration: Sendable {
         /// A Unix domain socket path (libmosquitto connects with port 0).
         case unixSocket(path: String)
 
+        /// The endpoint as `host:port` or `unix:<path>`, for logs and messages.
         public var description: String {
             switch self {
             case .tcp(let host, let port): return "\(host):\(port)"
@@ -110,11 +111,13 @@ public struct MQTTConfiguration: Sendable {
             return t
         }
 
+        /// Two TLS settings are equal when every field, the pre-shared key included, is equal.
         public static func == (a: TLS, b: TLS) -> Bool {
             a.caFile == b.caFile && a.caDirectory == b.caDirectory && a.certificateFile == b.certificateFile && a.keyFile == b.keyFile
                 && a.insecure == b.insecure && a.version == b.version && a.ciphers == b.ciphers && a.alpn == b.alpn
                 && a.useSystemCertificates == b.useSystemCertificates && a.pskIdentity == b.pskIdentity && a.pskHexKey == b.pskHexKey
         }
+        /// Hashes the CA file, the certificate file and the PSK identity (enough to tell settings apart).
         public func hash(into h: inout Hasher) { h.combine(caFile); h.combine(certificateFile); h.combine(pskIdentity) }
     }
 

@@ -276,7 +276,9 @@ final class MessageBuffer: @unchecked Sendable {
 ///
 /// A stream has one consumer; iterate it from one task.
 public struct MessageStream: AsyncSequence, Sendable {
+    /// A stream delivers messages.
     public typealias Element = MQTTMessage
+    /// A stream ends with an ``MQTTError`` when the subscription is refused or the client gives up.
     public typealias Failure = MQTTError
 
     final class Token: Sendable {
@@ -316,13 +318,16 @@ public struct MessageStream: AsyncSequence, Sendable {
         }
         let iteration: IterationToken
         var token: Token { iteration.token }
+        /// The next message; nil once the stream ended (cancelled, unsubscribed, or the client shut down).
         public mutating func next() async throws(MQTTError) -> MQTTMessage? {
             try await token.buffer.next()
         }
+        /// The next message, awaited on the caller's actor; see ``next()``.
         public mutating func next(isolation actor: isolated (any Actor)?) async throws(MQTTError) -> MQTTMessage? {
             try await token.buffer.next()
         }
     }
 
+    /// Creates the iterator. Iterate a stream from one task only; when the iterator is dropped, the stream ends.
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(iteration: .init(token)) }
 }

@@ -66,6 +66,7 @@ public struct MQTTError: Error, Sendable, Hashable, CustomStringConvertible {
         self.systemErrno = systemErrno
     }
 
+    /// The ``message``, which says what went wrong and what to do.
     public var description: String { message }
 }
 

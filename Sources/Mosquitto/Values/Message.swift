@@ -5,6 +5,7 @@ public enum MQTTProtocolVersion: Sendable, Hashable, CustomStringConvertible {
     /// MQTT 5 (protocol level 5): properties, reason codes, subscription options, request/response.
     case v5
 
+    /// `mqttv5` or `mqttv311`, as mosquitto's tools spell the versions.
     public var description: String { self == .v5 ? "mqttv5" : "mqttv311" }
 }
 
@@ -17,7 +18,9 @@ public enum QoS: UInt8, Sendable, Hashable, Comparable, CaseIterable, CustomStri
     /// QoS 2: four-way handshake; arrives exactly once.
     case exactlyOnce = 2
 
+    /// QoS levels order by strength: `.atMostOnce < .atLeastOnce < .exactlyOnce`.
     public static func < (lhs: QoS, rhs: QoS) -> Bool { lhs.rawValue < rhs.rawValue }
+    /// The level as a digit: `0`, `1` or `2`.
     public var description: String { String(rawValue) }
 }
 
@@ -32,6 +35,7 @@ public struct UserProperty: Sendable, Hashable, CustomStringConvertible {
         self.name = name
         self.value = value
     }
+    /// `name=value`.
     public var description: String { "\(name)=\(value)" }
 }
 
@@ -121,10 +125,12 @@ public struct MQTTMessage: Sendable, Hashable {
         self.init(topic: topic, payload: Array(string.utf8), qos: qos, retain: retain, properties: properties)
     }
 
+    /// Two messages are equal when topic, payload, QoS, retain flag and properties are; ``messageID`` is not compared.
     public static func == (a: MQTTMessage, b: MQTTMessage) -> Bool {
         a.topic == b.topic && a.payload == b.payload && a.qos == b.qos && a.retain == b.retain && a.properties == b.properties
     }
 
+    /// Hashes what `==` compares (everything but ``messageID``).
     public func hash(into h: inout Hasher) {
         h.combine(topic)
         h.combine(payload)
