@@ -1,0 +1,115 @@
+import Foundation
+import Mosquitto
+import MosquittoBroker
+import Testing
+
+@Suite("Client: endpoints, identities, buffers and cancellation")
+struct ClientFeatureTests {
+    @Test("Unix socket, mqtt:// URL, bind address and a broker-assigned client id all connect")
+    func endpoints() async throws {
+        let socketPath = FileManager.default.temporaryDirectory.appendingPathComponent("mq-\(UUID().uuidString.prefix(8)).sock").path
+        var bc = MosquittoBroker.Configuration()
+        bc.extraConfiguration = ["listener 0 \(socketPath)"]
+        defer { try? FileManager.default.removeItem(atPath: socketPath) }
+        try await withBroker(bc) { broker in
+            let watcher = try await connected(broker)
+            let all = try await watcher.subscribe("ep/#")
+
+            var unix = config(broker)
+            unix.endpoint = .unixSocket(path: socketPath)
+            let u = try MQTTClient(configuration: unix)
+            try await u.connect()
+            try await u.publish(MQTTMessage(topic: "ep/unix", string: "via unix socket"))
+
+            var byURL = try MQTTConfiguration(url: "mqtt://\(broker.host):\(broker.port)/ignored/topic")
+            byURL.bindAddress = "127.0.0.1"
+            let url = try MQTTClient(configuration: byURL)
+            let ack = try await url.connect()
+            #expect(byURL.clientID == nil)
+            #expect(ack.assignedClientID?.isEmpty == false, "MQTT 5 brokers assign an id when none is sent")
+            try await url.publish(MQTTMessage(topic: "ep/url", string: "via url"))
+
+            let got = try await collect(all, count: 2)
+            #expect(Set(got.map(\.topic)) == ["ep/unix", "ep/url"])
+            for c in [u, url, watcher] { await c.shutdown() }
+        }
+    }
+
+    @Test("Stream buffers: dropNewest keeps the first, dropOldest the latest, both count drops; backpressure loses nothing")
+    func overflowPolicies() async throws {
+        try await withBroker { broker in
+            let sub = try await connected(broker)
+            let pub = try await connected(broker)
+            let newest = try await sub.subscribe([Subscription("buf/x", qos: .atLeastOnce)], buffer: .init(capacity: 10, overflow: .dropNewest))
+            let oldest = try await sub.subscribe([Subscription("buf/x", qos: .atLeastOnce)], buffer: .init(capacity: 10, overflow: .dropOldest))
+            for i in 0..<50 { try await pub.publish(MQTTMessage(topic: "buf/x", string: "\(i)")) }
+            #expect(await eventually { newest.droppedCount == 40 && oldest.droppedCount == 40 })
+            let n = try await collect(newest, count: 10, timeout: .seconds(2))
+            let o = try await collect(oldest, count: 10, timeout: .seconds(2))
+            #expect(n.map(\.string) == (0..<10).map { "\($0)" })
+            #expect(o.map(\.string) == (40..<50).map { "\($0)" })
+            // Backpressure: the network thread waits for room instead of dropping.
+            let patient = try await sub.subscribe([Subscription("buf/y", qos: .atLeastOnce)],
+                                                  buffer: .init(capacity: 5, overflow: .backpressure(maxWait: .seconds(20))))
+            let publisher = Task { for i in 0..<40 { try await pub.publish(MQTTMessage(topic: "buf/y", string: "\(i)")) } }
+            try await Task.sleep(for: .milliseconds(300))
+            let p = try await collect(patient, count: 40)
+            try await publisher.value
+            #expect(p.map(\.string) == (0..<40).map { "\($0)" })
+            #expect(patient.droppedCount == 0)
+            await pub.shutdown()
+            await sub.shutdown()
+        }
+    }
+
+    @Test("Cancelling a publish that waits for its acknowledgement stops the wait; the message is still delivered")
+    func cancelWaitingPublish() async throws {
+        try await withBroker(.init(persistence: true)) { broker in
+            let sub = try await connected(broker, id: "cancel-sub") { $0.session = .persistent(expiry: 600) }
+            let stream = try await sub.subscribe("cw/x", qos: .atLeastOnce)
+            let pub = try await connected(broker, id: "cancel-pub") { $0.session = .persistent(expiry: 600) }
+            await broker.stop()
+            #expect(await eventually { pub.state == .disconnected })
+            let waiting = Task { try await pub.publish(MQTTMessage(topic: "cw/x", string: "kept", qos: .atLeastOnce)) }
+            try await Task.sleep(for: .milliseconds(200))
+            waiting.cancel()
+            await #expect(throws: CancellationError.self) { _ = try await waiting.value }
+            try await broker.start()
+            // Cancelling a subscribe call that is still waiting is safe too.
+            let sub2 = Task { try await sub.subscribe("cw/other") }
+            sub2.cancel()
+            _ = try? await sub2.value
+            try await pub.publish(MQTTMessage(topic: "cw/x", string: "after"))
+            // (collect ends the stream when it returns, so read both in one go.)
+            let got = try await collect(stream, count: 2)
+            #expect(got.map(\.string) == ["kept", "after"], "libmosquitto cannot take a queued message back: it is delivered")
+            await pub.shutdown()
+            await sub.shutdown()
+        }
+    }
+
+    @Test("Connection events: connected, disconnected with a reason, reconnecting in N s, connected again")
+    func events() async throws {
+        try await withBroker { broker in
+            let client = try await connected(broker)
+            let events = client.events
+            await broker.kill()
+            try await Task.sleep(for: .milliseconds(300))
+            try await broker.start()
+            var seen: [String] = []
+            for await e in events {
+                switch e {
+                case .disconnected(let error): seen.append("disconnected:\(error?.code == .connectionLost)")
+                case .reconnecting(let after, let attempt): seen.append("reconnecting:\(attempt):\(after < .seconds(2))")
+                case .connected: seen.append("connected")
+                default: break
+                }
+                if seen.last == "connected" { break }
+            }
+            #expect(seen.first == "disconnected:true")
+            #expect(seen.contains("reconnecting:1:true"))
+            #expect(seen.last == "connected")
+            await client.shutdown()
+        }
+    }
+}
