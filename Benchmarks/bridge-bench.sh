@@ -46,6 +46,7 @@ cleansession false
 spool_dir $WORK/spool
 spool_fsync 1
 progress_interval 0
+$EXTRA_CONF
 route in
 direction to_mqtt
 mode tcp_server
@@ -84,6 +85,12 @@ run_naive() {  # qos frames rate -> JSON line
   wait $sp $pp 2>/dev/null || true
 }
 
+EXTRA_CONF=${EXTRA_CONF:-}  # extra global bridge config lines, e.g. "publish_window 20000"
+if [ -n "${ONLY:-}" ]; then  # one run, e.g. ONLY="bridge 1 200000 0" (kind qos frames rate)
+  set -- $ONLY
+  echo "$1 qos$2: $(run_$1 "$2" "$3" "$4")"
+  exit 0
+fi
 echo "# throughput (as fast as the writer goes)"
 echo "bridge qos0: $(run_bridge 0 "$FRAMES0" 0)"
 echo "bridge qos0 RSS kB (every 0.5 s): $(tr '\n' ' ' <"$WORK/rss")"

@@ -205,7 +205,9 @@ public struct BridgeConfiguration: Sendable {
     public var maxInflightMessages: Int?
     /// The bridge's default in-flight limit: much higher than the library's 20, so QoS 1 acknowledgements
     /// overlap instead of costing a round trip per 20 messages.
-    public static let defaultInflightMessages = 1000
+    public static let defaultInflightMessages = 32
+    /// Turn off Nagle's algorithm on the broker connection (`tcp_nodelay`, default true).
+    public var tcpNoDelay: Bool
     /// The routes.
     public var routes: [RouteConfiguration]
 
@@ -224,6 +226,7 @@ public struct BridgeConfiguration: Sendable {
         self.drainTimeout = .seconds(10)
         self.publishBatch = 10000
         self.maxInflightMessages = nil
+        self.tcpNoDelay = true
         self.routes = routes
     }
 }

@@ -336,6 +336,9 @@ public enum ConfigParser {
                 guard let n = Int(value), n >= 0 else { return error("max_inflight_messages must be a number") }
                 config.mqtt.maximumInflightMessages = n
                 config.maxInflightMessages = n
+            case "tcp_nodelay":
+                guard let b = bool(value) else { return error("tcp_nodelay must be true or false") }
+                config.tcpNoDelay = b
             case "spool_dir": config.spoolDirectory = value
             case "spool_max_bytes":
                 guard let n = size(value), n > 0 else { return error("spool_max_bytes must be a size such as 256MiB") }

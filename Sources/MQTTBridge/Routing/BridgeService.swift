@@ -114,6 +114,9 @@ public final class BridgeService: Service, Sendable {
         // Room for every route's window plus the state messages; the client's queue bound is what publish waits on.
         mqtt.maximumQueuedMessages = min(65000, max(mqtt.maximumQueuedMessages, c.publishBatch * max(1, c.routes.count) + 100))
         mqtt.maximumInflightMessages = c.maxInflightMessages ?? BridgeConfiguration.defaultInflightMessages
+        // Acknowledgements and forwarded messages are small packets: with Nagle's algorithm on, each waits for
+        // the peer's delayed ACK (~40 ms on Linux), which was the bridge's QoS 1 latency floor.
+        if c.tcpNoDelay { mqtt.tcpNoDelay = true }
         if c.notifications {
             mqtt.will = .init(MQTTMessage(topic: c.statePrefix + "/state", string: "0", qos: .atLeastOnce, retain: true))
         }

@@ -48,7 +48,7 @@ final class Publisher: Sendable {
 
     func add(name: String, spool: Spool, metrics: RouteMetrics, deadLetterTopic: String) {
         let e = Entry(name: name, spool: spool, metrics: metrics, deadLetterTopic: deadLetterTopic,
-                      window: AckWindow(base: spool.firstUnacknowledged))
+                      window: AckWindow(base: spool.firstUnacknowledged, lowWater: batch / 2))
         entries.withLock { $0[name] = e }
         doorbell.ring()
     }
@@ -208,11 +208,15 @@ final class AckWindow: Sendable {
         var slots = CircularBuffer<Slot>()
         var pending = 0
         var failed = false
-        var full = false
     }
     private let state: Mutex<State>
+    /// The publisher is woken when the window shrinks to this many records (not on every acknowledgement).
+    private let lowWater: Int
 
-    init(base: UInt64) { state = Mutex(State(base: base)) }
+    init(base: UInt64, lowWater: Int) {
+        state = Mutex(State(base: base))
+        self.lowWater = max(0, lowWater)
+    }
 
     var count: Int { state.withLock { $0.slots.count } }
     var needsRewind: Bool { state.withLock { $0.failed } }
@@ -237,26 +241,26 @@ final class AckWindow: Sendable {
 
     /// Records the settlement of `sequence` and moves the spool's watermark over the acknowledged prefix.
     func acknowledge(_ sequence: UInt64, spool: Spool, metrics: RouteMetrics, doorbell: Doorbell, delivered: Bool = true) {
-        let (through, count) = state.withLock { s -> (UInt64?, Int) in
-            guard sequence >= s.base, sequence - s.base < UInt64(s.slots.count) else { return (nil, 0) }
+        let lowWater = self.lowWater
+        let (through, wake) = state.withLock { s -> (UInt64?, Bool) in
+            guard sequence >= s.base, sequence - s.base < UInt64(s.slots.count) else { return (nil, false) }
             let i = Int(sequence - s.base)
-            guard s.slots[offset: i] == .pending else { return (nil, 0) }
+            guard s.slots[offset: i] == .pending else { return (nil, false) }
             s.slots[offset: i] = .done
             s.pending -= 1
-            var n = 0
+            let before = s.slots.count
             while let first = s.slots.first, first == .done {
                 s.slots.removeFirst()
                 s.base += 1
-                n += 1
             }
-            return n > 0 ? (s.base - 1, n) : (nil, 0)
+            // Wake the publisher when the window drains below the low-water mark (it may be waiting for room),
+            // or when a failed window has settled (it waits for that to rewind).
+            let wake = (before > lowWater && s.slots.count <= lowWater) || (s.failed && s.pending == 0)
+            return (s.slots.count < before ? s.base - 1 : nil, wake)
         }
         if delivered { metrics.framesPublished.add(1) }
-        if let through {
-            spool.acknowledge(through: through)
-            // The publisher may be waiting for room in the window.
-            if count > 0 { doorbell.ring() }
-        }
+        if let through { spool.acknowledge(through: through) }
+        if wake { doorbell.ring() }
     }
 
     /// Records that `sequence` was not delivered (QoS 0 lost with the connection, or not accepted while offline).
