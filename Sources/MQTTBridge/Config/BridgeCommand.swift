@@ -45,6 +45,12 @@ public struct BridgeCommand: AsyncParsableCommand, Sendable {
     var udpListen: String?
     @Option(name: .customLong("udp-target"), help: "One route: send MQTT messages as datagrams to host:port.")
     var udpTarget: [String] = []
+    @Option(name: .customLong("allow"), help: "One route: a peer allowed to connect or send (IP or CIDR; repeatable; default all).")
+    var allow: [String] = []
+    @Option(name: .customLong("max-connections"), help: "One route: the most concurrent feed connections (default 1024).")
+    var maxConnections = 1024
+    @Option(name: .customLong("idle-timeout"), help: "One route: close feed connections idle this many seconds (default 0 = never).")
+    var idleTimeout = 0.0
     @Option(name: .customLong("topic"), help: "Feed to MQTT topic template.")
     var topic: String?
     @Option(name: .customLong("subscribe"), help: "MQTT to feed: a topic filter (repeatable).")
@@ -161,13 +167,17 @@ public struct BridgeCommand: AsyncParsableCommand, Sendable {
         guard let max = ConfigParser.size(maxFrame), max > 0 else { throw ValidationError("--max-frame needs a size") }
         let direction: RouteDirection = topic != nil && !subscribe.isEmpty ? .both : (subscribe.isEmpty ? .toMQTT : .toFeed)
         if direction.readsFeed && topic == nil { throw ValidationError("--topic is required to publish feed frames") }
+        for a in allow where !IPAllowList.isValidEntry(a) { throw ValidationError("--allow '\(a)' is not an IP address or CIDR block") }
+        guard maxConnections > 0 else { throw ValidationError("--max-connections must be > 0") }
+        guard idleTimeout >= 0 else { throw ValidationError("--idle-timeout must be >= 0 seconds") }
         var template: TopicTemplate?
         if let topic {
             do { template = try TopicTemplate(topic) } catch { throw ValidationError(error.message) }
         }
         base.routes = [RouteConfiguration(
             name: routeName, direction: direction,
-            feed: FeedConfiguration(mode: mode, addresses: addresses, udpTargets: targets),
+            feed: FeedConfiguration(mode: mode, addresses: addresses, udpTargets: targets, allow: allow, maxConnections: maxConnections,
+                                    idleTimeout: .milliseconds(Int64(idleTimeout * 1000))),
             framing: framingValue, maxFrame: max, topic: template, subscriptions: subscribe, shareGroup: shareGroup,
             qos: q, retain: retain)]
         return base

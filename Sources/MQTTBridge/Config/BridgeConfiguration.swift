@@ -89,10 +89,16 @@ public struct FeedConfiguration: Sendable, Hashable {
     public var maxConnections: Int
     /// Client: redial delays.
     public var restartTimeout: RestartTimeout
+    /// TCP (server and client): close a connection that neither sent nor received anything for this long, and
+    /// count it (`mqtt_bridge_idle_timeouts_total`). Zero (the default) never closes idle connections. A
+    /// connection paused by spool backpressure is not idle.
+    public var idleTimeout: Duration
 
     /// Creates a feed configuration.
     public init(mode: Mode, addresses: [SocketAddressSpec], udpTargets: [SocketAddressSpec] = [], allow: [String] = [],
-                maxConnections: Int = 1024, restartTimeout: RestartTimeout = .init(base: .milliseconds(200), cap: .seconds(10))) {
+                maxConnections: Int = 1024, restartTimeout: RestartTimeout = .init(base: .milliseconds(200), cap: .seconds(10)),
+                idleTimeout: Duration = .zero) {
+        self.idleTimeout = idleTimeout
         self.mode = mode
         self.addresses = addresses
         self.udpTargets = udpTargets

@@ -199,6 +199,7 @@ public enum ConfigParser {
         var udpTargets: [SocketAddressSpec] = []
         var allow: [String] = []
         var maxConnections = 1024
+        var idleTimeout: Duration = .zero
         var restart = RestartTimeout(base: .milliseconds(200), cap: .seconds(10))
         var framing: Framing = .lf
         var maxFrame = 65536
@@ -382,7 +383,7 @@ public enum ConfigParser {
             }
         }
 
-        static let routeKeysList = ["direction", "mode", "udp_target", "allow", "max_connections", "framing", "max_frame", "oversize",
+        static let routeKeysList = ["direction", "mode", "udp_target", "allow", "max_connections", "idle_timeout", "framing", "max_frame", "oversize",
                                     "partial_on_close", "topic", "dead_letter_topic", "field_separator", "topic_regex", "subscribe",
                                     "share_group", "qos", "retain", "out_queue_bytes", "slow_reader"]
         var routeKeys: Set<String> { Set(Self.routeKeysList) }
@@ -435,6 +436,9 @@ public enum ConfigParser {
             case "restart_timeout":
                 guard let t = restartTimeout(value) else { return error("restart_timeout needs 'base [cap]' in seconds") }
                 r.restart = t
+            case "idle_timeout":
+                guard let d = seconds(value) else { return error("idle_timeout must be seconds (0 = never)") }
+                r.idleTimeout = d
             case "framing":
                 switch ConfigParser.framing(value) {
                 case .success(let f): r.framing = f; r.framingLine = line
@@ -510,7 +514,7 @@ public enum ConfigParser {
             var addresses = r.addresses
             if addresses.isEmpty { addresses = [SocketAddressSpec(host: "127.0.0.1", port: 0)] }
             let feed = FeedConfiguration(mode: mode, addresses: addresses, udpTargets: r.udpTargets, allow: r.allow,
-                                         maxConnections: r.maxConnections, restartTimeout: r.restart)
+                                         maxConnections: r.maxConnections, restartTimeout: r.restart, idleTimeout: r.idleTimeout)
             config.routes.append(RouteConfiguration(
                 name: r.name, direction: direction, feed: feed, framing: r.framing, maxFrame: r.maxFrame, oversize: r.oversize,
                 partialOnClose: r.partial, topic: r.topic, deadLetterTopic: r.deadLetter, fieldSeparator: r.fieldSeparator,

@@ -9,8 +9,9 @@ extension RouteRuntime {
     /// TCP server: binds (loopback unless told otherwise), checks the allowlist and the connection limit.
     func startServer(group: any EventLoopGroup) async throws {
         let address = config.feed.addresses[0]
-        let allow = IPAllowList(config.feed.allow)
+        let allow = allowList
         let route = self
+        let idle = config.feed.idleTimeout
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -23,12 +24,18 @@ extension RouteRuntime {
                     route.logger.warning("Route \(route.config.name): connection from \(peer) refused (not in allow)")
                     return channel.eventLoop.makeFailedFuture(FeedRejected())
                 }
-                if route.metrics.openConnectionCount >= route.config.feed.maxConnections {
+                // Reserve a slot atomically (accepts may race on different event loops); freed when it closes.
+                if route.admitted.add(1, ordering: .relaxed).newValue > route.config.feed.maxConnections {
+                    route.admitted.subtract(1, ordering: .relaxed)
                     route.metrics.connectionsRejected.add()
                     route.logger.warning("Route \(route.config.name): connection from \(peer) refused (max_connections \(route.config.feed.maxConnections))")
                     return channel.eventLoop.makeFailedFuture(FeedRejected())
                 }
+                channel.closeFuture.whenComplete { _ in route.admitted.subtract(1, ordering: .relaxed) }
                 return channel.eventLoop.makeCompletedFuture {
+                    if idle > .zero {
+                        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: TimeAmount(idle)))
+                    }
                     try channel.pipeline.syncOperations.addHandler(FeedChannelHandler(route: route))
                 }
             }
@@ -69,6 +76,7 @@ extension RouteRuntime {
         var attempt = 0
         var index = 0
         let route = self
+        let idle = config.feed.idleTimeout
         while !Task.isCancelled && !isStopping {
             let address = config.feed.addresses[index % config.feed.addresses.count]
             index += 1
@@ -79,6 +87,9 @@ extension RouteRuntime {
                     .channelOption(.socketOption(.tcp_nodelay), value: 1)
                     .channelInitializer { channel in
                         channel.eventLoop.makeCompletedFuture {
+                            if idle > .zero {
+                                try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: TimeAmount(idle)))
+                            }
                             try channel.pipeline.syncOperations.addHandler(FeedChannelHandler(route: route))
                         }
                     }

@@ -18,10 +18,23 @@ final class FeedChannelHandler: ChannelInboundHandler {
     private var paused = false
     private var closing = false
     private var finished = false
+    private var settings: LiveSettings
+    private var generation: Int
 
     init(route: RouteRuntime) {
         self.route = route
         decoder = FrameDecoder(framing: route.config.framing, maxFrame: route.config.maxFrame, oversize: route.config.oversize)
+        generation = route.generation.load(ordering: .acquiring)
+        settings = route.settings
+    }
+
+    /// Picks up settings changed by a reload (checked once per read, not per frame).
+    private func refreshSettings() {
+        let g = route.generation.load(ordering: .acquiring)
+        guard g != generation else { return }
+        generation = g
+        settings = route.settings
+        if let connection { fixedTopic = settings.topic?.resolve(connection: connection) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -30,7 +43,7 @@ final class FeedChannelHandler: ChannelInboundHandler {
         let ctx = ConnectionContext(feed: route.config.name, peerAddress: remote?.ipAddress ?? "unknown",
                                     peerPort: remote?.port ?? 0, connectionID: id)
         connection = ctx
-        fixedTopic = route.config.topic?.resolve(connection: ctx)
+        fixedTopic = settings.topic?.resolve(connection: ctx)
         let m = ConnectionMetrics(route: route.config.name, connection: id, registry: route.registry)
         metrics = m
         let conn = FeedConnection(id: id, channel: context.channel, limit: route.config.outQueueBytes,
@@ -45,6 +58,7 @@ final class FeedChannelHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         guard route.config.direction.readsFeed, !closing else { return }
+        refreshSettings()
         buffer.withUnsafeReadableBytes { bytes in
             decoder.decode(bytes) { event in handle(event) }
         }
@@ -54,10 +68,10 @@ final class FeedChannelHandler: ChannelInboundHandler {
         guard let connection else { return }
         switch event {
         case .frame(let p):
-            records.append(route.makeRecord(p, connection: connection, fixedTopic: fixedTopic, flags: []))
+            records.append(route.makeRecord(p, connection: connection, fixedTopic: fixedTopic, flags: [], settings: settings))
         case .truncated(let p):
             route.metrics.truncated.add()
-            records.append(route.makeRecord(p, connection: connection, fixedTopic: fixedTopic, flags: .truncated))
+            records.append(route.makeRecord(p, connection: connection, fixedTopic: fixedTopic, flags: .truncated, settings: settings))
         case .oversizeDropped:
             route.metrics.drops[.oversize]!.add()
             metrics?.dropped.increment()
@@ -117,17 +131,19 @@ final class FeedChannelHandler: ChannelInboundHandler {
         guard !finished else { return }
         finished = true
         _ = flush()
+        refreshSettings()
         if let partial = decoder.finish(), !partial.isEmpty, let connection {
-            switch route.config.partialOnClose {
+            switch settings.partialOnClose {
             case .drop:
                 route.metrics.drops[.partial]!.add()
                 metrics?.dropped.increment()
             case .emit:
                 route.metrics.partialEmitted.add()
-                records.append(route.makeRecord(partial, connection: connection, fixedTopic: fixedTopic, flags: .partial))
+                records.append(route.makeRecord(partial, connection: connection, fixedTopic: fixedTopic, flags: .partial, settings: settings))
             case .deadletter:
                 route.metrics.partialEmitted.add()
-                records.append(route.makeRecord(partial, connection: connection, fixedTopic: .failure(.missing), flags: .partial))
+                records.append(route.makeRecord(partial, connection: connection, fixedTopic: .failure(.missing), flags: .partial,
+                                                settings: settings))
             }
             _ = flush()
         }
@@ -136,6 +152,18 @@ final class FeedChannelHandler: ChannelInboundHandler {
         if let c = connection {
             route.logger.info("Feed connection \(c.connectionID) on route \(route.config.name) closed")
         }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            // Paused by spool backpressure is not idle: the bridge is the one not reading.
+            guard !paused, !finished else { return }
+            route.metrics.idleTimeouts.add()
+            route.logger.info("Feed connection \(connection?.connectionID ?? 0) on route \(route.config.name) idle for \(route.config.feed.idleTimeout); closing")
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -162,24 +190,30 @@ final class UDPFeedHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
         guard route.config.direction.readsFeed else { return }
-        let ctx = ConnectionContext(feed: route.config.name, peerAddress: envelope.remoteAddress.ipAddress ?? "unknown",
-                                    peerPort: envelope.remoteAddress.port ?? 0, connectionID: 0)
-        let fixed = route.config.topic?.resolve(connection: ctx)
+        let peer = envelope.remoteAddress.ipAddress ?? "unknown"
+        if !route.allowList.allows(peer) {
+            // Not a connection, so nothing to refuse: the datagram is discarded unread and counted.
+            route.metrics.datagramsRejected.add()
+            return
+        }
+        let settings = route.settings
+        let ctx = ConnectionContext(feed: route.config.name, peerAddress: peer, peerPort: envelope.remoteAddress.port ?? 0, connectionID: 0)
+        let fixed = settings.topic?.resolve(connection: ctx)
         var decoder = FrameDecoder(framing: route.config.framing, maxFrame: route.config.maxFrame, oversize: route.config.oversize)
         envelope.data.withUnsafeReadableBytes { bytes in
             decoder.decode(bytes) { event in
                 switch event {
-                case .frame(let p): records.append(route.makeRecord(p, connection: ctx, fixedTopic: fixed, flags: []))
+                case .frame(let p): records.append(route.makeRecord(p, connection: ctx, fixedTopic: fixed, flags: [], settings: settings))
                 case .truncated(let p):
                     route.metrics.truncated.add()
-                    records.append(route.makeRecord(p, connection: ctx, fixedTopic: fixed, flags: .truncated))
+                    records.append(route.makeRecord(p, connection: ctx, fixedTopic: fixed, flags: .truncated, settings: settings))
                 case .oversizeDropped, .closeConnection: route.metrics.drops[.oversize]!.add()
                 }
             }
         }
         if let partial = decoder.finish(), !partial.isEmpty {
             // A datagram is complete by definition, so a trailing unterminated part is the last frame.
-            records.append(route.makeRecord(partial, connection: ctx, fixedTopic: fixed, flags: []))
+            records.append(route.makeRecord(partial, connection: ctx, fixedTopic: fixed, flags: [], settings: settings))
         }
     }
 

@@ -66,6 +66,8 @@ public final class RouteMetrics: Sendable {
     public let refused: Stat
     /// Feed connections closed by the idle timeout.
     public let idleTimeouts: Stat
+    /// UDP datagrams discarded because the sender is not in the route's allowlist.
+    public let datagramsRejected: Stat
     /// Feed connections accepted or established.
     public let connections: Stat
     /// Feed connections refused (allowlist or connection limit).
@@ -103,6 +105,7 @@ public final class RouteMetrics: Sendable {
         partialEmitted = c("partial_emitted_total", "Incomplete frames published at close.")
         refused = c("refused_total", "Records the broker refused (re-spooled on the dead-letter topic).")
         idleTimeouts = c("idle_timeouts_total", "Feed connections closed by the idle timeout.")
+        datagramsRejected = c("datagrams_rejected_total", "UDP datagrams from peers not in the allowlist.")
         connections = c("connections_total", "Feed connections accepted or established.")
         connectionsRejected = c("connections_rejected_total", "Feed connections refused.")
         reconnects = c("feed_reconnects_total", "Feed redials.")

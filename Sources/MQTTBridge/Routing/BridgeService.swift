@@ -58,6 +58,11 @@ public final class BridgeService: Service, Sendable {
         state.withLock { $0.routes[name] }?.localPort
     }
 
+    /// The IP address a TCP server or UDP route is bound to.
+    public func address(ofRoute name: String) -> String? {
+        state.withLock { $0.routes[name] }?.localIP
+    }
+
     /// The port of the HTTP metrics and health endpoint.
     public var metricsPort: Int? { state.withLock { $0.httpChannel?.localAddress?.port } }
 
@@ -352,12 +357,23 @@ public final class BridgeService: Service, Sendable {
         var merged = new
         merged.mqtt = old.mqtt
         state.withLock { $0.configuration = merged }
+        var restart: Set<String> = []
         for (name, route) in oldRoutes where newRoutes[name] != route {
+            if let n = newRoutes[name], LiveSettings.onlyLiveChanges(route, n),
+               let runtime = state.withLock({ $0.routes[name] }) {
+                // Topic, QoS, retain, dead-letter and partial-frame settings: swapped in place, connections stay
+                // open, so nothing in flight on the feed is cut.
+                runtime.update(n, statePrefix: merged.statePrefix)
+                publisher.setDeadLetterTopic(n.deadLetterTopic ?? "\(merged.statePrefix)/deadletter/\(name)", forRoute: name)
+                logger.info("Reload: route \(name) updated in place")
+                continue
+            }
+            restart.insert(name)
             let runtime = state.withLock { $0.routes.removeValue(forKey: name) }
             await runtime?.stop()
             logger.info("Reload: route \(name) \(newRoutes[name] == nil ? "removed" : "changed")")
         }
-        for (name, route) in newRoutes where oldRoutes[name] != route {
+        for (name, route) in newRoutes where oldRoutes[name] == nil || restart.contains(name) {
             try await startRoute(route, configuration: merged, client: client, publisher: publisher)
             logger.info("Reload: route \(name) started")
         }

@@ -53,6 +53,14 @@ final class Publisher: Sendable {
         doorbell.ring()
     }
 
+    /// A reload changed a route's dead-letter topic.
+    func setDeadLetterTopic(_ topic: String, forRoute name: String) {
+        entries.withLock { entries in
+            guard let e = entries[name] else { return }
+            entries[name] = Entry(name: e.name, spool: e.spool, metrics: e.metrics, deadLetterTopic: topic, window: e.window)
+        }
+    }
+
     func spool(named name: String) -> Spool? { entries.withLock { $0[name]?.spool } }
 
     var allSpools: [Spool] { entries.withLock { $0.values.map(\.spool) } }

@@ -7,6 +7,43 @@ import Synchronization
 /// A connection id source shared by every route of a process.
 let connectionIDs = Atomic<UInt64>(0)
 
+/// The parts of a route a reload can change without closing its connections: how frames become MQTT messages.
+struct LiveSettings: @unchecked Sendable {  // @unchecked: a compiled Regex, immutable once built
+    var topic: TopicTemplate?
+    var qos: QoS
+    var retain: Bool
+    var deadLetterTopic: String
+    var frameOptions: TopicTemplate.FrameOptions
+    var partialOnClose: PartialFramePolicy
+
+    init(_ config: RouteConfiguration, statePrefix: String) {
+        topic = config.topic
+        qos = config.qos
+        retain = config.retain
+        deadLetterTopic = config.deadLetterTopic ?? "\(statePrefix)/deadletter/\(config.name)"
+        var options = TopicTemplate.FrameOptions(fieldSeparator: config.fieldSeparator)
+        if let pattern = config.topicRegex { options.regex = try? Regex(pattern) }
+        frameOptions = options
+        partialOnClose = config.partialOnClose
+    }
+
+    /// Whether `old` can become `new` by swapping the live settings (same feed, framing and subscriptions).
+    static func onlyLiveChanges(_ old: RouteConfiguration, _ new: RouteConfiguration) -> Bool {
+        var a = old
+        var b = new
+        b.topic = a.topic
+        b.deadLetterTopic = a.deadLetterTopic
+        b.fieldSeparator = a.fieldSeparator
+        b.topicRegex = a.topicRegex
+        b.qos = a.qos
+        b.retain = a.retain
+        b.partialOnClose = a.partialOnClose
+        a.name = b.name
+        return a == b && old.direction.readsFeed == new.direction.readsFeed
+            && (old.direction.writesFeed ? old.qos == new.qos : true)
+    }
+}
+
 /// One running route: its feed endpoint, its open connections, its spool, and the MQTT → feed fan-out.
 final class RouteRuntime: Sendable {
     let config: RouteConfiguration
@@ -14,10 +51,14 @@ final class RouteRuntime: Sendable {
     let registry: PrometheusCollectorRegistry
     let spool: Spool?
     let spoolFull: SpoolConfiguration.FullPolicy
-    let deadLetterTopic: String
-    let frameOptions: UncheckedSendableBox<TopicTemplate.FrameOptions>
     let logger: Logger
     let doorbell: Doorbell
+    /// Settings a reload swaps in place; readers cache them and refresh when `generation` moves.
+    private let live: Mutex<LiveSettings>
+    let generation = Atomic<Int>(0)
+    let allowList: IPAllowList
+    /// TCP server: connections accepted and not yet closed (the `max_connections` reservation).
+    let admitted = Atomic<Int>(0)
 
     private struct State {
         var connections: [UInt64: FeedConnection] = [:]
@@ -40,13 +81,21 @@ final class RouteRuntime: Sendable {
         self.registry = registry
         self.spool = spool
         self.spoolFull = spoolFull
-        self.deadLetterTopic = config.deadLetterTopic ?? "\(statePrefix)/deadletter/\(config.name)"
-        var options = TopicTemplate.FrameOptions(fieldSeparator: config.fieldSeparator)
-        if let pattern = config.topicRegex { options.regex = try? Regex(pattern) }
-        self.frameOptions = UncheckedSendableBox(options)
+        self.live = Mutex(LiveSettings(config, statePrefix: statePrefix))
+        self.allowList = IPAllowList(config.feed.allow)
         self.doorbell = doorbell
         self.logger = logger
         self.encoder = FrameEncoder(framing: config.framing)
+    }
+
+    /// The live settings now.
+    var settings: LiveSettings { live.withLock { $0 } }
+
+    /// Applies a reloaded configuration that differs only in live settings; connections stay open and pick the
+    /// new settings up at their next read.
+    func update(_ new: RouteConfiguration, statePrefix: String) {
+        live.withLock { $0 = LiveSettings(new, statePrefix: statePrefix) }
+        generation.add(1, ordering: .releasing)
     }
 
     func nextConnectionID() -> UInt64 { connectionIDs.add(1, ordering: .relaxed).newValue }
@@ -65,6 +114,9 @@ final class RouteRuntime: Sendable {
 
     /// The bound port of a server or UDP route.
     var localPort: Int? { state.withLock { $0.listener?.localAddress?.port } }
+
+    /// The bound IP address of a server or UDP route.
+    var localIP: String? { state.withLock { $0.listener?.localAddress?.ipAddress } }
 
     func setListener(_ channel: any Channel) { state.withLock { $0.listener = channel } }
     func setClientChannel(_ channel: (any Channel)?) { state.withLock { $0.clientChannel = channel } }
@@ -93,25 +145,25 @@ final class RouteRuntime: Sendable {
 
     /// Builds the spool record for one frame: topic from the template, or the dead-letter topic.
     func makeRecord(_ payload: [UInt8], connection: ConnectionContext, fixedTopic: Result<String, TopicTemplate.Failure>?,
-                    flags: SpoolRecord.Flags) -> SpoolRecord {
+                    flags: SpoolRecord.Flags, settings: LiveSettings) -> SpoolRecord {
         var flags = flags
-        if config.retain { flags.insert(.retain) }
+        if settings.retain { flags.insert(.retain) }
         let topic: Result<String, TopicTemplate.Failure>
         if let fixedTopic {
             topic = fixedTopic
-        } else if let template = config.topic {
-            topic = template.resolve(connection: connection, frame: payload, options: frameOptions.value)
+        } else if let template = settings.topic {
+            topic = template.resolve(connection: connection, frame: payload, options: settings.frameOptions)
         } else {
             topic = .failure(.missing)
         }
         switch topic {
         case .success(let t):
-            return SpoolRecord(topic: t, payload: payload, qos: config.qos, flags: flags)
+            return SpoolRecord(topic: t, payload: payload, qos: settings.qos, flags: flags)
         case .failure:
             metrics.deadLettered.add()
             flags.insert(.deadLetter)
             flags.remove(.retain)
-            return SpoolRecord(topic: deadLetterTopic, payload: payload, qos: config.qos, flags: flags)
+            return SpoolRecord(topic: settings.deadLetterTopic, payload: payload, qos: settings.qos, flags: flags)
         }
     }
 

@@ -206,6 +206,7 @@ public final class Spool: Sendable {
             let path = dir + "/" + name
             let fd = open(path, O_RDWR | O_APPEND | O_CLOEXEC, 0o600)
             guard fd >= 0 else { throw SpoolError("Cannot open spool segment \(path)", errno: errno) }
+            _ = fchmod(fd, 0o600)  // owner-only even if it was created (or copied in) with a looser mode
             var seg = Segment(first: first, path: path, fd: fd, size: 0)
             let fileSize = Int(lseek(fd, 0, SEEK_END))
             var offset = 0
@@ -549,6 +550,7 @@ public final class Spool: Sendable {
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SpoolError("Cannot write \(tmp)", errno: errno) }
         defer { closeFile(fd) }
+        _ = fchmod(fd, 0o600)
         try Self.writeAll(fd, data)
         if configuration.fsync == .always { _ = fdatasync(fd) }
         guard rename(tmp, donePath) == 0 else { throw SpoolError("Cannot rename \(tmp)", errno: errno) }
