@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Mosquitto
 import MosquittoBroker
 import Synchronization
@@ -22,11 +23,28 @@ struct ResilienceTests {
         }
     }
 
-    @Test("SIGTERM restart mid-stream with persistence and persistent sessions: no QoS 1 loss, QoS 2 exactly once")
-    func gracefulRestart() async throws {
-        try await withBroker(.init(persistence: true)) { broker in
+    /// `withQoS1: false` is the QoS 2 stream alone: there the broker's resends hit libmosquitto hardest
+    /// (31-136 duplicates per restart before `QoS2Deduplicator`).
+    @Test("SIGTERM restart mid-stream with persistence and persistent sessions: no QoS 1 loss, QoS 2 exactly once",
+          arguments: [true, false])
+    func gracefulRestart(withQoS1: Bool) async throws {
+        var bc = MosquittoBroker.Configuration(persistence: true)
+        // mosquitto drops QoS 1/2 messages beyond max_queued_messages (1000 by default) per client: after the
+        // restart the publisher catches up faster than the subscriber drains, and the broker would discard
+        // the excess by its own policy. Unlimited, so that any loss counted here is the client's.
+        bc.maxQueuedMessages = 0
+        try await withBroker(bc) { broker in
             let n = 3000
-            let sub = try await connected(broker, id: "restart-sub") { $0.session = .persistent(expiry: 3600) }
+            let sub = try await connected(broker, id: "restart-sub") {
+                $0.session = .persistent(expiry: 3600)
+                if !withQoS1 {
+                    // libmosquitto's trace logging slows the subscriber's network thread, so more QoS 2 messages
+                    // are in flight (PUBREC sent, not yet seen by the broker) when SIGTERM lands.
+                    let sink = Locked<[String]>([])
+                    $0.logger = Logger(label: "slow-subscriber") { _ in CapturingLogHandler(lines: sink) }
+                    $0.logger.logLevel = .trace
+                }
+            }
             let pub = try await connected(broker, id: "restart-pub") { $0.session = .persistent(expiry: 3600) }
             let tally = Tally()
             let r1 = Self.reader(try await sub.subscribe("r/q1", qos: .atLeastOnce), tally)
@@ -34,27 +52,31 @@ struct ResilienceTests {
             let sent = Locked(0)
             let publisher = Task {
                 for i in 0..<n {
-                    try await pub.publish(MQTTMessage(topic: "r/q1", string: "m-\(i)", qos: .atLeastOnce), completion: .enqueued)
+                    if withQoS1 {
+                        try await pub.publish(MQTTMessage(topic: "r/q1", string: "m-\(i)", qos: .atLeastOnce), completion: .enqueued)
+                    }
                     try await pub.publish(MQTTMessage(topic: "r/q2", string: "m-\(i)", qos: .exactlyOnce), completion: .enqueued)
                     sent.withLock { $0 += 1 }
                     if i % 50 == 0 { try await Task.sleep(for: .milliseconds(2)) }
                 }
                 await pub.waitUntilAllPublished()
             }
-            #expect(await eventually { sent.value > n / 3 })
-            await broker.stop()            // SIGTERM: mosquitto saves its database
-            try await Task.sleep(for: .milliseconds(300))
-            try await broker.start()
+            for fraction in withQoS1 ? [3] : [4, 2] {
+                #expect(await eventually { sent.value > n / fraction })
+                await broker.stop()            // SIGTERM: mosquitto saves its database
+                try await Task.sleep(for: .milliseconds(300))
+                try await broker.start()
+            }
             try await publisher.value
             let complete = await eventually(timeout: .seconds(30)) {
-                Set(tally.get("r/q1")).count == n && tally.get("r/q2").count >= n
+                (!withQoS1 || Set(tally.get("r/q1")).count == n) && tally.get("r/q2").count >= n
             }
             try await Task.sleep(for: .milliseconds(300))  // let any duplicate show up
             let q1 = tally.get("r/q1"), q2 = tally.get("r/q2")
             #expect(complete)
-            #expect(Set(q1) == Set(0..<n), "QoS 1 lost \(Set(0..<n).subtracting(q1).sorted().prefix(20))")
+            #expect(!withQoS1 || Set(q1) == Set(0..<n), "QoS 1 lost \(Set(0..<n).subtracting(q1).sorted().prefix(20))")
             #expect(q2.count == n && Set(q2) == Set(0..<n), "QoS 2 got \(q2.count) messages, \(Set(q2).count) distinct")
-            print("SIGTERM restart: QoS 1 \(q1.count) received (\(q1.count - Set(q1).count) duplicates, allowed), QoS 2 \(q2.count) exactly once")
+            print("SIGTERM restart: QoS 1 \(q1.count) received (\(q1.count - Set(q1).count) duplicates, allowed), QoS 2 \(q2.count) received, \(Set(q2).count) distinct")
             r1.cancel(); r2.cancel()
             await pub.shutdown()
             await sub.shutdown()

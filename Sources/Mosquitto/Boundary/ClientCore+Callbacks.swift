@@ -28,6 +28,7 @@ extension ClientCore {
             return
         }
         let ack = PropertyReader.connAck(flags: flags, props)
+        if !ack.sessionPresent { qos2Deduplicator.reset() }
         let (waiters, resend) = state.withLock { s -> ([CheckedContinuation<ConnAck, any Error>], [CoreState.FilterEntry]) in
             s.connectedThisAttempt = true
             s.everConnected = true
@@ -157,6 +158,10 @@ extension ClientCore {
     }
 
     func handleMessage(_ message: MQTTMessage) {
+        if message.qos == .exactlyOnce && qos2Deduplicator.isDuplicate(message) {
+            logger.debug("Dropped a duplicate QoS 2 delivery of message \(message.messageID) on '\(message.topic)' (libmosquitto 2.0.11 re-queues a resent PUBLISH it already holds)")
+            return
+        }
         let (targets, request) = state.withLock { s -> ([MessageBuffer], CheckedContinuation<MQTTMessage, any Error>?) in
             var targets: [MessageBuffer]
             let ids = message.properties.subscriptionIdentifiers

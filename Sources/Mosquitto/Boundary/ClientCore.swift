@@ -32,6 +32,8 @@ final class ClientCore: @unchecked Sendable {
     /// Streams with messages queued for a consumer that has not been woken yet. Network thread only:
     /// filled by `handleMessage` (in callbacks) and flushed by `flushWakes()` after each loop pass.
     var pendingWakes: [MessageBuffer] = []
+    /// Suppresses libmosquitto 2.0.11's duplicate QoS 2 deliveries after a session resumes. Network thread only.
+    var qos2Deduplicator = QoS2Deduplicator()
 
     init(configuration: MQTTConfiguration) throws(MQTTError) {
         try configuration.validate()
