@@ -86,13 +86,20 @@ struct ClientTests {
             #expect(byTopic["devices/killed/status"]?.string == "gone")
             #expect(byTopic["devices/dying/status"]?.string == "offline")
             #expect(byTopic["devices/dying/status"]?.properties.userProperties == willProps.userProperties)
-            // A clean shutdown sends DISCONNECT: no will.
+            // A clean shutdown sends DISCONNECT: no will. (A new stream: collect ended the first one.)
+            let laterWills = try await watcher.subscribe("devices/+/status")
             let polite = try await connected(broker, id: "polite") { c in
                 c.will = .init(MQTTMessage(topic: "devices/polite/status", string: "offline"))
             }
             await polite.shutdown()
-            let more = try await collect(wills, count: 1, timeout: .seconds(1))
+            // MQTT 5 reason 4, "disconnect with will message": a clean goodbye that still publishes the will.
+            let leaving = try await connected(broker, id: "leaving") { c in
+                c.will = .init(MQTTMessage(topic: "devices/leaving/status", string: "gone on purpose"))
+            }
+            await leaving.shutdown(disconnectReason: 4)
+            let more = try await collect(laterWills, count: 2, timeout: .seconds(2))
             #expect(!more.contains { $0.topic == "devices/polite/status" })
+            #expect(more.map(\.topic) == ["devices/leaving/status"])
             await dying.shutdown()
             await watcher.shutdown()
         }

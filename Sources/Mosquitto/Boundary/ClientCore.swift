@@ -278,7 +278,7 @@ final class ClientCore: @unchecked Sendable {
 
     /// After a shutdown request: send DISCONNECT and let libmosquitto write it before closing.
     private func finishGracefully() {
-        _ = mosquitto_disconnect_v5(mosq, 0, nil)
+        _ = mosquitto_disconnect_v5(mosq, Int32(state.withLock { $0.disconnectReason }), nil)
         let deadline = ContinuousClock.now + .seconds(2)
         while mosquitto_socket(mosq) != -1 && ContinuousClock.now < deadline {
             if mosquitto_loop(mosq, 100, 1) != MOSQ_ERR_SUCCESS.rawValue { break }
@@ -331,24 +331,25 @@ final class ClientCore: @unchecked Sendable {
     }
 
     /// Requests shutdown; returns true when a network thread is running and will finish it.
-    func requestShutdown() -> Bool {
+    func requestShutdown(disconnectReason: UInt8 = 0) -> Bool {
         let (running, alreadyRequested) = state.withLock { s -> (Bool, Bool) in
             let already = s.shutdownRequested
+            if !already { s.disconnectReason = disconnectReason }
             s.shutdownRequested = true
             return (s.threadStarted && !s.threadExited, already)
         }
         if running {
             if !alreadyRequested {
                 // Wakes mosquitto_loop (libmosquitto pokes its internal socketpair) and queues DISCONNECT.
-                _ = try? withHandle { h in mosquitto_disconnect_v5(h, 0, nil) }
+                _ = try? withHandle { h in mosquitto_disconnect_v5(h, Int32(disconnectReason), nil) }
             }
             wakeup.signal()
         }
         return running
     }
 
-    func shutdown() async {
-        if requestShutdown() {
+    func shutdown(disconnectReason: UInt8 = 0) async {
+        if requestShutdown(disconnectReason: isV5 ? disconnectReason : 0) {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                 let done = state.withLock { s -> Bool in
                     if s.threadExited { return true }

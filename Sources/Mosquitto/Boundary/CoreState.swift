@@ -74,6 +74,8 @@ struct CoreState {
     /// Kernel thread id of the network thread (Linux), for tests and diagnostics.
     var networkThreadID: Int = -1
     var shutdownRequested = false
+    /// The MQTT 5 DISCONNECT reason code `shutdown` sends (0 = normal; 4 = publish the will).
+    var disconnectReason: UInt8 = 0
     var handleClosed = false
     var handleDestroyed = false
     var activeCalls = 0

@@ -227,6 +227,13 @@ public final class MQTTClient: Sendable {
         await core.shutdown()
     }
 
+    /// Shuts down like ``shutdown()``, sending an MQTT 5 DISCONNECT reason code. Reason 4 (*Disconnect with Will
+    /// Message*) asks the broker to publish the will anyway, as `mosquitto_sub` does when interrupted. Ignored on
+    /// MQTT 3.1.1, where a DISCONNECT always discards the will.
+    public func shutdown(disconnectReason: UInt8) async {
+        await core.shutdown(disconnectReason: disconnectReason)
+    }
+
     /// Connects, runs `body`, and shuts the client down however `body` ends.
     public static func withClient<R: Sendable>(_ configuration: MQTTConfiguration,
                                                _ body: (MQTTClient) async throws -> R) async throws -> R {
