@@ -169,10 +169,12 @@ public struct SubCommand: MosquittoTool {
         // The subscription streams live until the client is shut down: dropping them earlier would UNSUBSCRIBE,
         // and mosquitto_sub leaves its subscriptions in a persistent session (-c) when it exits.
         let keep = Locked<[MessageStream]>([])
+        let interrupted = Locked(false)
         let result = await Self.receive(client: client, all: all, keep: keep, plan: plan, formatter: formatter, signals: signals,
-                                        v5: v5, quiet: connection.quiet)
+                                        interrupted: interrupted, v5: v5, quiet: connection.quiet)
         StandardOutput.shared.flush()
-        await client.shutdown()
+        // Like mosquitto_sub: a signal or -W ends with reason 4, "disconnect with will message" (MQTT 5).
+        await client.shutdown(disconnectReason: interrupted.get() ? 4 : 0)
         withExtendedLifetime(keep) {}
         if let result { throw result }
     }
@@ -181,7 +183,7 @@ public struct SubCommand: MosquittoTool {
 
     /// Subscribes, prints, and ends on `-C`, `-E`, `--retained-only`, `-W`, a signal or a lost connection.
     static func receive(client: MQTTClient, all: MessageStream, keep: Locked<[MessageStream]>, plan: Plan, formatter: MessageFormatter, signals: SignalWatcher,
-                        v5: Bool, quiet: Bool) async -> CLIError? {
+                        interrupted: Locked<Bool>, v5: Bool, quiet: Bool) async -> CLIError? {
         let options = plan
         let events = client.events
         return await withTaskGroup(of: CLIError?.self) { group in
@@ -240,13 +242,14 @@ public struct SubCommand: MosquittoTool {
             }
             group.addTask {
                 // SIGINT/SIGTERM: disconnect and exit 0. When cancelled (the run ended otherwise), wait no more.
-                _ = await signals.next()
+                if await signals.next() != nil { interrupted.set(true) }
                 return nil
             }
             if let w = plan.timeout {
                 group.addTask {
                     try? await Task.sleep(for: .seconds(w))
                     if Task.isCancelled { return nil }
+                    interrupted.set(true)
                     if !quiet { printError("Timed out") }
                     return CLIError("", exitCode: 27)
                 }

@@ -164,6 +164,34 @@ struct FeatureTests {
         }
     }
 
+    @Test("Interrupted like mosquitto_sub: SIGINT and -W disconnect with reason 4, so the broker publishes the MQTT 5 will")
+    func interruptPublishesWill() async throws {
+        try await withBroker { broker in
+            let watcher = try await libraryClient(broker)
+            let wills = try await watcher.subscribe("wills/#")
+            let sub = try Child(tool("mqtt-sub"), at(broker) + ["-V", "5", "-t", "w/#", "--will-topic", "wills/sigint", "--will-payload", "bye"])
+            let probe = try await libraryClient(broker)
+            while sub.currentOutput().isEmpty {
+                try await probe.publish(to: "w/a", string: "x", qos: .atMostOnce)
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            sub.signal(SIGINT)
+            _ = await sub.wait(timeout: .seconds(10))
+            let timedOut = try await run(tool("mqtt-sub"), at(broker) + ["-V", "5", "-t", "quiet/#", "-W", "1", "--will-topic", "wills/timeout", "--will-payload", "late"])
+            #expect(timedOut.status == 27)
+            var got: [String] = []
+            let deadline = Task { try await Task.sleep(for: .seconds(10)); wills.cancel() }
+            defer { deadline.cancel() }
+            for try await m in wills {
+                got.append("\(m.topic)=\(m.string ?? "")")
+                if got.count == 2 { break }
+            }
+            #expect(got == ["wills/sigint=bye", "wills/timeout=late"])
+            await probe.shutdown()
+            await watcher.shutdown()
+        }
+    }
+
     @Test("mqtt-sub reconnects and resumes by default; --no-reconnect fails fast with code 7")
     func reconnect() async throws {
         try await withBroker(.init(persistence: true)) { broker in
