@@ -67,7 +67,7 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
 
     /// `-i`, `--id`: the client id.
     @Option(name: [.customShort("i"), .customLong("id")], parsing: .unconditional,
-            help: ArgumentHelp("Client id (default: chosen by the broker).", valueName: "id"))
+            help: ArgumentHelp("Client id (default: mqtt-pub/mqtt-sub/mqtt-rr let the broker choose; mqtt-bridge uses mqtt-bridge-<host>-<route>).", valueName: "id"))
     public var clientID: String?
 
     /// `-I`, `--id-prefix`: the client id is this prefix followed by the process id.
@@ -119,7 +119,7 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
 
     /// `-V`, `--protocol-version`: `mqttv311`/`311` or `mqttv5`/`5` (`mqttv31` is not supported).
     @Option(name: [.customShort("V"), .customLong("protocol-version")], parsing: .unconditional,
-            help: ArgumentHelp("MQTT version: mqttv5 or mqttv311 (default: mqttv311; mqtt-rr: mqttv5).", valueName: "version"))
+            help: ArgumentHelp("MQTT version: mqttv5 or mqttv311 (default: mqttv311; mqtt-rr and mqtt-bridge: mqttv5).", valueName: "version"))
     public var protocolVersion: String?
 
     /// `-M`: the most QoS 1/2 messages in flight (default 20).
