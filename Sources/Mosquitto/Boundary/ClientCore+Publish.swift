@@ -68,7 +68,10 @@ extension ClientCore {
         defer { props.free() }
         let qos = message.qos
         let limit = config.maximumQueuedMessages
-        let offlineError = MQTTError(.notConnected, "QoS 0 message to '\(message.topic)' not sent: the client is offline. Use QoS 1 or 2 to have it queued until the connection returns.")
+        // Built only when needed: publish is a hot path.
+        func offlineError() -> MQTTError {
+            MQTTError(.notConnected, "QoS 0 message to '\(message.topic)' not sent: the client is offline. Use QoS 1 or 2 to have it queued until the connection returns.")
+        }
 
         // One lock for the common case: a free slot in the outgoing queue, the gate, the connection epoch.
         func admit(holdingSlot: Bool) -> Admission {
@@ -94,7 +97,7 @@ extension ClientCore {
         let epoch: UInt64
         switch admission {
         case .admitted(let e): epoch = e
-        case .offline: throw offlineError
+        case .offline: throw offlineError()
         case .closed(let e): throw e
         case .mustWait: preconditionFailure("admit(holdingSlot: true) never asks to wait")
         }
@@ -121,15 +124,14 @@ extension ClientCore {
             }
             return .needsWaiter
         }
-        let lostError = MQTTError(.connectionLost, "QoS 0 message to '\(message.topic)' may not have been sent: the connection was lost. Use QoS 1 or 2 to have messages kept until the connection returns.")
         switch outcome {
         case .failed(let release):
             release.resume()
-            if offline { throw offlineError }
+            if offline { throw offlineError() }
             throw MQTTError.fromLibrary(rc, context: "Publishing to '\(message.topic)'")
         case .lost(let release):
             release.resume()
-            throw lostError
+            throw MQTTError(.connectionLost, "QoS 0 message to '\(message.topic)' may not have been sent: the connection was lost. Use QoS 1 or 2 to have messages kept until the connection returns.")
         case .early(let r):
             if let onComplete {
                 onComplete(r >= 0x80 ? .failure(publishRejection(r, topic: message.topic)) : .success(r))
