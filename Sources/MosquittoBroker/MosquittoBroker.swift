@@ -311,6 +311,27 @@ public final class MosquittoBroker: Sendable {
         try await start()
     }
 
+    /// Starts a private broker, runs `body` with it, and shuts the broker down however `body` ends.
+    ///
+    /// ```swift
+    /// try await MosquittoBroker.with(.init(persistence: true)) { broker in
+    ///     // connect clients to broker.host:broker.port
+    /// }
+    /// ```
+    public static func with<T>(_ configuration: Configuration = .init(),
+                               _ body: (MosquittoBroker) async throws -> T) async throws -> T {
+        let broker = try MosquittoBroker(configuration: configuration)
+        do {
+            try await broker.start()
+            let result = try await body(broker)
+            await broker.shutdown()
+            return result
+        } catch {
+            await broker.shutdown()
+            throw error
+        }
+    }
+
     /// Stops the broker (as ``stop()``) and removes its directory. The instance cannot be started again.
     public func shutdown() async {
         await stop()

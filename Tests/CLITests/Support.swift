@@ -14,16 +14,7 @@ import Darwin
 /// Starts a private broker for the duration of `body`, and always shuts it down.
 func withBroker<T>(_ configuration: MosquittoBroker.Configuration = .init(),
                    _ body: (MosquittoBroker) async throws -> T) async throws -> T {
-    let broker = try MosquittoBroker(configuration: configuration)
-    try await broker.start()
-    do {
-        let r = try await body(broker)
-        await broker.shutdown()
-        return r
-    } catch {
-        await broker.shutdown()
-        throw error
-    }
+    try await MosquittoBroker.with(configuration, body)
 }
 
 /// The directory holding the built `mqtt-pub`, `mqtt-sub` and `mqtt-rr`.
