@@ -88,6 +88,33 @@ struct ClientFeatureTests {
         }
     }
 
+    @Test("MQTT 5 subscription options: no-local, retain-as-published and retain handling")
+    func subscriptionOptions() async throws {
+        try await withBroker { broker in
+            let me = try await connected(broker)
+            let other = try await connected(broker)
+            try await other.publish(MQTTMessage(topic: "opt/retained", string: "old", retain: true))
+            let noLocal = try await me.subscribe([Subscription("opt/chat", noLocal: true)])
+            let asPublished = try await me.subscribe([Subscription("opt/flag", retainAsPublished: true)])
+            // A different filter: streams that share a filter share one broker subscription and its options.
+            let plain = try await me.subscribe([Subscription("opt/+")])
+            let noRetained = try await me.subscribe([Subscription("opt/retained", retainHandling: .never)])
+            try await me.publish(MQTTMessage(topic: "opt/chat", string: "mine"))
+            try await other.publish(MQTTMessage(topic: "opt/chat", string: "theirs"))
+            try await other.publish(MQTTMessage(topic: "opt/flag", string: "f", retain: true))
+            try await other.publish(MQTTMessage(topic: "opt/retained", string: "new"))
+            #expect(try await collect(noLocal, count: 2, timeout: .seconds(1)).map(\.string) == ["theirs"])
+            #expect(try await collect(asPublished, count: 1).map(\.retain) == [true])
+            let plainFlags = try await collect(plain, count: 4, timeout: .seconds(1)).filter { $0.topic == "opt/flag" }
+            #expect(plainFlags.map(\.retain) == [false])
+            #expect(try await collect(noRetained, count: 2, timeout: .seconds(1)).map(\.string) == ["new"])
+            // The same options on MQTT 3.1.1 are refused before anything is sent.
+            let old = try await connected(broker, version: .v3_1_1)
+            await #expect(throws: MQTTError.self) { _ = try await old.subscribe([Subscription("opt/chat", noLocal: true)]) }
+            for c in [me, other, old] { await c.shutdown() }
+        }
+    }
+
     @Test("Connection events: connected, disconnected with a reason, reconnecting in N s, connected again")
     func events() async throws {
         try await withBroker { broker in

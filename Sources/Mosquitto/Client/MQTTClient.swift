@@ -153,7 +153,12 @@ public final class MQTTClient: Sendable {
     /// Subscribes to one or more filters and returns their messages as one stream.
     ///
     /// Waits for the broker's SUBACK. If the client is offline the subscription is registered and sent when the
-    /// connection returns (``MessageStream/grantedQoS`` is then nil for it). Ending the iteration unsubscribes.
+    /// connection returns (``MessageStream/grantedQoS`` is then nil for it). Ending the iteration unsubscribes
+    /// the filters no other stream uses.
+    ///
+    /// A broker keeps one subscription per filter and client, so streams that subscribe to the same filter share
+    /// it: it has the highest QoS any of them asked for and the MQTT 5 options of the most recent `subscribe`.
+    /// Give streams that need different options different filters.
     /// - Throws: `.invalidFilter` before anything is sent; `.notAuthorized`/`.subscriptionRejected` when the broker
     ///   refuses a filter.
     public func subscribe(_ subscriptions: [Subscription], buffer: SubscriptionBuffer = .default) async throws -> MessageStream {
