@@ -3,7 +3,7 @@ import Mosquitto
 import MosquittoBroker
 import Testing
 
-@Suite("Client: endpoints, identities, buffers and cancellation")
+@Suite("Client: endpoints, identities, buffers and cancellation", .timeLimit(.minutes(2)))
 struct ClientFeatureTests {
     @Test("Unix socket, mqtt:// URL, bind address and a broker-assigned client id all connect")
     func endpoints() async throws {

@@ -5,7 +5,7 @@ import MosquittoBroker
 import Synchronization
 import Testing
 
-@Suite("Client: publish and subscribe against a real mosquitto")
+@Suite("Client: publish and subscribe against a real mosquitto", .timeLimit(.minutes(2)))
 struct ClientTests {
     @Test("QoS 0/1/2 round trips on MQTT 3.1.1 and 5", arguments: [MQTTProtocolVersion.v3_1_1, .v5])
     func roundTrips(version: MQTTProtocolVersion) async throws {
@@ -347,7 +347,7 @@ extension MQTTClient {
     }
 }
 
-@Suite("Client: per-message completion callbacks")
+@Suite("Client: per-message completion callbacks", .timeLimit(.minutes(2)))
 struct CompletionCallbackTests {
     @Test("onComplete reports every acknowledgement, every broker refusal, and messages a shutdown abandoned")
     func callbacks() async throws {

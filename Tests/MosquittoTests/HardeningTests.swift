@@ -4,7 +4,7 @@ import Logging
 import MosquittoBroker
 import Testing
 
-@Suite("Hardening: limits, secrets, PSK, id exhaustion, stability", .serialized)
+@Suite("Hardening: limits, secrets, PSK, id exhaustion, stability", .serialized, .timeLimit(.minutes(5)))
 struct HardeningTests {
     @Test("Oversized payloads, very long topics and deep topic trees get a clear error and leave the client usable")
     func limits() async throws {
@@ -183,6 +183,43 @@ struct HardeningTests {
             #expect(Set(ids).count == ids.count, "QoS 2 must not duplicate")
             await pub.shutdown()
             await sub.shutdown()
+        }
+    }
+
+    @Test("A socket numbered beyond select()'s limit (1024) is reported and retried, not a silent dead client")
+    func descriptorsBeyondSelect() async throws {
+        try await withBroker { broker in
+            var c = config(broker)
+            c.reconnect.initialDelay = .milliseconds(50)
+            c.reconnect.maximumDelay = .milliseconds(200)
+            let client = try MQTTClient(configuration: c)   // libmosquitto's socketpair gets a low number here
+            try await client.connect()
+            let events = client.events
+            // Occupy every low descriptor, then cut the connection: the reconnect's socket lands above 1024,
+            // where mosquitto_loop's pselect cannot go (libmosquitto's own loop would stop for good).
+            var held: [Int32] = []
+            while held.count < 1100 {
+                let fd = open("/dev/null", O_RDONLY)
+                if fd < 0 { break }
+                held.append(fd)
+            }
+            try #require((held.last ?? 0) >= 1024, "could not open enough descriptors (ulimit -n)")
+            client._severConnectionForTesting()
+            var explained = false
+            var reconnectedAfterwards = false
+            let closer = Task {
+                try await Task.sleep(for: .milliseconds(500))
+                for fd in held { close(fd) }
+            }
+            for await e in events {
+                if case .disconnected(let err?) = e, err.message.contains("1024") { explained = true }
+                if case .connected = e, explained { reconnectedAfterwards = true; break }
+            }
+            try await closer.value
+            #expect(explained, "the failure names the select() limit")
+            #expect(reconnectedAfterwards, "once descriptors are free again the client reconnects by itself")
+            try await client.publish(MQTTMessage(topic: "fd/ok", string: "fine"))
+            await client.shutdown()
         }
     }
 

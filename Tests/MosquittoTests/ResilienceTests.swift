@@ -5,7 +5,7 @@ import MosquittoBroker
 import Synchronization
 import Testing
 
-@Suite("Broker restarts and kills", .serialized)
+@Suite("Broker restarts and kills", .serialized, .timeLimit(.minutes(3)))
 struct ResilienceTests {
     /// Ids of messages a stream delivered, by topic.
     final class Tally: Sendable {

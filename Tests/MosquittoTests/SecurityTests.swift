@@ -3,7 +3,7 @@ import Mosquitto
 import MosquittoBroker
 import Testing
 
-@Suite("Authentication, authorisation and TLS")
+@Suite("Authentication, authorisation and TLS", .timeLimit(.minutes(2)))
 struct SecurityTests {
     static let acl = """
     user alice

@@ -14,7 +14,7 @@ struct SplitMix: RandomNumberGenerator {
     }
 }
 
-@Suite("Topic helpers agree with libmosquitto")
+@Suite("Topic helpers agree with libmosquitto", .timeLimit(.minutes(3)))
 struct TopicTests {
     static func allCombinations(_ levels: [String], upTo n: Int) -> [String] {
         var out: [[String]] = [[]]

@@ -4,7 +4,7 @@ import MosquittoBroker
 import Synchronization
 import Testing
 
-@Suite("Volume", .serialized)
+@Suite("Volume", .serialized, .timeLimit(.minutes(5)))
 struct VolumeTests {
     @Test("1,000,000 QoS 1 messages published as fast as the API allows all arrive, with bounded memory")
     func millionQoS1() async throws {

@@ -66,6 +66,7 @@ extension ClientCore {
         }()
         let lost = state.withLock { s -> [(UInt16, CoreState.PendingPublish)] in
             s.epoch &+= 1
+            s.disconnectReported = true
             if case .connected = s.connection { s.connection = .disconnected }
             // QoS 0 messages still queued in libmosquitto are discarded by it when the connection goes.
             var lost: [(UInt16, CoreState.PendingPublish)] = []

@@ -211,6 +211,7 @@ final class ClientCore: @unchecked Sendable {
             if state.withLock({ $0.shutdownRequested }) { break }
             state.withLock { s in
                 s.connectedThisAttempt = false
+                s.disconnectReported = false
                 s.lastRefusal = nil
             }
             let rc = connectOnce()
@@ -223,6 +224,13 @@ final class ClientCore: @unchecked Sendable {
                         finishGracefully()
                         flushWakes()
                         break outer
+                    }
+                    if lrc == MOSQ_ERR_INVAL.rawValue {
+                        // mosquitto_loop uses pselect, which cannot watch a descriptor >= FD_SETSIZE (1024). A new
+                        // socket after reconnecting gets the lowest free number, so retrying can help.
+                        loopError = MQTTError(.connectionLost, "Connection to \(config.endpoint): libmosquitto cannot poll socket \(mosquitto_socket(mosq)) (descriptors from 1024 up are beyond select()); reconnecting. Keep fewer files and sockets open in this process.")
+                        _ = mosquitto_disconnect(mosq)
+                        break
                     }
                     if lrc != MOSQ_ERR_SUCCESS.rawValue {
                         loopError = MQTTError.fromLibrary(lrc, context: "Connection to \(config.endpoint)")
@@ -241,6 +249,9 @@ final class ClientCore: @unchecked Sendable {
             if state.withLock({ $0.shutdownRequested }) { break }
             if wasConnected { attempt = 0 }
             handleConnectionEnded(error)
+            // Every ended attempt is reported, also those libmosquitto's on_disconnect does not cover
+            // (refused TCP, DNS failures, a socket select() cannot watch).
+            if !state.withLock({ $0.disconnectReported }) { emit(.disconnected(error)) }
             let policy = config.reconnect
             if !everConnected && !policy.retryInitialConnect {
                 finalError = error

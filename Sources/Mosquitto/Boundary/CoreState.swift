@@ -80,6 +80,8 @@ struct CoreState {
     var handleDestroyed = false
     var activeCalls = 0
     var connectedThisAttempt = false
+    /// Whether libmosquitto's on_disconnect reported the end of the current attempt.
+    var disconnectReported = false
     var everConnected = false
     var lastRefusal: MQTTError?
     var finalError: MQTTError?
