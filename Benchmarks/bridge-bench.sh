@@ -24,8 +24,11 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }  # user + system, clock ticks
+TICKS=$(getconf CLK_TCK)
 
 BROKER_PORT=$(free_port)
+umask 077  # the generated configs are owner-only
 cat >"$WORK/mosquitto.conf" <<EOF
 listener $BROKER_PORT 127.0.0.1
 allow_anonymous true
@@ -33,7 +36,8 @@ max_queued_messages 0
 max_inflight_messages 0
 EOF
 mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
-PIDS+=($!)
+BROKER=$!
+PIDS+=($BROKER)
 sleep 0.5
 
 run_bridge() {  # qos frames rate -> JSON line; also prints RSS samples to $WORK/rss
@@ -65,7 +69,11 @@ EOF
   local bp=$!
   ( while kill -0 $bp 2>/dev/null; do rss_kb $bp; sleep 0.5; done ) >"$WORK/rss" &
   local sampler=$!
-  python3 Benchmarks/bridge-bench.py --in-port "$in_port" --out-port "$out_port" --frames "$frames" --rate "$rate"
+  local b0 t0 out
+  b0=$(cpu_ticks $BROKER); t0=$(date +%s.%N)
+  out=$(python3 Benchmarks/bridge-bench.py --in-port "$in_port" --out-port "$out_port" --frames "$frames" --rate "$rate")
+  # CPU used during the run, in cores (1.0 = one core busy the whole time), bridge and broker.
+  echo "$out cpu: bridge $(python3 -c "print(round($(cpu_ticks $bp) / $TICKS / ($(date +%s.%N) - $t0), 2))") broker $(python3 -c "print(round(($(cpu_ticks $BROKER) - $b0) / $TICKS / ($(date +%s.%N) - $t0), 2))")"
   kill -TERM $bp; wait $bp 2>/dev/null || true
   kill $sampler 2>/dev/null || true
   rm -rf "$WORK/spool"
@@ -79,7 +87,10 @@ run_naive() {  # qos frames rate -> JSON line
   sleep 0.3
   (nc -l 127.0.0.1 "$in_port" | mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT" -t bench/n -q "$qos" -l) &
   local pp=$!
-  python3 Benchmarks/bridge-bench.py --in-port "$in_port" --out-port "$out_port" --frames "$frames" --rate "$rate" --timeout 60
+  local b0 t0 out
+  b0=$(cpu_ticks $BROKER); t0=$(date +%s.%N)
+  out=$(python3 Benchmarks/bridge-bench.py --in-port "$in_port" --out-port "$out_port" --frames "$frames" --rate "$rate" --timeout 60)
+  echo "$out cpu: broker $(python3 -c "print(round(($(cpu_ticks $BROKER) - $b0) / $TICKS / ($(date +%s.%N) - $t0), 2))")"
   pkill -P $sp 2>/dev/null || true; pkill -P $pp 2>/dev/null || true
   kill $sp $pp 2>/dev/null || true
   wait $sp $pp 2>/dev/null || true

@@ -273,7 +273,15 @@ public final class BridgeService: Service, Sendable {
         }
         let notifications = configuration.notifications
         if drain, notifications, metrics.isMQTTConnected {
-            _ = try? await client.publish(to: configuration.statePrefix + "/state", string: "0", qos: .atLeastOnce, retain: true)
+            // Bounded: if the broker goes away now, the acknowledgement never comes and SIGTERM must still stop
+            // the process (the will publishes `0` anyway).
+            let topic = configuration.statePrefix + "/state"
+            await withTaskGroup(of: Void.self) { g in
+                g.addTask { _ = try? await client.publish(to: topic, string: "0", qos: .atLeastOnce, retain: true) }
+                g.addTask { try? await Task.sleep(for: .seconds(2)) }
+                await g.next()
+                g.cancelAll()
+            }
         }
         if case .shutDown = client.state {} else { await client.shutdown() }
         let spools = state.withLock { s -> [Spool] in
