@@ -72,6 +72,34 @@ struct SpoolTests {
         #expect(all.map(\.topic) == (0..<11).map { "t/\($0)" })
     }
 
+    @Test("acknowledge() moves the watermark in memory; only flushDone() (or close) makes it survive a crash, so a crash resends, never loses")
+    func acknowledgeThenFlush() throws {
+        let dir = temporaryDirectory() + "/spool"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let spool = try Spool(configuration: SpoolConfiguration(directory: dir, segmentBytes: 4096))
+        try spool.append(records(0..<300))
+        var all: [SpoolRecord] = []
+        while true {
+            let b = try spool.readBatch(maxRecords: 37)
+            if b.isEmpty { break }
+            all += b
+        }
+        #expect(all.map(\.topic) == (0..<300).map { "t/\($0)" })
+        spool.acknowledge(through: all[99].sequence)
+        #expect(spool.depth.records == 200)
+        #expect(spool.firstUnacknowledged == all[100].sequence)
+        // A crash now (no flush, no close): a second opener sees the old watermark and resends all 300.
+        let crashed = try Spool(configuration: SpoolConfiguration(directory: dir, segmentBytes: 4096))
+        #expect(crashed.recoveredRecords == 300)
+        try spool.flushDone()
+        let flushed = try Spool(configuration: SpoolConfiguration(directory: dir, segmentBytes: 4096))
+        #expect(flushed.recoveredRecords == 200)
+        #expect(try flushed.readBatch(maxRecords: 1).first?.topic == "t/100")
+        // After a rewind the same records come again, in order, from the watermark.
+        spool.rewind()
+        #expect(try spool.readBatch(maxRecords: 3).map(\.topic) == ["t/100", "t/101", "t/102"])
+    }
+
     @Test("the spool reports full at its byte limit and wakes waiters when acknowledgements free space")
     func fullAndSpace() throws {
         let dir = temporaryDirectory() + "/spool"

@@ -20,14 +20,30 @@ final class FeedConnection: Sendable {
     let routeMetrics: RouteMetrics
     let metrics: ConnectionMetrics?
 
+    /// A run of whole messages written with one promise, so queued bytes are released as the socket takes
+    /// them (at most `chunkBytes` at a time), not when a whole burst is written.
+    private struct Chunk {
+        var end: Int
+        var frames: Int
+        var payloadBytes: Int
+    }
     private struct Outbox {
         var stream: [UInt8] = []
-        var datagrams: [[UInt8]] = []
+        var chunks: [Chunk] = []
+        var datagrams: [(bytes: [UInt8], payload: Int)] = []
         var frames = 0
         var payloadBytes = 0
-        var bytes = 0
         var scheduled = false
+
+        mutating func closeChunk() {
+            let start = chunks.last?.end ?? 0
+            guard stream.count > start else { return }
+            chunks.append(Chunk(end: stream.count, frames: frames, payloadBytes: payloadBytes))
+            frames = 0
+            payloadBytes = 0
+        }
     }
+    private static let chunkBytes = 64 * 1024
     private let outbox = Mutex(Outbox())
 
     init(id: UInt64, channel: any Channel, target: SocketAddress? = nil, limit: Int, policy: SlowReaderPolicy,
@@ -63,15 +79,13 @@ final class FeedConnection: Sendable {
         let isDatagram = target != nil
         let schedule = outbox.withLock { o -> Bool in
             if isDatagram {
-                o.datagrams.append(bytes)
-            } else if o.stream.isEmpty {
-                o.stream = bytes
+                o.datagrams.append((bytes, payloadCount))
             } else {
-                o.stream.append(contentsOf: bytes)
+                if o.stream.isEmpty { o.stream = bytes } else { o.stream.append(contentsOf: bytes) }
+                o.frames += 1
+                o.payloadBytes += payloadCount
+                if o.stream.count - (o.chunks.last?.end ?? 0) >= Self.chunkBytes { o.closeChunk() }
             }
-            o.frames += 1
-            o.payloadBytes += payloadCount
-            o.bytes += n
             if o.scheduled { return false }
             o.scheduled = true
             return true
@@ -84,38 +98,49 @@ final class FeedConnection: Sendable {
 
     /// On the event loop: writes everything in the outbox with one flush.
     private func flush() {
-        let o = outbox.withLock { o -> Outbox in
+        var o = outbox.withLock { o -> Outbox in
             let taken = o
             o = Outbox()
-            o.stream.reserveCapacity(min(taken.stream.count, 1 << 16))
             return taken
         }
-        guard o.frames > 0 else { return }
-        let future: EventLoopFuture<Void>
         if let target {
-            let promise = channel.eventLoop.makePromise(of: Void.self)
-            for (i, d) in o.datagrams.enumerated() {
-                let envelope = AddressedEnvelope(remoteAddress: target, data: channel.allocator.buffer(bytes: d))
-                channel.write(envelope, promise: i == o.datagrams.count - 1 ? promise : nil)
+            guard !o.datagrams.isEmpty else { return }
+            for d in o.datagrams {
+                let envelope = AddressedEnvelope(remoteAddress: target, data: channel.allocator.buffer(bytes: d.bytes))
+                let promise = channel.eventLoop.makePromise(of: Void.self)
+                channel.write(envelope, promise: promise)
+                settle(promise.futureResult, bytes: d.bytes.count, frames: 1, payloadBytes: d.payload)
             }
             channel.flush()
-            future = promise.futureResult
-        } else {
-            future = channel.writeAndFlush(channel.allocator.buffer(bytes: o.stream))
+            return
         }
+        o.closeChunk()
+        guard !o.chunks.isEmpty else { return }
+        var start = 0
+        for c in o.chunks {
+            let buffer = o.stream.withUnsafeBytes { channel.allocator.buffer(bytes: UnsafeRawBufferPointer(rebasing: $0[start..<c.end])) }
+            let promise = channel.eventLoop.makePromise(of: Void.self)
+            channel.write(buffer, promise: promise)
+            settle(promise.futureResult, bytes: c.end - start, frames: c.frames, payloadBytes: c.payloadBytes)
+            start = c.end
+        }
+        channel.flush()
+    }
+
+    private func settle(_ future: EventLoopFuture<Void>, bytes: Int, frames: Int, payloadBytes: Int) {
         let routeMetrics = routeMetrics
         let metrics = metrics
         future.whenComplete { [self] result in
-            queued.subtract(o.bytes, ordering: .relaxed)
-            routeMetrics.queued.subtract(o.bytes, ordering: .relaxed)
+            queued.subtract(bytes, ordering: .relaxed)
+            routeMetrics.queued.subtract(bytes, ordering: .relaxed)
             if case .success = result {
-                routeMetrics.framesOut.add(o.frames)
-                routeMetrics.bytesOut.add(o.payloadBytes)
-                metrics?.framesOut.increment(by: Int64(o.frames))
-                metrics?.bytesOut.increment(by: Int64(o.payloadBytes))
+                routeMetrics.framesOut.add(frames)
+                routeMetrics.bytesOut.add(payloadBytes)
+                metrics?.framesOut.increment(by: Int64(frames))
+                metrics?.bytesOut.increment(by: Int64(payloadBytes))
             } else {
                 // The connection went away with the messages still queued.
-                routeMetrics.drops[.noConnection]!.add(o.frames)
+                routeMetrics.drops[.noConnection]!.add(frames)
             }
         }
     }
