@@ -49,7 +49,10 @@ struct Replay {
         var count = 0
         for path in args.dropFirst() {
             var isDir: ObjCBool = false
-            FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+                print("mosquitto-fuzz: no such file or directory: \(path)")
+                continue
+            }
             let files = isDir.boolValue
                 ? try FileManager.default.contentsOfDirectory(atPath: path).map { "\(path)/\($0)" }
                 : [path]
