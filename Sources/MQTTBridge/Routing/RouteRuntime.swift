@@ -242,7 +242,7 @@ struct UncheckedSendableBox<T>: @unchecked Sendable {
     init(_ value: T) { self.value = value }
 }
 
-/// A wake-up signal: `ring()` from any thread, `wait(timeout:)` from one task.
+/// A wake-up signal: `ring()` from any thread, `wait()` from one task (a ring before the wait is not lost).
 final class Doorbell: Sendable {
     private let state = Mutex<(rung: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
 
