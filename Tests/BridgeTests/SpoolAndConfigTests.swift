@@ -100,6 +100,38 @@ struct SpoolTests {
         #expect(try spool.readBatch(maxRecords: 3).map(\.topic) == ["t/100", "t/101", "t/102"])
     }
 
+    @Test("rewind across segments, in a fresh and in a reopened spool, resumes exactly at the first unacknowledged record")
+    func rewindAcrossSegments() throws {
+        let dir = temporaryDirectory() + "/spool"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func drain(_ spool: Spool) throws -> [SpoolRecord] {
+            var all: [SpoolRecord] = []
+            while true {
+                let b = try spool.readBatch(maxRecords: 50)
+                if b.isEmpty { return all }
+                all += b
+            }
+        }
+        let spool = try Spool(configuration: SpoolConfiguration(directory: dir, segmentBytes: 4096))
+        for k in 0..<20 { try spool.append(records(k * 50..<(k + 1) * 50)) }  // many 4 KiB segments
+        let all = try drain(spool)
+        #expect(all.count == 1000)
+        for cut in [0, 1, 333, 640, 999] {
+            spool.acknowledge(through: all[cut].sequence)
+            spool.rewind()
+            let again = try drain(spool)
+            #expect(again.map(\.topic) == (cut + 1..<1000).map { "t/\($0)" }, "after acknowledging \(cut)")
+        }
+        spool.close()
+        let reopened = try Spool(configuration: SpoolConfiguration(directory: dir, segmentBytes: 4096))
+        #expect(reopened.recoveredRecords == 0)
+        try reopened.append(records(1000..<1100))
+        let more = try drain(reopened)
+        reopened.acknowledge(through: more[49].sequence)
+        reopened.rewind()
+        #expect(try drain(reopened).map(\.topic) == (1050..<1100).map { "t/\($0)" })
+    }
+
     @Test("the spool reports full at its byte limit and wakes waiters when acknowledgements free space")
     func fullAndSpace() throws {
         let dir = temporaryDirectory() + "/spool"

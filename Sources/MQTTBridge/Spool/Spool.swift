@@ -135,6 +135,14 @@ public final class Spool: Sendable {
         var size: Int
     }
 
+    /// Where an unacknowledged record is, so a rewind finds it without scanning.
+    struct Pending {
+        var sequence: UInt64
+        var size: Int
+        var segmentFirst: UInt64
+        var offset: Int
+    }
+
     struct State {
         var segments: [Segment] = []
         var nextSequence: UInt64 = 1
@@ -147,7 +155,7 @@ public final class Spool: Sendable {
         var pendingBytes = 0
         var pendingCount = 0
         /// Sizes of unacknowledged records, oldest first, to account bytes at acknowledgement.
-        var sizes: [(UInt64, Int)] = []
+        var sizes: [Pending] = []
         var sizesHead = 0
         var lastSync: ContinuousClock.Instant = .now
         var dirty = false
@@ -228,7 +236,7 @@ public final class Spool: Sendable {
                     }
                     s.pendingBytes += 8 + length
                     s.pendingCount += 1
-                    s.sizes.append((seq, 8 + length))
+                    s.sizes.append(Pending(sequence: seq, size: 8 + length, segmentFirst: first, offset: offset))
                 }
                 lastSeq = max(lastSeq, seq)
                 offset += 8 + length
@@ -275,16 +283,20 @@ public final class Spool: Sendable {
             if s.closed { throw SpoolError("The spool is closed.") }
             bytes.removeAll(keepingCapacity: true)
             var seq = s.nextSequence
-            var sizes: [(UInt64, Int)] = []
+            var sizes: [Pending] = []
             sizes.reserveCapacity(records.count)
             for r in records {
                 let before = bytes.count
                 Self.encode(r, sequence: seq, into: &bytes)
-                sizes.append((seq, bytes.count - before))
+                sizes.append(Pending(sequence: seq, size: bytes.count - before, segmentFirst: 0, offset: before))
                 seq += 1
             }
             try self.rollIfNeeded(&s, adding: bytes.count)
             let seg = s.segments[s.segments.count - 1]
+            for i in sizes.indices {
+                sizes[i].segmentFirst = seg.first
+                sizes[i].offset += seg.size
+            }
             try Self.writeAll(seg.fd, bytes)
             s.segments[s.segments.count - 1].size += bytes.count
             s.nextSequence = seq
@@ -422,8 +434,8 @@ public final class Spool: Sendable {
             guard sequence > s.done else { return [] }
             s.done = sequence
             s.doneDirty = true
-            while s.sizesHead < s.sizes.count && s.sizes[s.sizesHead].0 <= sequence {
-                s.pendingBytes -= s.sizes[s.sizesHead].1
+            while s.sizesHead < s.sizes.count && s.sizes[s.sizesHead].sequence <= sequence {
+                s.pendingBytes -= s.sizes[s.sizesHead].size
                 s.pendingCount -= 1
                 s.sizesHead += 1
             }
@@ -453,6 +465,16 @@ public final class Spool: Sendable {
     public func rewind() {
         state.withLock { s in
             let target = s.done + 1
+            // Fast path: the oldest unacknowledged record's position is known.
+            if s.sizesHead < s.sizes.count {
+                let p = s.sizes[s.sizesHead]
+                if p.sequence == target, let index = s.segments.firstIndex(where: { $0.first == p.segmentFirst }) {
+                    s.readSegment = index
+                    s.readOffset = p.offset
+                    s.readSequence = target
+                    return
+                }
+            }
             // Find the segment holding `target`.
             var index = 0
             for (i, seg) in s.segments.enumerated() where seg.first <= target { index = i }
