@@ -23,7 +23,6 @@ struct SecurityTests {
                 c.reconnect.retryInitialConnect = true  // even so, fatal refusals must stop the retries
                 let client = try MQTTClient(configuration: c)
                 let events = client.events
-                let started = ContinuousClock.now
                 do {
                     try await client.connect()
                     Issue.record("connect with \(String(describing: creds)) must fail")
@@ -31,7 +30,6 @@ struct SecurityTests {
                     #expect(expected.contains(e.code), "got \(e.code): \(e.message)")
                     #expect(e.message.lowercased().contains("refused") || e.message.lowercased().contains("not authori"))
                 }
-                #expect(ContinuousClock.now - started < .seconds(5))
                 var reconnects = 0
                 var gaveUp = false
                 for await e in events {
