@@ -34,11 +34,14 @@ let package = Package(
             pkgConfig: "libmosquitto",
             providers: [.apt(["libmosquitto-dev"]), .brew(["mosquitto"])]
         ),
+        // A pthread-based lock that ThreadSanitizer understands, shared by every module.
+        .target(name: "MosquittoSync"),
         // The client library.
         .target(
             name: "Mosquitto",
             dependencies: [
                 "CMosquitto",
+                "MosquittoSync",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
@@ -47,6 +50,7 @@ let package = Package(
         .target(
             name: "MosquittoBroker",
             dependencies: [
+                "MosquittoSync",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -55,6 +59,7 @@ let package = Package(
             name: "MosquittoCLI",
             dependencies: [
                 "Mosquitto",
+                "MosquittoSync",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -1,3 +1,4 @@
+import MosquittoSync
 #if canImport(Darwin)
 import Darwin
 #elseif canImport(Glibc)
@@ -62,7 +63,7 @@ public final class MosquittoBroker: Sendable {
 
     private let layout: BrokerLayout
     private let logger: Logger
-    private let state = Mutex(State())
+    private let state = LockedValue(State())
 
     /// Creates a broker and its private directory, without starting it.
     ///

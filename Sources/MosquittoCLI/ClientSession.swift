@@ -1,7 +1,7 @@
+import MosquittoSync
 import Dispatch
 import Foundation
 import Mosquitto
-import Synchronization
 
 /// Connecting, and turning the library's errors into mosquitto's messages and exit codes.
 enum ClientSession {
@@ -146,7 +146,7 @@ final class SignalWatcher: @unchecked Sendable {  // `sources` is written once i
         var nextID: UInt64 = 0
         var cancelled = false
     }
-    private let state = Mutex(State())
+    private let state = LockedValue(State())
     private var sources: [any DispatchSourceSignal] = []
 
     init(_ signals: [Int32]) {

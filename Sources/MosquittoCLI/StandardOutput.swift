@@ -1,9 +1,9 @@
+import MosquittoSync
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Synchronization
 
 /// A buffered writer for a file descriptor (standard output or error), safe to share between threads.
 ///
@@ -20,7 +20,7 @@ public final class StandardOutput: Sendable {
         var buffer: [UInt8] = []
         var failed = false
     }
-    private let state = Mutex(State())
+    private let state = LockedValue(State())
     private let fd: Int32
     /// Bytes held before a write is forced.
     public let threshold = 65536

@@ -1,7 +1,7 @@
+import MosquittoSync
 import ArgumentParser
 import Foundation
 import Mosquitto
-import Synchronization
 
 /// `mqtt-sub`: subscribes and prints what arrives — a drop-in for `mosquitto_sub` 2.0.11, with a JSON-lines
 /// output (`--json`) and an explicit reconnect policy (`--no-reconnect` fails fast instead of resuming).
@@ -276,8 +276,8 @@ public struct SubCommand: MosquittoTool {
 
 /// A value shared between tasks behind a lock.
 final class Locked<T: Sendable>: Sendable {
-    private let value: Mutex<T>
-    init(_ v: T) { value = Mutex(v) }
+    private let value: LockedValue<T>
+    init(_ v: T) { value = LockedValue(v) }
     func get() -> T { value.withLock { $0 } }
     func set(_ v: T) { value.withLock { $0 = v } }
 }

@@ -54,7 +54,11 @@ struct PublisherOracleTests {
             let theirs = try await listen(broker, publisher: mosquittoTool("mosquitto_pub")!, commands: cmds, stdin: inputs, expected: expected)
             #expect(ours.status == 0, "ours \(ours)")
             #expect(theirs.status == 0, "theirs \(theirs)")
-            let normalise = { (r: RunResult) in r.out.replacingOccurrences(of: "|3599\n", with: "|3600\n") }
+            // The remaining message expiry drops a second for every second the message waited in the broker's
+            // queue, and a loaded machine may take a few between publishing and reading.
+            let normalise = { (r: RunResult) in
+                r.out.replacingOccurrences(of: #"\|35[5-9][0-9]\n"#, with: "|3600\n", options: .regularExpression)
+            }
             #expect(normalise(ours) == normalise(theirs), "ours:\n\(ours.out)\ntheirs:\n\(theirs.out)")
         }
     }

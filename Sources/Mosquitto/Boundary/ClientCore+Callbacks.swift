@@ -2,7 +2,6 @@ import CMosquitto
 import DequeModule
 import Foundation
 import Logging
-import Synchronization
 
 extension ClientCore {
     /// Installs the trampolines below: the only functions libmosquitto calls into Swift.

@@ -2,7 +2,6 @@ import CMosquitto
 import DequeModule
 import Foundation
 import Logging
-import Synchronization
 
 extension ClientCore {
     // MARK: Subscribing

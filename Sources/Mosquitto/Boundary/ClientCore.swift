@@ -1,8 +1,8 @@
 import CMosquitto
+import MosquittoSync
 import DequeModule
 import Foundation
 import Logging
-import Synchronization
 
 /// The one place where libmosquitto meets Swift.
 ///
@@ -24,7 +24,7 @@ final class ClientCore: @unchecked Sendable {
     let mosq: OpaquePointer
     let config: MQTTConfiguration
     let logger: Logger
-    let state = LockedState(CoreState())
+    let state = LockedValue(CoreState())
     /// Wakes the network thread from a reconnect back-off sleep.
     let wakeup = DispatchSemaphore(value: 0)
     let isV5: Bool

@@ -1,3 +1,4 @@
+import MosquittoSync
 import Dispatch
 import DequeModule
 import Synchronization
@@ -89,7 +90,7 @@ final class MessageBuffer: @unchecked Sendable {
         var delivered = 0
     }
 
-    private let inner = LockedState(Inner())
+    private let inner = LockedValue(Inner())
     private let room = DispatchSemaphore(value: 0)
     let policy: SubscriptionBuffer
     /// Called once when the consumer side ends (iteration finished, cancelled or stream dropped).

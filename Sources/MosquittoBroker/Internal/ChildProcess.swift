@@ -1,3 +1,4 @@
+import MosquittoSync
 #if canImport(Darwin)
 import Darwin
 #elseif canImport(Glibc)
@@ -7,7 +8,6 @@ import Musl
 #endif
 
 import Foundation
-import Synchronization
 
 /// How a child process ended.
 struct ExitStatus: Sendable, Hashable, CustomStringConvertible {
@@ -36,7 +36,7 @@ final class ExitMonitor: Sendable {
         var nextWaiterID = 0
     }
 
-    private let state = Mutex(State())
+    private let state = LockedValue(State())
 
     /// The exit status, or `nil` while the process runs.
     var status: ExitStatus? {
@@ -214,7 +214,7 @@ final class Watchdog: Sendable {
     }
 
     // `Process` is not `Sendable`; it is only touched under this lock.
-    private let state = Mutex<State>(State())
+    private let state = LockedValue<State>(State())
 
     fileprivate init() {}
 

@@ -6,17 +6,18 @@ import Musl
 import Darwin
 #endif
 
-/// A value guarded by a `pthread_mutex_t`.
+/// A value guarded by a `pthread_mutex_t`, for every module of the toolkit.
 ///
-/// The library uses this instead of `Synchronization.Mutex` so that ThreadSanitizer sees every acquire and
-/// release (it does not see the futex-based `Mutex` of the non-instrumented standard library, and reports
-/// false races through it), which keeps `swift test --sanitize=thread` meaningful for the callback boundary.
-/// Never call into libmosquitto, resume a continuation or block inside `withLock`.
-final class LockedState<Value>: @unchecked Sendable {
-    private var value: Value
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+/// Used instead of `Synchronization.Mutex` so that ThreadSanitizer sees every acquire and release: it does not
+/// see the futex-based `Mutex` inside the uninstrumented standard library and reports false races through it,
+/// which would make `swift test --sanitize=thread` useless. Keep critical sections short: never call into
+/// libmosquitto, resume a continuation or block inside `withLock`.
+public final class LockedValue<Value>: @unchecked Sendable {
+    @usableFromInline var value: Value
+    @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
 
-    init(_ value: Value) {
+    /// Creates the lock holding `value`.
+    public init(_ value: Value) {
         self.value = value
         mutex = .allocate(capacity: 1)
         var attributes = pthread_mutexattr_t()
@@ -37,8 +38,9 @@ final class LockedState<Value>: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    @inline(__always)
-    func withLock<R, E: Error>(_ body: (inout Value) throws(E) -> R) throws(E) -> R {
+    /// Runs `body` with exclusive access to the value.
+    @inlinable
+    public func withLock<R, E: Error>(_ body: (inout Value) throws(E) -> R) throws(E) -> R {
         let rc = pthread_mutex_lock(mutex)
         precondition(rc == 0, "pthread_mutex_lock failed (\(rc))")
         defer { pthread_mutex_unlock(mutex) }
