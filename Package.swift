@@ -72,6 +72,7 @@ let package = Package(
             name: "MQTTBridge",
             dependencies: [
                 "Mosquitto",
+                "MosquittoSync",
                 "MosquittoCLI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

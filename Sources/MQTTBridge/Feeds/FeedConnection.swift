@@ -1,3 +1,4 @@
+import MosquittoSync
 import NIOCore
 import Synchronization
 
@@ -44,7 +45,7 @@ final class FeedConnection: Sendable {
         }
     }
     private static let chunkBytes = 64 * 1024
-    private let outbox = Mutex(Outbox())
+    private let outbox = LockedValue(Outbox())
 
     init(id: UInt64, channel: any Channel, target: SocketAddress? = nil, limit: Int, policy: SlowReaderPolicy,
          routeMetrics: RouteMetrics, metrics: ConnectionMetrics?) {

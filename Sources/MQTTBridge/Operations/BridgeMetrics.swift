@@ -1,3 +1,4 @@
+import MosquittoSync
 import Prometheus
 import Synchronization
 
@@ -169,7 +170,7 @@ public final class BridgeMetrics: Sendable {
     public let mqttReconnects: Stat
     /// Whether the MQTT connection is up.
     let mqttConnected = Atomic<Bool>(false)
-    private let routes = Mutex<[String: RouteMetrics]>([:])
+    private let routes = LockedValue<[String: RouteMetrics]>([:])
     let connectedGauge: Gauge
 
     init() {

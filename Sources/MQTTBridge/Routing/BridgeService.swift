@@ -1,3 +1,4 @@
+import MosquittoSync
 import Logging
 import Mosquitto
 import NIOCore
@@ -38,7 +39,7 @@ public final class BridgeService: Service, Sendable {
         var spools: [String: Spool] = [:]
         var fanOutTasks: [String: Task<Void, Never>] = [:]
     }
-    private let state: Mutex<State>
+    private let state: LockedValue<State>
     private let doorbell = Doorbell()
 
     /// Creates the service. Nothing starts until ``run()``.
@@ -47,7 +48,7 @@ public final class BridgeService: Service, Sendable {
         self.metrics = BridgeMetrics()
         self.group = eventLoopGroup
         self.logger = logger
-        self.state = Mutex(State(configuration: configuration))
+        self.state = LockedValue(State(configuration: configuration))
     }
 
     /// The configuration in force.

@@ -1,3 +1,4 @@
+import MosquittoSync
 import NIOCore
 import Logging
 import Mosquitto
@@ -32,7 +33,7 @@ final class Publisher: Sendable {
     let batch: Int
     let logger: Logger
     let doorbell: Doorbell
-    private let entries = Mutex<[String: Entry]>([:])
+    private let entries = LockedValue<[String: Entry]>([:])
     /// Incremented on every disconnect (kept for metrics and tests).
     let disconnects = Atomic<Int>(0)
     /// How often the acknowledged watermark is written to disk.
@@ -217,12 +218,12 @@ final class AckWindow: Sendable {
         var pending = 0
         var failed = false
     }
-    private let state: Mutex<State>
+    private let state: LockedValue<State>
     /// The publisher is woken when the window shrinks to this many records (not on every acknowledgement).
     private let lowWater: Int
 
     init(base: UInt64, lowWater: Int) {
-        state = Mutex(State(base: base))
+        state = LockedValue(State(base: base))
         self.lowWater = max(0, lowWater)
     }
 

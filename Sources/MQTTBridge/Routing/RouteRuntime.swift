@@ -1,3 +1,4 @@
+import MosquittoSync
 import Logging
 import Mosquitto
 import NIOCore
@@ -54,7 +55,7 @@ final class RouteRuntime: Sendable {
     let logger: Logger
     let doorbell: Doorbell
     /// Settings a reload swaps in place; readers cache them and refresh when `generation` moves.
-    private let live: Mutex<LiveSettings>
+    private let live: LockedValue<LiveSettings>
     let generation = Atomic<Int>(0)
     let allowList: IPAllowList
     /// TCP server: connections accepted and not yet closed (the `max_connections` reservation).
@@ -71,7 +72,7 @@ final class RouteRuntime: Sendable {
         var fanOutTask: Task<Void, Never>?
         var feedUp = false
     }
-    private let state = Mutex(State())
+    private let state = LockedValue(State())
     private let encoder: FrameEncoder
 
     init(config: RouteConfiguration, metrics: RouteMetrics, registry: PrometheusCollectorRegistry, spool: Spool?,
@@ -81,7 +82,7 @@ final class RouteRuntime: Sendable {
         self.registry = registry
         self.spool = spool
         self.spoolFull = spoolFull
-        self.live = Mutex(LiveSettings(config, statePrefix: statePrefix))
+        self.live = LockedValue(LiveSettings(config, statePrefix: statePrefix))
         self.allowList = IPAllowList(config.feed.allow)
         self.doorbell = doorbell
         self.logger = logger
@@ -244,7 +245,7 @@ struct UncheckedSendableBox<T>: @unchecked Sendable {
 
 /// A wake-up signal: `ring()` from any thread, `wait()` from one task (a ring before the wait is not lost).
 final class Doorbell: Sendable {
-    private let state = Mutex<(rung: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+    private let state = LockedValue<(rung: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
 
     func ring() {
         let w = state.withLock { s -> CheckedContinuation<Void, Never>? in

@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import MosquittoSync
 import Glibc
 #elseif canImport(Musl)
 import Musl
@@ -176,7 +177,7 @@ public final class Spool: Sendable {
         var chunkSegmentFirst: UInt64 = 0
     }
 
-    let state: Mutex<State>
+    let state: LockedValue<State>
     let logger: Logger
     private let donePath: String
 
@@ -256,7 +257,7 @@ public final class Spool: Sendable {
             s.readOffset = 0
             s.readSequence = s.nextSequence
         }
-        state = Mutex(s)
+        state = LockedValue(s)
         if s.pendingCount > 0 {
             logger.info("Spool \(dir): \(s.pendingCount) unacknowledged records (\(s.pendingBytes) bytes) recovered, resending.")
         }
