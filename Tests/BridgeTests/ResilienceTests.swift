@@ -72,6 +72,48 @@ struct ResilienceTests {
         }
     }
 
+    @Test("QoS 0 route while the broker is down: frames are spooled, the failed sends rewind, and every frame is sent once it is back")
+    func qos0OutageRewind() async throws {
+        var brokerConfig = MosquittoBroker.Configuration(persistence: true)
+        brokerConfig.maxQueuedMessages = 0
+        try await withBroker(brokerConfig) { broker in
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let sub = try await connected(broker, id: "q0-sub", persistent: true)
+            let recorder = Recorder(try await sub.subscribe("q0/#", qos: .atLeastOnce))
+            var config = bridgeConfig(broker, spool: dir, routes: [try serverRoute("q0", topic: "q0/x", qos: .atMostOnce)], id: "q0-bridge")
+            // The subscriber (100-500 ms) reconnects before the bridge (1.5 s), so it is there for the resends.
+            config.mqtt.reconnect.initialDelay = .milliseconds(1500)
+            config.mqtt.reconnect.maximumDelay = .milliseconds(1500)
+            try await withBridge(config) { bridge in
+                let m = bridge.metrics.route("q0")
+                let peer = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "q0")))
+                try await peer.write(Array((0..<100).map { "a\($0)\n" }.joined().utf8))
+                #expect(await eventually { recorder.count >= 100 })
+                await broker.stop()
+                #expect(await eventually { !bridge.metrics.isMQTTConnected })
+                // Written while the broker is down: QoS 0 cannot be queued by the client, so they stay in the spool.
+                let outage = 2000
+                try await peer.write(Array((0..<outage).map { "b\($0)\n" }.joined().utf8))
+                #expect(await eventually { m.framesIn.value == 100 + outage })
+                try await Task.sleep(for: .milliseconds(300))
+                #expect(bridge.spoolDepth(ofRoute: "q0") == outage)
+                try await broker.restart()
+                #expect(await eventually(timeout: .seconds(30)) { bridge.spoolDepth(ofRoute: "q0") == 0 && recorder.count >= 100 + outage })
+                try await Task.sleep(for: .milliseconds(300))
+                let b = recorder.strings.filter { $0.hasPrefix("b") }
+                // produced = delivered + 0 drops; in order; at most a resend's duplicates.
+                #expect(Set(b) == Set((0..<outage).map { "b\($0)" }))
+                #expect(firstArrivalsInOrder(recorder.strings, prefix: "b"))
+                #expect(m.totalDropped == 0)
+                #expect(m.framesPublished.value >= 100 + outage)
+                await peer.close()
+            }
+            recorder.stop()
+            await sub.shutdown()
+        }
+    }
+
     @Test("the bridge is killed with kill -9 mid-stream and restarted: every spooled frame arrives")
     func bridgeKill9() async throws {
         let executable = try #require(bridgeExecutable(), "build the mqtt-bridge executable first (swift build)")
