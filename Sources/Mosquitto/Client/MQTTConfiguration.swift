@@ -215,6 +215,9 @@ public struct MQTTConfiguration: Sendable {
     public var maximumQueuedMessages: Int = 1000
     /// How many QoS 1/2 publications libmosquitto sends before it waits for acknowledgements
     /// (its `max_inflight_messages`, MQTT 5 Receive Maximum of the broker overrides it). 0 means 65,535.
+    /// Bigger is not faster beyond a few dozen: libmosquitto 2.0.11 walks its whole in-flight list on every
+    /// acknowledgement, so the cost per message grows with this number (measured by the bridge: 14 % of its CPU
+    /// at 1,000).
     public var maximumInflightMessages: Int = 20
     /// MQTT 5 Receive Maximum: how many QoS 1/2 messages the broker may send before this client acknowledged
     /// them (1…65535). The broker's own `max_inflight_messages` applies too.
