@@ -49,7 +49,10 @@ public struct MessageFormatter: Sendable {
         }
     }
 
-    /// mosquitto's `check_format`: the parse-time validation of `-F`.
+    /// The largest field width or precision a `-F` format may ask for.
+    public static let maximumWidth = 65535
+
+    /// mosquitto's `check_format`: the parse-time validation of `-F`, plus a bound on widths and precisions.
     public static func check(_ format: String) throws {
         let f = Array(format.utf8)
         let len = f.count
@@ -66,17 +69,26 @@ public struct MessageFormatter: Sendable {
                     if i == len - 1 { throw CLIError.usage("Error: Incomplete format specifier.") }
                     i += 1
                 }
+                var width = 0
                 while f[i] >= 48 && f[i] <= 57 {
                     if i == len - 1 { throw CLIError.usage("Error: Incomplete format specifier.") }
+                    width = min(width * 10 + Int(f[i] - 48), maximumWidth + 1)
                     i += 1
                 }
                 if f[i] == UInt8(ascii: ".") {
                     if i == len - 1 { throw CLIError.usage("Error: Incomplete format specifier.") }
                     i += 1
+                    var precision = 0
                     while f[i] >= 48 && f[i] <= 57 {
                         if i == len - 1 { throw CLIError.usage("Error: Incomplete format specifier.") }
+                        precision = min(precision * 10 + Int(f[i] - 48), maximumWidth + 1)
                         i += 1
                     }
+                    width = max(width, precision)
+                }
+                if width > maximumWidth {
+                    // mosquitto_sub overflows an int here; a width that large is a typo, not a layout.
+                    throw CLIError.usage("Error: Format width or precision too large (at most \(maximumWidth)).")
                 }
                 let valid = "%ACDEFIjJlmPpqRrStUxX".utf8
                 if !valid.contains(f[i]) {
@@ -113,12 +125,12 @@ public struct MessageFormatter: Sendable {
                     i += 1
                     if f[i] == UInt8(ascii: "-") { align = f[i]; if i < len - 1 { i += 1 } }
                     if f[i] == UInt8(ascii: "0") { pad = f[i]; if i < len - 1 { i += 1 } }
-                    while i < len - 1 && f[i] >= 48 && f[i] <= 57 { width = width * 10 + Int(f[i] - 48); i += 1 }
+                    while i < len - 1 && f[i] >= 48 && f[i] <= 57 { width = min(width * 10 + Int(f[i] - 48), Self.maximumWidth); i += 1 }
                     if f[i] == UInt8(ascii: ".") {
                         if i < len - 1 {
                             i += 1
                             precision = 0
-                            while i < len - 1 && f[i] >= 48 && f[i] <= 57 { precision = precision * 10 + Int(f[i] - 48); i += 1 }
+                            while i < len - 1 && f[i] >= 48 && f[i] <= 57 { precision = min(precision * 10 + Int(f[i] - 48), Self.maximumWidth); i += 1 }
                         }
                     }
                     if i < len {

@@ -71,6 +71,8 @@ struct BadInputTests {
         sub(["-t", "a", "-F", "%Z"], 1, "Error: Invalid format specifier 'Z'.", same: true),
         sub(["-t", "a", "-F", "%"], 1, "Error: Incomplete format specifier.", same: true),
         sub(["-t", "a", "-F", "%-05"], 1, "Error: Incomplete format specifier.", same: true),
+        // Found by the format fuzzer: the width overflowed (mosquitto_sub overflows an int here too).
+        sub(["-t", "a", "-F", "%55555555555555555555555p"], 1, "Error: Format width or precision too large (at most 65535).", same: false),
         sub(["-t", "a", "-F", "\\q"], 1, "Error: Invalid escape specifier 'q'.", same: true),
         sub(["-t", "a", "-F", "x\\"], 1, "Error: Incomplete escape specifier.", same: true),
         sub(["-t", "a", "-C", "0"], 1, "Error: Invalid message count \"0\".", same: true),
