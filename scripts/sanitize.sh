@@ -17,6 +17,7 @@ esac
 if [ $# -eq 0 ]; then set -- --filter MosquittoTests --skip messageIDsNeverRunOut; fi
 export MOSQUITTO_VOLUME_MESSAGES="${MOSQUITTO_VOLUME_MESSAGES:-100000}"
 export MOSQUITTO_STABILITY_CYCLES="${MOSQUITTO_STABILITY_CYCLES:-1000}"
+export MOSQUITTO_TEST_TIME_SCALE="${MOSQUITTO_TEST_TIME_SCALE:-4}"
 # Halt on the first report so that a race fails the run instead of scrolling by.
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1}"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"

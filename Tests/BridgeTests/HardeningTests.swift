@@ -222,7 +222,7 @@ struct HardeningTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let feed = FeedConfiguration(mode: .tcpServer, addresses: [SocketAddressSpec(host: "127.0.0.1", port: 0)],
-                                         idleTimeout: .milliseconds(1200))
+                                         idleTimeout: .milliseconds(3000))
             let routes = [RouteConfiguration(name: "idle", direction: .toMQTT, feed: feed, topic: try TopicTemplate("idle/up")),
                           RouteConfiguration(name: "idleout", direction: .toFeed, feed: feed, subscriptions: ["idle/down"])]
             let sub = try await connected(broker)
@@ -237,10 +237,12 @@ struct HardeningTests {
                 let reader = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "idleout")))
                 try await silent.write(Array("s1\n".utf8))
                 var written = 1
-                for i in 0..<30 {  // 3 s: two and a half idle periods
+                // 7.5 s: two and a half idle periods. Writes every 100 ms leave a 30x margin, so a loaded machine
+                // (sanitizers, parallel suites) does not make the talker look idle.
+                for i in 0..<75 {
                     try await talker.write(Array("t\(i)\n".utf8))
                     written += 1
-                    try await pub.publish(to: "idle/down", string: "d\(i)")
+                    try await pub.publish(to: "idle/down", string: "d\(i)", completion: .enqueued)
                     try await Task.sleep(for: .milliseconds(100))
                 }
                 #expect(!silent.channel.isActive, "the silent connection should have been closed")
@@ -251,9 +253,9 @@ struct HardeningTests {
                 #expect(await eventually { recorder.count >= written })
                 #expect(recorder.count + m.totalDropped == written)
                 #expect(m.openConnectionCount == 1 && mo.openConnectionCount == 1)
-                #expect(await eventually { lines(reader.received).count == 30 })
+                #expect(await eventually { lines(reader.received).count == 75 })
                 // Then everyone goes quiet: all closed by the timeout.
-                #expect(await eventually(timeout: .seconds(5)) { !talker.channel.isActive && !reader.channel.isActive })
+                #expect(await eventually(timeout: .seconds(10)) { !talker.channel.isActive && !reader.channel.isActive })
                 #expect(m.idleTimeouts.value == 2)
                 #expect(mo.idleTimeouts.value == 1)
                 #expect(await eventually { m.openConnectionCount == 0 && mo.openConnectionCount == 0 })

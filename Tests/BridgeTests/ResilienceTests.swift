@@ -49,7 +49,7 @@ struct ResilienceTests {
                         try await Task.sleep(for: .milliseconds(5))
                     }
                 }
-                #expect(await eventually { recorder.count > 2000 })
+                #expect(await eventually(timeout: .seconds(60)) { recorder.count > 2000 })
                 await broker.stop()
                 let duringOutage = bridge.metrics.route("r").framesIn.value
                 try await Task.sleep(for: .milliseconds(500))

@@ -89,7 +89,7 @@ func withBridge<T: Sendable>(_ configuration: BridgeConfiguration,
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
 func eventually(timeout: Duration = .seconds(15), _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout
+    let deadline = ContinuousClock.now + timeout * testTimeScale
     while ContinuousClock.now < deadline {
         if try await condition() { return true }
         try? await Task.sleep(for: .milliseconds(20))
@@ -264,3 +264,7 @@ func bridgeExecutable() -> String? {
     }
     return nil
 }
+
+/// Sanitizer runs are 5-15x slower: scripts/sanitize.sh sets MOSQUITTO_TEST_TIME_SCALE so that waits for
+/// something to happen stretch accordingly (the conditions themselves stay as strict).
+let testTimeScale: Int = Int(ProcessInfo.processInfo.environment["MOSQUITTO_TEST_TIME_SCALE"] ?? "") ?? 1

@@ -148,7 +148,7 @@ struct ClientTests {
             try await withThrowingTaskGroup(of: (Int, String?).self) { group in
                 for i in 1...20 {
                     group.addTask {
-                        let reply = try await caller.request(MQTTMessage(topic: "svc/echo", string: "message #\(i)"), timeout: .seconds(10))
+                        let reply = try await caller.request(MQTTMessage(topic: "svc/echo", string: "message #\(i)"), timeout: .seconds(60))
                         return (i, reply.string)
                     }
                 }

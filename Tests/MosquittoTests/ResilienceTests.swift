@@ -62,7 +62,7 @@ struct ResilienceTests {
                 await pub.waitUntilAllPublished()
             }
             for fraction in withQoS1 ? [3] : [4, 2] {
-                #expect(await eventually { sent.value > n / fraction })
+                #expect(await eventually(timeout: .seconds(60)) { sent.value > n / fraction })
                 await broker.stop()            // SIGTERM: mosquitto saves its database
                 try await Task.sleep(for: .milliseconds(300))
                 try await broker.start()
@@ -108,7 +108,7 @@ struct ResilienceTests {
                     try await g.waitForAll()
                 }
             }
-            #expect(await eventually { ackedBeforeKill.withLock { $0.count } > n / 4 })
+            #expect(await eventually(timeout: .seconds(60)) { ackedBeforeKill.withLock { $0.count } > n / 4 })
             killed.withLock { $0 = true }
             await broker.kill()
             try await Task.sleep(for: .milliseconds(300))

@@ -46,7 +46,7 @@ func collect(_ stream: MessageStream, count: Int, timeout: Duration = .seconds(1
                 }
             } catch {}
         }
-        group.addTask { try? await Task.sleep(for: timeout) }
+        group.addTask { try? await Task.sleep(for: timeout * testTimeScale) }
         await group.next()
         group.cancelAll()
     }
@@ -55,7 +55,7 @@ func collect(_ stream: MessageStream, count: Int, timeout: Duration = .seconds(1
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
 func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout
+    let deadline = ContinuousClock.now + timeout * testTimeScale
     while ContinuousClock.now < deadline {
         if try await condition() { return true }
         try? await Task.sleep(for: .milliseconds(20))
@@ -127,3 +127,7 @@ struct CapturingLogHandler: LogHandler {
         lines.withLock { $0.append("\(event.level) \(event.message) \(event.metadata ?? [:])") }
     }
 }
+
+/// Sanitizer runs are 5-15x slower: scripts/sanitize.sh sets MOSQUITTO_TEST_TIME_SCALE so that waits for
+/// something to happen stretch accordingly (the conditions themselves stay as strict).
+let testTimeScale: Int = Int(ProcessInfo.processInfo.environment["MOSQUITTO_TEST_TIME_SCALE"] ?? "") ?? 1

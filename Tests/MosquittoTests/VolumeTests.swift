@@ -18,7 +18,9 @@ struct VolumeTests {
                 $0.maximumInflightMessages = 100
                 $0.maximumQueuedMessages = 2000
             }
-            let stream = try await sub.subscribe("volume/x", qos: .atLeastOnce)
+            // Lossless: the network thread waits for the reader (a sanitizer run can be 10x slower).
+            let stream = try await sub.subscribe([Subscription("volume/x", qos: .atLeastOnce)],
+                                                 buffer: .init(capacity: 4096, overflow: .backpressure(maxWait: .seconds(120))))
             let rssBefore = residentBytes()
             let peakRSS = Locked(0)
             let seen = Locked([Bool](repeating: false, count: n))
