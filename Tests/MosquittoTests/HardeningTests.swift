@@ -293,7 +293,11 @@ struct HardeningTests {
             print("cycles: \(cycles), fds \(fdBefore) -> \(fdAfter), RSS \(rssBefore / 1024) KiB -> \(rssAfter / 1024) KiB, delivered \(got.count)")
             #expect(got.count == cycles)
             #expect(fdAfter <= fdBefore + 2, "file descriptors leaked: \(fdBefore) -> \(fdAfter)")
-            #expect(rssAfter - rssBefore < 24 * 1_048_576, "resident memory grew by \((rssAfter - rssBefore) / 1024) KiB")
+            // Sanitizers keep shadow memory and quarantines that grow with every thread created, so the memory
+            // bound is checked in normal runs only; descriptors are checked always.
+            if ProcessInfo.processInfo.environment["MOSQUITTO_SANITIZER"] == nil {
+                #expect(rssAfter - rssBefore < 24 * 1_048_576, "resident memory grew by \((rssAfter - rssBefore) / 1024) KiB")
+            }
             await watcher.shutdown()
         }
     }
