@@ -421,7 +421,11 @@ struct HardeningTests {
             print("churn: 10,000 connections; mqtt-bridge fds \(fdsBefore) -> \(fdsAfter); RSS \(rssBefore) -> \(rssAfter) KiB; \(recorder.count) frames delivered")
             // Tolerance: the same descriptors (+2 for a transient), resident memory within 8 MiB.
             #expect(fdsAfter <= fdsBefore + 2, "fds \(fdsBefore) -> \(fdsAfter)")
-            #expect(rssAfter <= rssBefore + 8 * 1024, "RSS \(rssBefore) -> \(rssAfter) KiB")
+            // (Sanitizer builds keep shadow memory and quarantines that grow with every connection: memory is
+            // checked in normal runs only.)
+            if ProcessInfo.processInfo.environment["MOSQUITTO_SANITIZER"] == nil {
+                #expect(rssAfter <= rssBefore + 8 * 1024, "RSS \(rssBefore) -> \(rssAfter) KiB")
+            }
             if let (_, body) = try? await httpGet(port: httpPort, path: "/metrics") {
                 #expect(metricValue(body, "mqtt_bridge_connections_total", route: "churn") == 10_500)
                 #expect(metricValue(body, "mqtt_bridge_frames_in_total", route: "churn") == 5250)

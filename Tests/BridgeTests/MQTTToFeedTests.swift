@@ -30,6 +30,13 @@ struct MQTTToFeedTests {
                 let filler = String(repeating: "z", count: 2000)
                 for i in 0..<count {
                     try await pub.publish(to: "down/x", string: "\(i):\(filler)", qos: .atLeastOnce, completion: .enqueued)
+                    // Paced so that a reader that keeps up can keep up on a loaded machine (12 MB at full speed
+                    // overran the fast reader's 1 MiB bound when the test itself was starved of CPU). The slow
+                    // reader reads nothing at all, so it still overflows its bound.
+                    if i % 200 == 199 {
+                        let target = i + 1
+                        #expect(await eventually(timeout: .seconds(30)) { lines(fast.received).count >= target })
+                    }
                 }
                 await pub.waitUntilAllPublished()
                 let m = bridge.metrics.route("out")
@@ -234,7 +241,11 @@ struct OtherFeedTests {
                 let peer = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "m")))
                 try await peer.write(Array("a\nb\nc\npartial".utf8))
                 await peer.close()
-                #expect(await eventually { recorder.count == 3 && bridge.metrics.route("m").framesPublished.value == 3 })
+                // The partial frame is counted when the bridge handles the close, which may come after the publishes.
+                #expect(await eventually {
+                    recorder.count == 3 && bridge.metrics.route("m").framesPublished.value == 3
+                        && bridge.metrics.route("m").dropped(.partial) == 1
+                })
                 let (status, body) = try await httpGet(port: http, path: "/metrics")
                 #expect(status == 200)
                 #expect(metricValue(body, "mqtt_bridge_frames_in_total", route: "m") == 3)
