@@ -255,7 +255,7 @@ struct HardeningTests {
                 #expect(m.openConnectionCount == 1 && mo.openConnectionCount == 1)
                 #expect(await eventually { lines(reader.received).count == 75 })
                 // Then everyone goes quiet: all closed by the timeout.
-                #expect(await eventually(timeout: .seconds(10)) { !talker.channel.isActive && !reader.channel.isActive })
+                #expect(await eventually(timeout: .seconds(20)) { !talker.channel.isActive && !reader.channel.isActive })
                 #expect(m.idleTimeouts.value == 2)
                 #expect(mo.idleTimeouts.value == 1)
                 #expect(await eventually { m.openConnectionCount == 0 && mo.openConnectionCount == 0 })
