@@ -312,6 +312,12 @@ public final class MosquittoBroker: Sendable {
         try await start()
     }
 
+    /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, read back, released), for tests and
+    /// examples that start listeners of their own beside the broker.
+    public static func freeLoopbackPort() throws -> Int {
+        try POSIX.reserveLoopbackPorts(count: 1)[0]
+    }
+
     /// Starts a private broker, runs `body` with it, and shuts the broker down however `body` ends.
     ///
     /// ```swift
