@@ -121,16 +121,16 @@ let package = Package(
         ),
         .testTarget(
             name: "MosquittoTests",
-            dependencies: ["Mosquitto", "MosquittoBroker", "CMosquitto"]
+            dependencies: ["Mosquitto", "MosquittoBroker", "MosquittoSync", "CMosquitto"]
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["MosquittoCLI", "Mosquitto", "MosquittoBroker"]
+            dependencies: ["MosquittoCLI", "Mosquitto", "MosquittoBroker", "MosquittoSync"]
         ),
         .testTarget(
             name: "BridgeTests",
             dependencies: [
-                "MQTTBridge", "Mosquitto", "MosquittoBroker",
+                "MQTTBridge", "Mosquitto", "MosquittoBroker", "MosquittoSync",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

@@ -1,3 +1,4 @@
+import MosquittoSync
 import Foundation
 import Logging
 import Mosquitto
@@ -64,7 +65,7 @@ struct RunResult: CustomStringConvertible {
 final class Child: @unchecked Sendable {
     let pid: pid_t
     let directory: String
-    private let lock = Mutex<Int32?>(nil)
+    private let lock = LockedValue<Int32?>(nil)
 
     init(_ executable: String, _ arguments: [String], stdinPath: String? = nil, environment: [String: String]? = nil) throws {
         directory = temporaryDirectory()

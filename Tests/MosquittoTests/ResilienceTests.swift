@@ -1,3 +1,4 @@
+import MosquittoSync
 import Foundation
 import Logging
 import Mosquitto
@@ -9,7 +10,7 @@ import Testing
 struct ResilienceTests {
     /// Ids of messages a stream delivered, by topic.
     final class Tally: Sendable {
-        let ids = Mutex<[String: [Int]]>([:])
+        let ids = LockedValue<[String: [Int]]>([:])
         func add(_ m: MQTTMessage) {
             guard let s = m.string, let id = Int(s.split(separator: "-").last ?? "") else { return }
             ids.withLock { $0[m.topic, default: []].append(id) }

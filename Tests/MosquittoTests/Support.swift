@@ -1,3 +1,4 @@
+import MosquittoSync
 import Foundation
 import Logging
 import Mosquitto
@@ -88,10 +89,10 @@ func payload(_ i: Int) -> [UInt8] { Array("message-\(i)".utf8) }
 
 /// A lock-protected value that closures and tasks can share.
 final class Locked<T: Sendable>: Sendable {
-    private let m: Mutex<T>
-    init(_ value: T) { m = Mutex(value) }
+    private let m: LockedValue<T>
+    init(_ value: T) { m = LockedValue(value) }
     @discardableResult
-    func withLock<R: Sendable>(_ body: (inout sending T) throws -> sending R) rethrows -> R { try m.withLock(body) }
+    func withLock<R: Sendable>(_ body: (inout T) throws -> R) rethrows -> R { try m.withLock(body) }
     var value: T { m.withLock { $0 } }
 }
 
