@@ -37,7 +37,7 @@ func nonLoopbackIPv4() -> String? {
             memcpy(&sin, a, MemoryLayout<sockaddr_in>.size)
             var buf = [CChar](repeating: 0, count: 64)
             inet_ntop(AF_INET, &sin.sin_addr, &buf, 64)
-            let s = String(cString: buf)
+            let s = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             if !s.hasPrefix("127.") { return s }
         }
         p = i.pointee.ifa_next
@@ -65,7 +65,9 @@ func mode(_ path: String) -> Int? {
 
 /// Writes a configuration file readable by the owner only (it may hold a broker password).
 func writePrivate(_ text: String, to path: String) throws {
-    FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
+    guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
+        throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path])
+    }
     _ = chmod(path, 0o600)
 }
 
@@ -222,7 +224,7 @@ struct HardeningTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let feed = FeedConfiguration(mode: .tcpServer, addresses: [SocketAddressSpec(host: "127.0.0.1", port: 0)],
-                                         idleTimeout: .milliseconds(3000))
+                                         idleTimeout: .milliseconds(3000) * testTimeScale)
             let routes = [RouteConfiguration(name: "idle", direction: .toMQTT, feed: feed, topic: try TopicTemplate("idle/up")),
                           RouteConfiguration(name: "idleout", direction: .toFeed, feed: feed, subscriptions: ["idle/down"])]
             let sub = try await connected(broker)
@@ -238,12 +240,13 @@ struct HardeningTests {
                 try await silent.write(Array("s1\n".utf8))
                 var written = 1
                 // 7.5 s: two and a half idle periods. Writes every 100 ms leave a 30x margin, so a loaded machine
-                // (sanitizers, parallel suites) does not make the talker look idle.
+                // does not make the talker look idle. Under sanitizers (several times slower, whole suites in
+                // parallel) the idle period and the write interval both stretch by the test time scale.
                 for i in 0..<75 {
                     try await talker.write(Array("t\(i)\n".utf8))
                     written += 1
                     try await pub.publish(to: "idle/down", string: "d\(i)", completion: .enqueued)
-                    try await Task.sleep(for: .milliseconds(100))
+                    try await Task.sleep(for: .milliseconds(100) * testTimeScale)
                 }
                 // NIO's idle timer fires within a period or two of the deadline; allow for a loaded machine.
                 #expect(await eventually(timeout: .seconds(20)) { !silent.channel.isActive && m.idleTimeouts.value == 1 },
