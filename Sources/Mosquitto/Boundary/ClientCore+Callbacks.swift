@@ -1,6 +1,13 @@
 import CMosquitto
 import DequeModule
-import Foundation
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Logging
 
 extension ClientCore {
@@ -27,6 +34,7 @@ extension ClientCore {
             return
         }
         let ack = PropertyReader.connAck(flags: flags, props)
+        sessionUp = true
         if !ack.sessionPresent { qos2Deduplicator.reset() }
         let (waiters, resend) = state.withLock { s -> ([CheckedContinuation<ConnAck, any Error>], [CoreState.FilterEntry]) in
             s.connectedThisAttempt = true
@@ -56,6 +64,7 @@ extension ClientCore {
     }
 
     func handleDisconnect(rc: Int32) {
+        sessionUp = false
         let error: MQTTError? = {
             if rc == 0 { return nil }
             if isV5 && rc >= 0x80 && rc <= 0xFF {
@@ -63,7 +72,7 @@ extension ClientCore {
             }
             return MQTTError.fromLibrary(rc, context: "Connection to \(config.endpoint)")
         }()
-        let lost = state.withLock { s -> [(UInt16, CoreState.PendingPublish)] in
+        let (lost, lostPlain) = state.withLock { s -> ([(UInt16, CoreState.PendingPublish)], Int) in
             s.epoch &+= 1
             s.disconnectReported = true
             if case .connected = s.connection { s.connection = .disconnected }
@@ -73,7 +82,11 @@ extension ClientCore {
                 lost.append((mid, p))
             }
             for (mid, _) in lost { s.pending.removeValue(forKey: mid) }
-            return lost
+            return (lost, s.plainQoS0.removeAll())
+        }
+        if lostPlain > 0 {
+            logger.warning("\(lostPlain) QoS 0 messages queued for sending were discarded: the connection was lost. Use QoS 1 or 2 to have messages kept until the connection returns.")
+            for _ in 0..<lostPlain { releaseSlot() }
         }
         for (mid, p) in lost {
             p.fail(MQTTError(.connectionLost, "QoS 0 message \(mid) was not sent: the connection was lost. Use QoS 1 or 2 to have messages kept until the connection returns."))
@@ -105,6 +118,9 @@ extension ClientCore {
         let r = UInt8(truncatingIfNeeded: reason)
         let limit = config.maximumQueuedMessages
         let (pending, release) = state.withLock { s -> (CoreState.PendingPublish?, SlotRelease) in
+            if s.plainQoS0.remove(id) || s.plainQoS12.remove(id) {
+                return (nil, s.releaseSlot(limit: limit))
+            }
             let p = s.pending.removeValue(forKey: id)
             if p == nil {
                 // on_publish beat mosquitto_publish's return: publish() picks this up when it registers.
@@ -157,6 +173,18 @@ extension ClientCore {
         c?.resume()
     }
 
+    /// The topic of a received message as a `String`, reusing the previous message's string when the topic is
+    /// the same (telemetry streams repeat topics), so that most messages cost no topic allocation.
+    func receivedTopic(_ cTopic: UnsafePointer<CChar>) -> String {
+        let length = strlen(cTopic)
+        if length == 0 { return "" }
+        let same = lastTopic.utf8.count == length && lastTopic.utf8.withContiguousStorageIfAvailable { bytes in
+            memcmp(bytes.baseAddress!, cTopic, length) == 0
+        } == true
+        if !same { lastTopic = String(cString: cTopic) }
+        return lastTopic
+    }
+
     func handleMessage(_ message: MQTTMessage) {
         if message.qos == .exactlyOnce && qos2Deduplicator.isDuplicate(message) {
             logger.debug("Dropped a duplicate QoS 2 delivery of message \(message.messageID) on '\(message.topic)' (libmosquitto 2.0.11 re-queues a resent PUBLISH it already holds)")
@@ -164,14 +192,14 @@ extension ClientCore {
         }
         let (targets, request) = state.withLock { s -> ([MessageBuffer], CheckedContinuation<MQTTMessage, any Error>?) in
             var targets: [MessageBuffer]
-            let ids = message.properties.subscriptionIdentifiers
-            if ids.count == 1 {
+            let ids = message.properties.firstSubscriptionID
+            if let ids, ids.count == 1 {
                 // MQTT 5: the broker says which subscription matched; the common case is one.
-                targets = s.routes(forSubscriptionID: ids[0])
-            } else if !ids.isEmpty {
+                targets = s.routes(forSubscriptionID: ids.first)
+            } else if ids != nil {
                 var seen = Set<ObjectIdentifier>()
                 targets = []
-                for id in ids {
+                for id in message.properties.subscriptionIdentifiers {
                     for b in s.routes(forSubscriptionID: id) where seen.insert(ObjectIdentifier(b)).inserted { targets.append(b) }
                 }
             } else {
@@ -242,7 +270,7 @@ private let onUnsubscribeTrampoline: @convention(c) (OpaquePointer?, UnsafeMutab
 private let onMessageTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, UnsafePointer<mosquitto_message>?, OpaquePointer?) -> Void = { _, obj, msg, props in
     guard let c = core(obj), let m = msg?.pointee else { return }
     // Copy everything out of C memory now: it is freed when this callback returns.
-    let topic = m.topic.map { String(cString: $0) } ?? ""
+    let topic = m.topic.map { c.receivedTopic($0) } ?? ""
     let payload: [UInt8] = (m.payload != nil && m.payloadlen > 0)
         ? Array(UnsafeRawBufferPointer(start: m.payload, count: Int(m.payloadlen))) : []
     let properties = props == nil ? MessageProperties() : PropertyReader.messageProperties(props)

@@ -1,6 +1,13 @@
 import CMosquitto
 import DequeModule
-import Foundation
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Logging
 
 extension ClientCore {
@@ -118,7 +125,13 @@ extension ClientCore {
             if let r = s.earlyAcks.removeValue(forKey: id) { return .early(r) }
             if qos == .atMostOnce && s.epoch != epoch { return .lost(s.releaseSlot(limit: limit)) }
             if completion == .enqueued {
-                s.pending[id] = .init(qos: qos, waiter: nil, callback: onComplete)
+                if onComplete != nil {
+                    s.pending[id] = .init(qos: qos, waiter: nil, callback: onComplete)
+                } else if qos == .atMostOnce {
+                    s.plainQoS0.insert(id)
+                } else {
+                    s.plainQoS12.insert(id)
+                }
                 return .registered
             }
             return .needsWaiter

@@ -1,6 +1,13 @@
 import CMosquitto
 import DequeModule
-import Foundation
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Logging
 
 extension ClientCore {

@@ -1,7 +1,14 @@
 import CMosquitto
 import MosquittoSync
 import DequeModule
-import Foundation
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Logging
 
 /// The one place where libmosquitto meets Swift.
@@ -34,6 +41,13 @@ final class ClientCore: @unchecked Sendable {
     var pendingWakes: [MessageBuffer] = []
     /// Suppresses libmosquitto 2.0.11's duplicate QoS 2 deliveries after a session resumes. Network thread only.
     var qos2Deduplicator = QoS2Deduplicator()
+    /// True between CONNACK and the end of the connection: the socket is connected, so reading it without a
+    /// readiness check is safe. Network thread only (set and cleared in the callbacks).
+    var sessionUp = false
+    /// The last received topic (see `receivedTopic(_:)`). Network thread only.
+    var lastTopic = ""
+    /// The most packets read in one pass after `mosquitto_loop` (see ``drainReadable()``).
+    static let readBatch = 256
 
     init(configuration: MQTTConfiguration) throws(MQTTError) {
         try configuration.validate()
@@ -114,7 +128,7 @@ final class ClientCore: @unchecked Sendable {
                     throw MQTTError(.tls, "TLS needs trusted CA certificates: give a CA file (--cafile), a CA directory (--capath) or use the system store.")
                 }
                 for (path, what) in [(tls.caFile, "CA file"), (tls.certificateFile, "certificate file"), (tls.keyFile, "key file")] {
-                    if let path, !FileManager.default.isReadableFile(atPath: path) {
+                    if let path, access(path, R_OK) != 0 {
                         throw MQTTError(.tls, "Cannot read the TLS \(what) '\(path)': check that it exists and is readable.")
                     }
                 }
@@ -175,10 +189,12 @@ final class ClientCore: @unchecked Sendable {
             return true
         }
         guard start else { return }
-        let thread = Thread { [self] in self.networkMain() }
-        thread.name = "mosquitto-network"
-        thread.stackSize = 1 << 20
-        thread.start()
+        let rc = startDetachedThread { [self] in self.networkMain() }
+        if rc != 0 {
+            // No thread to own the handle: end the client here, as the network thread would have.
+            let reason = String(cString: strerror(rc))
+            teardown(error: MQTTError(.system, "Could not start the MQTT network thread: \(reason). The process is out of threads or memory; close other clients or raise the limit (ulimit -u)."))
+        }
     }
 
     private func connectOnce() -> Int32 {
@@ -209,6 +225,7 @@ final class ClientCore: @unchecked Sendable {
         var finalError: MQTTError?
         outer: while true {
             if state.withLock({ $0.shutdownRequested }) { break }
+            sessionUp = false
             state.withLock { s in
                 s.connectedThisAttempt = false
                 s.disconnectReported = false
@@ -218,7 +235,8 @@ final class ClientCore: @unchecked Sendable {
             var loopError: MQTTError?
             if rc == MOSQ_ERR_SUCCESS.rawValue {
                 while true {
-                    let lrc = mosquitto_loop(mosq, 1000, 1)
+                    var lrc = mosquitto_loop(mosq, 1000, 1)
+                    if lrc == MOSQ_ERR_SUCCESS.rawValue { lrc = drainReadable() }
                     flushWakes()
                     if state.withLock({ $0.shutdownRequested }) {
                         finishGracefully()
@@ -277,6 +295,28 @@ final class ClientCore: @unchecked Sendable {
             _ = wakeup.wait(timeout: .now() + .nanoseconds(ns))
         }
         teardown(error: finalError)
+    }
+
+    /// Reads the packets already waiting on the socket, up to ``readBatch``.
+    ///
+    /// `mosquitto_loop` reads only as many packets as libmosquitto has QoS 1/2 messages queued (one at QoS 0),
+    /// then goes back to `pselect`: a stream of QoS 0 messages costs a `pselect` and a consumer wake-up each.
+    /// Reading on while data is there (a read that finds none ends with `EAGAIN`) lets one wake-up deliver a
+    /// burst. Only while the session is up (before CONNACK the socket may still be connecting), and only until
+    /// there is something to write.
+    private func drainReadable() -> Int32 {
+        var n = 0
+        while sessionUp && n < Self.readBatch && mosquitto_socket(mosq) != -1 {
+            errno = 0
+            let rc = mosquitto_loop_read(mosq, 1)
+            if rc != MOSQ_ERR_SUCCESS.rawValue { return rc }
+            if errno == EAGAIN || errno == EWOULDBLOCK { break }
+            // An acknowledgement to send (PUBACK, PUBREC…): let mosquitto_loop write it now rather than after
+            // the burst, so that the broker's in-flight window keeps moving.
+            if mosquitto_want_write(mosq) { break }
+            n += 1
+        }
+        return MOSQ_ERR_SUCCESS.rawValue
     }
 
     /// Wakes the consumers of the messages the last loop pass delivered (one wake per stream per pass).

@@ -94,7 +94,12 @@ struct CoreState {
 
     var slotsInUse = 0
     var slotWaiters = Deque<SlotWaiter>()
+    /// Messages someone waits for (a continuation or a completion callback), by packet identifier.
     var pending: [UInt16: PendingPublish] = [:]
+    /// Messages published with `.enqueued` and no callback: nobody waits, only their queue slot is tracked.
+    /// Kept apart from `pending` because a fast publisher registers one per message.
+    var plainQoS0 = MessageIDSet()
+    var plainQoS12 = MessageIDSet()
     var earlyAcks: [UInt16: UInt8] = [:]
     var drainWaiters: [CheckedContinuation<Void, Never>] = []
 
@@ -176,9 +181,44 @@ struct CoreState {
         t.events = Array(events.values); events.removeAll()
         t.joinWaiters = joinWaiters; joinWaiters.removeAll()
         slotsInUse = 0
+        _ = plainQoS0.removeAll()
+        _ = plainQoS12.removeAll()
         t.responseStream = responseStream
         responseStream = nil
         return t
     }
 }
 
+
+/// A set of MQTT packet identifiers as a bitmap: no hashing, no allocation per member (8 KiB once used).
+struct MessageIDSet {
+    private var words: [UInt64] = []
+    private(set) var count = 0
+
+    mutating func insert(_ id: UInt16) {
+        if words.isEmpty { words = Array(repeating: 0, count: 1024) }
+        let w = Int(id >> 6), bit = UInt64(1) << UInt64(id & 63)
+        if words[w] & bit == 0 {
+            words[w] |= bit
+            count += 1
+        }
+    }
+
+    /// Removes `id`; false when it was not a member.
+    mutating func remove(_ id: UInt16) -> Bool {
+        guard count > 0 else { return false }
+        let w = Int(id >> 6), bit = UInt64(1) << UInt64(id & 63)
+        guard words[w] & bit != 0 else { return false }
+        words[w] &= ~bit
+        count -= 1
+        return true
+    }
+
+    /// Empties the set; returns how many members it had.
+    mutating func removeAll() -> Int {
+        let n = count
+        if n > 0 { for i in words.indices { words[i] = 0 } }
+        count = 0
+        return n
+    }
+}

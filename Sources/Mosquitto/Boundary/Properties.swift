@@ -103,7 +103,7 @@ enum PropertyReader {
             case MQTT_PROP_SUBSCRIPTION_IDENTIFIER.rawValue:
                 var v: UInt32 = 0
                 mosquitto_property_read_varint(p, id, &v, false)
-                out.subscriptionIdentifiers.append(v)
+                out.appendSubscriptionID(v)
             case MQTT_PROP_USER_PROPERTY.rawValue:
                 if let pair = readPair(p, id) { out.userProperties.append(pair) }
             default:

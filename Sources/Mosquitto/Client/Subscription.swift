@@ -192,6 +192,17 @@ final class MessageBuffer: @unchecked Sendable {
 
     /// Takes the next message, or nil when the stream ended.
     func next() async throws(MQTTError) -> MQTTMessage? {
+        // Fast path: a queued message is taken without suspending (no continuation, no cancellation record).
+        let queued: (MQTTMessage, Bool)? = inner.withLock { s in
+            guard let m = s.queue.popFirst() else { return nil }
+            let signal = s.producerWaiting
+            s.producerWaiting = false
+            return (m, signal)
+        }
+        if let (m, signal) = queued {
+            if signal { room.signal() }
+            return m
+        }
         let result: Result<MQTTMessage?, MQTTError> = await withTaskCancellationHandler {
             await withCheckedContinuation { (cont: CheckedContinuation<Result<MQTTMessage?, MQTTError>, Never>) in
                 let step: NextStep = inner.withLock { s in

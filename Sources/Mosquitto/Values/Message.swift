@@ -48,23 +48,121 @@ public enum PayloadFormat: UInt8, Sendable, Hashable {
 }
 
 /// Typed MQTT 5 properties of a PUBLISH packet. Ignored (not sent) on MQTT 3.1.1 connections.
+///
+/// A value type with copy-on-write storage: a message without properties carries no allocation, and copying a
+/// message copies one reference instead of every field.
 public struct MessageProperties: Sendable, Hashable {
+    /// The fields, shared between copies until one of them is changed. Never mutated while shared.
+    private final class Storage: @unchecked Sendable {
+        var payloadFormat: PayloadFormat?
+        var messageExpiryInterval: UInt32?
+        var contentType: String?
+        var responseTopic: String?
+        var correlationData: [UInt8]?
+        var topicAlias: UInt16?
+        var userProperties: [UserProperty] = []
+        var subscriptionIdentifiers: [UInt32] = []
+
+        init() {}
+
+        func copy() -> Storage {
+            let c = Storage()
+            c.payloadFormat = payloadFormat
+            c.messageExpiryInterval = messageExpiryInterval
+            c.contentType = contentType
+            c.responseTopic = responseTopic
+            c.correlationData = correlationData
+            c.topicAlias = topicAlias
+            c.userProperties = userProperties
+            c.subscriptionIdentifiers = subscriptionIdentifiers
+            return c
+        }
+    }
+
+    private var storage: Storage?
+    /// The subscription identifier when a received message carries exactly one (the common case), kept inline so
+    /// that routing a message needs no allocation; 0 when absent (identifiers start at 1). Storage then holds none.
+    private var singleSubscriptionID: UInt32 = 0
+
+    /// The storage, unshared, for a change.
+    private mutating func unique() -> Storage {
+        if storage == nil {
+            storage = Storage()
+        } else if !isKnownUniquelyReferenced(&storage!) {
+            storage = storage!.copy()
+        }
+        return storage!
+    }
+
     /// Payload format indicator.
-    public var payloadFormat: PayloadFormat?
+    public var payloadFormat: PayloadFormat? {
+        get { storage?.payloadFormat }
+        set { if newValue != nil || storage != nil { unique().payloadFormat = newValue } }
+    }
     /// Message expiry interval in seconds.
-    public var messageExpiryInterval: UInt32?
+    public var messageExpiryInterval: UInt32? {
+        get { storage?.messageExpiryInterval }
+        set { if newValue != nil || storage != nil { unique().messageExpiryInterval = newValue } }
+    }
     /// Content type, for example `application/json`.
-    public var contentType: String?
+    public var contentType: String? {
+        get { storage?.contentType }
+        set { if newValue != nil || storage != nil { unique().contentType = newValue } }
+    }
     /// Response topic for request/response.
-    public var responseTopic: String?
+    public var responseTopic: String? {
+        get { storage?.responseTopic }
+        set { if newValue != nil || storage != nil { unique().responseTopic = newValue } }
+    }
     /// Correlation data for request/response.
-    public var correlationData: [UInt8]?
+    public var correlationData: [UInt8]? {
+        get { storage?.correlationData }
+        set { if newValue != nil || storage != nil { unique().correlationData = newValue } }
+    }
     /// Topic alias (outgoing only; incoming aliases are resolved by the broker side).
-    public var topicAlias: UInt16?
+    public var topicAlias: UInt16? {
+        get { storage?.topicAlias }
+        set { if newValue != nil || storage != nil { unique().topicAlias = newValue } }
+    }
     /// User properties, in order, duplicates allowed.
-    public var userProperties: [UserProperty]
+    public var userProperties: [UserProperty] {
+        get { storage?.userProperties ?? [] }
+        set { if !newValue.isEmpty || storage != nil { unique().userProperties = newValue } }
+    }
     /// Subscription identifiers the broker attached to a received message (read-only on receive).
-    public var subscriptionIdentifiers: [UInt32]
+    public var subscriptionIdentifiers: [UInt32] {
+        get {
+            if singleSubscriptionID != 0 { return [singleSubscriptionID] }
+            return storage?.subscriptionIdentifiers ?? []
+        }
+        set {
+            if newValue.count == 1 && newValue[0] != 0 {
+                singleSubscriptionID = newValue[0]
+                if let s = storage, !s.subscriptionIdentifiers.isEmpty { unique().subscriptionIdentifiers = [] }
+            } else {
+                singleSubscriptionID = 0
+                if !newValue.isEmpty || storage != nil { unique().subscriptionIdentifiers = newValue }
+            }
+        }
+    }
+
+    /// The number of subscription identifiers, and the first one, without building an array.
+    var firstSubscriptionID: (first: UInt32, count: Int)? {
+        if singleSubscriptionID != 0 { return (singleSubscriptionID, 1) }
+        guard let ids = storage?.subscriptionIdentifiers, let first = ids.first else { return nil }
+        return (first, ids.count)
+    }
+
+    /// Adds a received subscription identifier.
+    mutating func appendSubscriptionID(_ id: UInt32) {
+        if singleSubscriptionID == 0 && id != 0 && (storage?.subscriptionIdentifiers.isEmpty ?? true) {
+            singleSubscriptionID = id
+        } else {
+            var ids = subscriptionIdentifiers
+            ids.append(id)
+            subscriptionIdentifiers = ids
+        }
+    }
 
     /// Creates a set of properties; every field defaults to absent.
     public init(
@@ -89,8 +187,31 @@ public struct MessageProperties: Sendable, Hashable {
 
     /// True when no property is set.
     public var isEmpty: Bool {
-        payloadFormat == nil && messageExpiryInterval == nil && contentType == nil && responseTopic == nil
-            && correlationData == nil && topicAlias == nil && userProperties.isEmpty && subscriptionIdentifiers.isEmpty
+        if singleSubscriptionID != 0 { return false }
+        guard let s = storage else { return true }
+        return s.payloadFormat == nil && s.messageExpiryInterval == nil && s.contentType == nil && s.responseTopic == nil
+            && s.correlationData == nil && s.topicAlias == nil && s.userProperties.isEmpty && s.subscriptionIdentifiers.isEmpty
+    }
+
+    /// Two sets are equal when every property is.
+    public static func == (a: MessageProperties, b: MessageProperties) -> Bool {
+        if a.storage === b.storage && a.singleSubscriptionID == b.singleSubscriptionID { return true }
+        return a.payloadFormat == b.payloadFormat && a.messageExpiryInterval == b.messageExpiryInterval
+            && a.contentType == b.contentType && a.responseTopic == b.responseTopic
+            && a.correlationData == b.correlationData && a.topicAlias == b.topicAlias
+            && a.userProperties == b.userProperties && a.subscriptionIdentifiers == b.subscriptionIdentifiers
+    }
+
+    /// Hashes every property.
+    public func hash(into h: inout Hasher) {
+        h.combine(payloadFormat)
+        h.combine(messageExpiryInterval)
+        h.combine(contentType)
+        h.combine(responseTopic)
+        h.combine(correlationData)
+        h.combine(topicAlias)
+        h.combine(userProperties)
+        h.combine(subscriptionIdentifiers)
     }
 }
 
@@ -110,6 +231,15 @@ public struct MQTTMessage: Sendable, Hashable {
     /// The packet identifier a received message arrived with (0 for QoS 0 and for messages you build).
     /// Not part of equality.
     public var messageID: UInt16 = 0
+
+    /// Creates a message from a byte array (no copy: the array is shared until one side changes it).
+    public init(topic: String, payload: [UInt8], qos: QoS = .atLeastOnce, retain: Bool = false, properties: MessageProperties = .init()) {
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.properties = properties
+    }
 
     /// Creates a message from bytes.
     public init(topic: String, payload: some Sequence<UInt8>, qos: QoS = .atLeastOnce, retain: Bool = false, properties: MessageProperties = .init()) {
