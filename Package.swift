@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "mosquitto-demo", targets: ["mosquitto-demo"]),
         .executable(name: "mosquitto-bench", targets: ["mosquitto-bench"]),
         .executable(name: "mosquitto-bench-c", targets: ["mosquitto-bench-c"]),
+        .executable(name: "mosquitto-bench-swift", targets: ["mosquitto-bench-swift"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -24,7 +25,6 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
-        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
@@ -95,7 +95,6 @@ let package = Package(
             dependencies: [
                 "Mosquitto", "MosquittoBroker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "Benchmarks/mosquitto-bench"
         ),
@@ -103,6 +102,11 @@ let package = Package(
             name: "mosquitto-bench-c",
             dependencies: ["CMosquitto"],
             path: "Benchmarks/mosquitto-bench-c"
+        ),
+        .executableTarget(
+            name: "mosquitto-bench-swift",
+            dependencies: ["Mosquitto"],
+            path: "Benchmarks/mosquitto-bench-swift"
         ),
         // Fuzzing: every parser of untrusted bytes as a libFuzzer target (see Fuzz/run.sh), and the replay of
         // committed corpora and crashes as tests.

@@ -12,15 +12,17 @@ struct Bench: AsyncParsableCommand {
         abstract: "Measures the Mosquitto library against raw libmosquitto C on the same broker, in one run.",
         discussion: """
         Starts a private mosquitto, then for each QoS alternates runs of the C reference program
-        (mosquitto-bench-c, built by this package) and the Swift library, each in its own process:
-        one publisher and one subscriber, N messages of SIZE bytes. Reports the median rate, the ratio
-        Swift/C and each process's peak resident memory.
+        (mosquitto-bench-c) and the same program written with the Swift library (mosquitto-bench-swift),
+        both built by this package, each in its own process: one publisher and one subscriber, N messages
+        of SIZE bytes. Reports the median rate, the ratio Swift/C and each process's peak resident memory.
 
-        Example (release build):
-          swift build -c release --product mosquitto-bench --product mosquitto-bench-c
-          .build/release/mosquitto-bench throughput --messages 100000 --size 64 --repeat 3
+        Example (release build, Swift runtime linked statically as a deployed Linux binary would be):
+          swift build -c release --static-swift-stdlib --product mosquitto-bench
+          swift build -c release --static-swift-stdlib --product mosquitto-bench-c
+          swift build -c release --static-swift-stdlib --product mosquitto-bench-swift
+          .build/release/mosquitto-bench throughput --messages 100000 --size 64 --repeat 5
         """,
-        subcommands: [Throughput.self, Worker.self],
+        subcommands: [Throughput.self],
         defaultSubcommand: Throughput.self
     )
 }
@@ -43,13 +45,15 @@ struct Throughput: AsyncParsableCommand {
     @Option(parsing: .upToNextOption, help: "QoS levels to measure.") var qos: [Int] = [0, 1, 2]
     @Option(help: "Runs per implementation and QoS; the median is reported.") var `repeat` = 3
     @Option(help: "Path of the C reference program (default: next to this executable).") var cProgram: String?
+    @Option(help: "Path of the Swift program (default: next to this executable).") var swiftProgram: String?
 
     func run() async throws {
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         let cPath = cProgram ?? here.appendingPathComponent("mosquitto-bench-c").path
-        let swiftPath = URL(fileURLWithPath: CommandLine.arguments[0]).path
-        guard FileManager.default.isExecutableFile(atPath: cPath) else {
-            throw ValidationError("The C reference program is missing at \(cPath); build it with: swift build -c release --product mosquitto-bench-c")
+        let swiftPath = swiftProgram ?? here.appendingPathComponent("mosquitto-bench-swift").path
+        for (path, product) in [(cPath, "mosquitto-bench-c"), (swiftPath, "mosquitto-bench-swift")]
+        where !FileManager.default.isExecutableFile(atPath: path) {
+            throw ValidationError("\(product) is missing at \(path); build it with: swift build -c release --product \(product)")
         }
         var config = MosquittoBroker.Configuration()
         config.maxQueuedMessages = 0  // queue for a slow subscriber instead of dropping: both sides are measured equally
@@ -62,8 +66,8 @@ struct Throughput: AsyncParsableCommand {
                 var c: [Result] = []
                 var s: [Result] = []
                 for i in 1...self.repeat {
-                    for (impl, path, args) in [("c", cPath, [broker.host, "\(broker.port)", "\(q)", "\(messages)", "\(size)"]),
-                                               ("swift", swiftPath, ["worker", "--port", "\(broker.port)", "--qos", "\(q)", "--messages", "\(messages)", "--size", "\(size)"])] {
+                    let args = [broker.host, "\(broker.port)", "\(q)", "\(messages)", "\(size)"]
+                    for (impl, path) in [("c", cPath), ("swift", swiftPath)] {
                         let out = try await MosquittoBroker.runCommand(path, args, timeout: .seconds(180))
                         guard let line = out.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
                               let r = try? JSONDecoder().decode(Result.self, from: Data(line.utf8)) else {
@@ -92,67 +96,4 @@ struct Throughput: AsyncParsableCommand {
         let s = v.sorted()
         return s.isEmpty ? 0 : s[s.count / 2]
     }
-}
-
-/// One Swift run: the same workload as mosquitto-bench-c, through the library.
-struct Worker: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "One Swift run (used by `throughput`).", shouldDisplay: false)
-
-    @Option var host = "127.0.0.1"
-    @Option var port: Int
-    @Option var qos: Int
-    @Option var messages: Int
-    @Option var size: Int
-    @Option(help: "Messages the publisher may have queued or in flight.") var queue = 1000
-
-    func run() async throws {
-        let level = QoS(rawValue: UInt8(qos)) ?? .atMostOnce
-        let topic = "bench/swift/\(getpid())/\(qos)"
-        let sub = try MQTTClient(configuration: .init(host: host, port: port, clientID: "bench-swift-sub"))
-        try await sub.connect()
-        let stream = try await sub.subscribe([Subscription(topic, qos: level)],
-                                             buffer: .init(capacity: 10_000, overflow: .backpressure(maxWait: .seconds(30))))
-        var pc = MQTTConfiguration(host: host, port: port, clientID: "bench-swift-pub")
-        pc.maximumQueuedMessages = queue
-        let pub = try MQTTClient(configuration: pc)
-        try await pub.connect()
-        let n = messages
-        let clock = ContinuousClock()
-        let start = clock.now
-        let reader = Task { () -> (Int, Duration) in
-            var got = 0
-            var last = clock.now
-            for try await _ in stream {
-                got += 1
-                if got == n { last = clock.now; break }
-            }
-            return (got, last - start)
-        }
-        let payload = [UInt8](repeating: UInt8(ascii: "x"), count: size)
-        for _ in 0..<n {
-            try await pub.publish(MQTTMessage(topic: topic, payload: payload, qos: level), completion: .enqueued)
-        }
-        let timeout = Task {
-            try await Task.sleep(for: .seconds(60))
-            stream.cancel()
-        }
-        let (got, elapsed) = try await reader.value
-        timeout.cancel()
-        let seconds = got == n ? Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-                               : Double((clock.now - start).components.seconds)
-        let r = Result(impl: "swift", qos: qos, messages: n, received: got, seconds: seconds, rate: Double(got) / seconds, peak_rss_kb: peakResidentKiB())
-        await pub.shutdown()
-        await sub.shutdown()
-        print(String(decoding: try JSONEncoder().encode(r), as: UTF8.self))
-    }
-}
-
-/// Peak resident set of this process image (VmHWM); `ru_maxrss` survives `execve` on Linux and would
-/// report the parent's peak.
-func peakResidentKiB() -> Int {
-    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return -1 }
-    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-        return Int(line.dropFirst(6).trimmingCharacters(in: .whitespaces).split(separator: " ").first ?? "") ?? -1
-    }
-    return -1
 }

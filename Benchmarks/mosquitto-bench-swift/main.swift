@@ -1,0 +1,97 @@
+// mosquitto-bench-swift: the reference workload through the Swift library, as a minimal program.
+//
+// The counterpart of mosquitto-bench-c, line for line: one process, one publisher and one subscriber; the
+// publisher publishes COUNT messages as fast as the library lets it (with the bounded outgoing queue:
+// `completion: .enqueued` suspends only while 1,000 messages are queued), the subscriber counts arrivals.
+// Like the C program it uses only the library and the C runtime (no Foundation), so the peak memory compares
+// the two libraries, not their programs' extras.
+//
+//   mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311]
+//
+// Prints one line of JSON: {"impl":"swift","qos":Q,"messages":N,"received":R,"seconds":S,"rate":R/S,"peak_rss_kb":K}
+import Mosquitto
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Peak resident set of this process image (VmHWM), read as the C program reads it.
+func peakResidentKiB() -> Int {
+    guard let f = fopen("/proc/self/status", "r") else { return -1 }
+    defer { fclose(f) }
+    var line = [CChar](repeating: 0, count: 256)
+    while fgets(&line, Int32(line.count), f) != nil {
+        if strncmp(line, "VmHWM:", 6) == 0 {
+            return line.withUnsafeBufferPointer { atol($0.baseAddress! + 6) }
+        }
+    }
+    return -1
+}
+
+func printError(_ text: String) {
+    var text = text + "\n"
+    text.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+func seconds(_ d: Duration) -> Double {
+    Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+}
+
+/// The measurement. Not on the main actor (as top-level code is): a publisher there would hop to the main
+/// queue and back on every `await`.
+nonisolated func run(_ args: [String]) async -> Int32 {
+    guard args.count >= 6, let port = Int(args[2]), let qosValue = UInt8(args[3]), let level = QoS(rawValue: qosValue),
+          let count = Int(args[4]), let size = Int(args[5]) else {
+        printError("usage: mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311]")
+        return 1
+    }
+    let host = args[1]
+    let version: MQTTProtocolVersion = args.count > 6 && args[6] == "311" ? .v3_1_1 : .v5
+    let topic = "bench/swift/\(getpid())/\(qosValue)"
+    do {
+        let sub = try MQTTClient(configuration: .init(host: host, port: port, clientID: "bench-swift-sub", protocolVersion: version))
+        try await sub.connect()
+        let stream = try await sub.subscribe([Subscription(topic, qos: level)],
+                                             buffer: .init(capacity: 10_000, overflow: .backpressure(maxWait: .seconds(30))))
+        var pc = MQTTConfiguration(host: host, port: port, clientID: "bench-swift-pub", protocolVersion: version)
+        pc.maximumQueuedMessages = 1000
+        let pub = try MQTTClient(configuration: pc)
+        try await pub.connect()
+
+        let clock = ContinuousClock()
+        let start = clock.now
+        let reader = Task { () -> (Int, ContinuousClock.Instant) in
+            var got = 0
+            for try await _ in stream {
+                got += 1
+                if got == count { break }
+            }
+            return (got, clock.now)
+        }
+        let payload = [UInt8](repeating: UInt8(ascii: "x"), count: size)
+        for _ in 0..<count {
+            try await pub.publish(MQTTMessage(topic: topic, payload: payload, qos: level), completion: .enqueued)
+        }
+        let published = seconds(clock.now - start)
+        // Wait for the last message, or 60 s without completion.
+        let timeout = Task {
+            try await Task.sleep(for: .seconds(60))
+            stream.cancel()
+        }
+        let (got, last) = try await reader.value
+        timeout.cancel()
+        let elapsed = got == count ? seconds(last - start) : seconds(clock.now - start)
+        print("{\"impl\":\"swift\",\"qos\":\(qosValue),\"messages\":\(count),\"received\":\(got),\"seconds\":\(elapsed),\"publish_seconds\":\(published),\"rate\":\(Double(got) / elapsed),\"peak_rss_kb\":\(peakResidentKiB())}")
+        await pub.shutdown()
+        await sub.shutdown()
+        return got >= count ? 0 : 2
+    } catch {
+        printError("mosquitto-bench-swift: \(error)")
+        return 1
+    }
+}
+
+exit(await run(CommandLine.arguments))
