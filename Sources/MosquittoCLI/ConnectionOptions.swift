@@ -117,9 +117,9 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
             help: ArgumentHelp("MQTT 5 session expiry interval in seconds; -1 or ∞ for never.", valueName: "session-expiry"))
     public var sessionExpiry: String?
 
-    /// `-V`, `--protocol-version`: `mqttv311`/`311` or `mqttv5`/`5` (`mqttv31` is not supported).
+    /// `-V`, `--protocol-version`: `mqttv31`/`31`, `mqttv311`/`311` or `mqttv5`/`5`.
     @Option(name: [.customShort("V"), .customLong("protocol-version")], parsing: .unconditional,
-            help: ArgumentHelp("MQTT version: mqttv5 or mqttv311 (default: mqttv311; mqtt-rr and mqtt-bridge: mqttv5).", valueName: "version"))
+            help: ArgumentHelp("MQTT version: mqttv5, mqttv311 or mqttv31 (default: mqttv311; mqtt-rr and mqtt-bridge: mqttv5).", valueName: "version"))
     public var protocolVersion: String?
 
     /// `-M`: the most QoS 1/2 messages in flight (default 20).
@@ -255,8 +255,7 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
         switch v {
         case "mqttv5", "5": return .v5
         case "mqttv311", "311": return .v3_1_1
-        case "mqttv31", "31":
-            throw CLIError.usage("Error: MQTT v3.1 is not supported; use -V mqttv311 or -V mqttv5.")
+        case "mqttv31", "31": return .v3_1
         default:
             throw CLIError.usage("Error: Invalid protocol version argument given.")
         }
@@ -429,6 +428,9 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
                 throw CLIError.usage("Error: You must provide a client id if you are using the -c option.")
             }
             configuration.session = .persistent(expiry: version == .v5 ? expiry : UInt32.max)
+        } else if version == .v5, let expiry = try sessionExpiry.map(Self.parseSessionExpiry) ?? props.sessionExpiryInterval, expiry > 0 {
+            // -x without -c: a clean start whose new session the broker keeps for `expiry` seconds.
+            configuration.session = .cleanStart(expiry: expiry)
         } else {
             configuration.session = .clean
         }
@@ -483,6 +485,12 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
         // MQTT 5 CONNECT properties.
         configuration.connectUserProperties = props.connectUserProperties
         if let r = props.receiveMaximum { configuration.receiveMaximum = r }
+        configuration.maximumPacketSize = props.maximumPacketSize
+        configuration.topicAliasMaximum = props.topicAliasMaximum
+        configuration.requestProblemInformation = props.requestProblemInformation
+        configuration.requestResponseInformation = props.requestResponseInformation
+        configuration.authenticationMethod = props.authenticationMethod
+        configuration.authenticationData = props.authenticationData
 
         configuration.logger = logger ?? makeLogger()
         // The tools decide themselves whether to reconnect.

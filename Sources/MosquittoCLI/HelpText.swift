@@ -6,7 +6,7 @@ enum HelpText {
       -p, --port PORT            broker port (default: 1883, 8883 with --cafile/--capath/--psk)
           --unix PATH            connect through a Unix domain socket
       -L, --url URL              mqtt(s)://[user[:password]@]host[:port]/topic
-      -V, --protocol-version V   mqttv5 or mqttv311
+      -V, --protocol-version V   mqttv5, mqttv311 or mqttv31
       -i, --id ID                client id          -I, --id-prefix P   id = P + process id
       -k, --keepalive SECONDS    5..65535 (default: 60)
       -c, --disable-clean-session keep the session (needs -i)

@@ -21,8 +21,24 @@ public struct PropertyOptions: Sendable, Hashable {
     public var willDelayInterval: UInt32?
     /// SUBSCRIBE subscription-identifier (sub, rr).
     public var subscriptionIdentifier: UInt32?
-    /// Properties that were accepted but that the Mosquitto library cannot send yet, as `command name`.
-    public var unsent: [String] = []
+    /// CONNECT maximum-packet-size.
+    public var maximumPacketSize: UInt32?
+    /// CONNECT topic-alias-maximum.
+    public var topicAliasMaximum: UInt16?
+    /// CONNECT request-problem-information.
+    public var requestProblemInformation: Bool?
+    /// CONNECT request-response-information.
+    public var requestResponseInformation: Bool?
+    /// CONNECT authentication-method.
+    public var authenticationMethod: String?
+    /// CONNECT authentication-data.
+    public var authenticationData: [UInt8]?
+    /// SUBSCRIBE user properties (sub, rr).
+    public var subscribeUserProperties: [UserProperty] = []
+    /// UNSUBSCRIBE user properties (sub).
+    public var unsubscribeUserProperties: [UserProperty] = []
+    /// DISCONNECT properties.
+    public var disconnect = DisconnectProperties()
 
     /// Creates an empty set.
     public init() {}
@@ -156,11 +172,25 @@ public struct PropertyOptions: Sendable, Hashable {
                 let v = try number(268_435_455)
                 if v == 0 { throw CLIError("Error in SUBSCRIBE properties: subscription-identifier must be between 1 and 268435455.") }
                 out.subscriptionIdentifier = UInt32(v)
+            case ("subscribe", "user-property"): out.subscribeUserProperties.append(UserProperty(value, w[3]))
+            case ("unsubscribe", "user-property"): out.unsubscribeUserProperties.append(UserProperty(value, w[3]))
+            case ("connect", "maximum-packet-size"):
+                let v = try number(Int64(UInt32.max))
+                if v == 0 { throw CLIError("Error in CONNECT properties: maximum-packet-size must be between 1 and 4294967295.") }
+                out.maximumPacketSize = UInt32(v)
+            case ("connect", "topic-alias-maximum"): out.topicAliasMaximum = UInt16(try number(65535))
+            case ("connect", "request-problem-information"), ("connect", "request-response-information"):
+                let v = try number(255)
+                if v > 1 { throw CLIError("Error in CONNECT properties: \(name) must be 0 or 1.") }
+                if name == "request-problem-information" { out.requestProblemInformation = v == 1 } else { out.requestResponseInformation = v == 1 }
+            case ("connect", "authentication-method"): out.authenticationMethod = value
+            case ("connect", "authentication-data"): out.authenticationData = Array(value.utf8)
+            case ("disconnect", "session-expiry-interval"): out.disconnect.sessionExpiryInterval = UInt32(try number(Int64(UInt32.max)))
+            case ("disconnect", "reason-string"): out.disconnect.reasonString = value
+            case ("disconnect", "user-property"): out.disconnect.userProperties.append(UserProperty(value, w[3]))
             default:
-                if case .u16 = kind { _ = try number(65535) }
-                if case .u32 = kind { _ = try number(Int64(UInt32.max)) }
-                if case .byte = kind { _ = try number(255) }
-                out.unsent.append("\(command) \(name)")
+                // Every property `allowed` lets through for a supported command is handled above.
+                throw CLIError.usage("Error: \(name) property not supported for \(command) in --property argument.")
             }
         }
         return out

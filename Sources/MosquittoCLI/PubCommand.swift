@@ -114,9 +114,6 @@ public struct PubCommand: MosquittoTool {
         if let x = props.sessionExpiryInterval, connection.sessionExpiry == nil, case .persistent = configuration.session {
             configuration.session = .persistent(expiry: x)
         }
-        for unsent in props.unsent where !connection.quiet {
-            printError("Warning: the \(unsent) property is not sent (not supported by this client yet).")
-        }
         let source = try loadSource()
         // Publishing waits for the acknowledgements itself; reconnecting keeps QoS 1/2 messages alive.
         configuration.maximumQueuedMessages = 1000
@@ -141,10 +138,10 @@ public struct PubCommand: MosquittoTool {
                 try await publishLines(client, topic: topic, qos: qos, properties: properties)
             }
         } catch {
-            await client.shutdown()
+            await client.shutdown(properties: props.disconnect)
             throw ClientSession.runtimeError(error)
         }
-        await client.shutdown()
+        await client.shutdown(properties: props.disconnect)
     }
 
     /// `-l`: one message per line, in order, every one acknowledged before returning.

@@ -111,12 +111,14 @@ public struct RRCommand: MosquittoTool {
         let (qosValue, requestPayload, requestProperties) = (q, payload, properties)
         let noRetained = self.noRetained
         let retainAsPublished = self.retainAsPublished
+        let subscribeProperties = props.subscribeUserProperties
         let client = try await ClientSession.connect(configuration)
         let result: CLIError? = await withTaskGroup(of: CLIError?.self) { group in
             group.addTask {
                 do {
                     let sub = Subscription(responseTopic, qos: qosValue, retainAsPublished: v5 && retainAsPublished)
-                    let replies = try await client.subscribe([sub], buffer: .init(capacity: 64, overflow: .dropOldest))
+                    let replies = try await client.subscribe([sub], buffer: .init(capacity: 64, overflow: .dropOldest),
+                                                             userProperties: v5 ? subscribeProperties : [])
                     try await client.publish(MQTTMessage(topic: requestTopic, payload: requestPayload, qos: qosValue, properties: requestProperties))
                     for try await reply in replies {
                         if noRetained && reply.retain { continue }
@@ -144,7 +146,7 @@ public struct RRCommand: MosquittoTool {
             group.cancelAll()
             return first
         }
-        await client.shutdown()
+        await client.shutdown(properties: props.disconnect)
         if let result { throw result }
     }
 }

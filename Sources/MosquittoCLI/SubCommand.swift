@@ -141,9 +141,6 @@ public struct SubCommand: MosquittoTool {
         }
         if let c = plan.count, c < 20, v5, props.receiveMaximum == nil { configuration.receiveMaximum = UInt16(c) }
         if noReconnect { configuration.reconnect = .never }
-        for unsent in props.unsent where !connection.quiet {
-            printError("Warning: the \(unsent) property is not sent (not supported by this client yet).")
-        }
         let signals = SignalWatcher([SIGINT, SIGTERM])
         defer { signals.cancel() }
         // The stream exists before the connection, so that a resumed session's queued messages are not missed.
@@ -171,10 +168,10 @@ public struct SubCommand: MosquittoTool {
         let keep = Locked<[MessageStream]>([])
         let interrupted = Locked(false)
         let result = await Self.receive(client: client, all: all, keep: keep, plan: plan, formatter: formatter, signals: signals,
-                                        interrupted: interrupted, v5: v5, quiet: connection.quiet)
+                                        interrupted: interrupted, v5: v5, properties: props, quiet: connection.quiet)
         StandardOutput.shared.flush()
         // Like mosquitto_sub: a signal or -W ends with reason 4, "disconnect with will message" (MQTT 5).
-        await client.shutdown(disconnectReason: interrupted.get() ? 4 : 0)
+        await client.shutdown(disconnectReason: interrupted.get() ? 4 : 0, properties: props.disconnect)
         withExtendedLifetime(keep) {}
         if let result { throw result }
     }
@@ -183,7 +180,7 @@ public struct SubCommand: MosquittoTool {
 
     /// Subscribes, prints, and ends on `-C`, `-E`, `--retained-only`, `-W`, a signal or a lost connection.
     static func receive(client: MQTTClient, all: MessageStream, keep: Locked<[MessageStream]>, plan: Plan, formatter: MessageFormatter, signals: SignalWatcher,
-                        interrupted: Locked<Bool>, v5: Bool, quiet: Bool) async -> CLIError? {
+                        interrupted: Locked<Bool>, v5: Bool, properties: PropertyOptions, quiet: Bool) async -> CLIError? {
         let options = plan
         let events = client.events
         return await withTaskGroup(of: CLIError?.self) { group in
@@ -194,7 +191,8 @@ public struct SubCommand: MosquittoTool {
                     let sub = Subscription(f, qos: plan.qos, retainAsPublished: v5 && options.retainAsPublished,
                                            retainHandling: v5 && options.noRetained ? .never : .sendAlways)
                     do {
-                        let stream = try await client.subscribe([sub], buffer: .init(capacity: 1, overflow: .dropNewest))
+                        let stream = try await client.subscribe([sub], buffer: .init(capacity: 1, overflow: .dropNewest),
+                                                                userProperties: v5 ? properties.subscribeUserProperties : [])
                         keep.set(keep.get() + [stream])
                     } catch let e as MQTTError where e.code == .subscriptionRejected || e.code == .notAuthorized {
                         denied += 1
@@ -207,7 +205,11 @@ public struct SubCommand: MosquittoTool {
                     return nil
                 }
                 for f in options.unsubscribe {
-                    do { try await client.unsubscribe([f]) } catch { return ClientSession.runtimeError(error) }
+                    do {
+                        try await client.unsubscribe([f], userProperties: v5 ? properties.unsubscribeUserProperties : [])
+                    } catch {
+                        return ClientSession.runtimeError(error)
+                    }
                 }
                 if options.exitAfterSubscribe { return nil }
                 var received = 0

@@ -89,11 +89,11 @@ struct SubscriberOracleTests {
         }
     }
 
-    @Test("MQTT 3.1.1: -v and %j match mosquitto_sub")
-    func v311() async throws {
+    @Test("MQTT 3.1.1 and 3.1: -v and %j match mosquitto_sub", arguments: ["mqttv311", "mqttv31"])
+    func v311(version: String) async throws {
         try await withBroker { broker in
             for mode in [["-v"], ["-F", "%j"], ["-F", "%t %l %x"]] {
-                let (ours, theirs) = try await outputs(broker, mode, version: "mqttv311")
+                let (ours, theirs) = try await outputs(broker, mode, version: version)
                 #expect(normalisedTimestamps(ours.stdout) == normalisedTimestamps(theirs.stdout),
                         "mode \(mode)\nours:   \(ours.out.debugDescription)\ntheirs: \(theirs.out.debugDescription)")
                 #expect(ours.status == 0 && theirs.status == 0)

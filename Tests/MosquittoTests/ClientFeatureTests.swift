@@ -139,4 +139,33 @@ struct ClientFeatureTests {
             await client.shutdown()
         }
     }
+
+    @Test("MQTT 3.1 connects and delivers; user properties on SUBSCRIBE/UNSUBSCRIBE need MQTT 5 and say so")
+    func protocolLevels() async throws {
+        try await withBroker { broker in
+            let old = try await connected(broker, id: "v31-client", version: .v3_1)
+            let stream = try await old.subscribe("lvl/#", qos: .atLeastOnce)
+            try await old.publish(MQTTMessage(topic: "lvl/a", string: "3.1", qos: .atLeastOnce))
+            let got = try await collect(stream, count: 1)
+            #expect(got.map(\.topic) == ["lvl/a"])
+            do {
+                _ = try await old.subscribe([Subscription("lvl/b")], userProperties: [UserProperty("k", "v")])
+                Issue.record("a SUBSCRIBE user property on MQTT 3.1 must be refused")
+            } catch let e as MQTTError {
+                #expect(e.code == .requiresMQTT5)
+                #expect(e.message.contains("MQTT 5"))
+            }
+            await #expect(throws: MQTTError.self) { try await old.unsubscribe(["lvl/#"], userProperties: [UserProperty("k", "v")]) }
+            await old.shutdown(properties: DisconnectProperties(reasonString: "ignored on 3.1"))
+
+            // MQTT 5: the same calls go through.
+            let new = try await connected(broker, version: .v5)
+            let s5 = try await new.subscribe([Subscription("lvl5/#")], userProperties: [UserProperty("k", "v")])
+            try await new.publish(MQTTMessage(topic: "lvl5/x", string: "5", qos: .atLeastOnce))
+            #expect(try await collect(s5, count: 1).count == 1)
+            try await new.unsubscribe(["lvl5/#"], userProperties: [UserProperty("k", "v")])
+            await new.shutdown(properties: DisconnectProperties(reasonString: "done", userProperties: [UserProperty("a", "b")]))
+            #expect(new.state == .shutDown)
+        }
+    }
 }

@@ -300,7 +300,8 @@ public enum ConfigParser {
                 switch value {
                 case "mqttv50", "mqttv5", "5": config.mqtt.protocolVersion = .v5
                 case "mqttv311", "4": config.mqtt.protocolVersion = .v3_1_1
-                default: error("bridge_protocol_version must be mqttv50 or mqttv311")
+                case "mqttv31", "3": config.mqtt.protocolVersion = .v3_1
+                default: error("bridge_protocol_version must be mqttv50, mqttv311 or mqttv31")
                 }
             case "remote_clientid", "clientid", "local_clientid":
                 config.mqtt.clientID = value

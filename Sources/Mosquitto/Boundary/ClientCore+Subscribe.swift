@@ -18,16 +18,21 @@ extension ClientCore {
             var props = CPropertyList()
             defer { props.free() }
             try? props.add(varint: MQTT_PROP_SUBSCRIPTION_IDENTIFIER, entry.id)
+            for u in entry.userProperties { try? props.add(userProperty: u) }
             return mosquitto_subscribe_v5(h, &mid, entry.filter, Int32(entry.qos.rawValue), entry.options, props.head)
         }
         return mosquitto_subscribe(h, &mid, entry.filter, Int32(entry.qos.rawValue))
     }
 
-    func subscribe(_ subscriptions: [Subscription], buffer policy: SubscriptionBuffer, internalFilter: Bool = false) async throws -> MessageStream {
+    func subscribe(_ subscriptions: [Subscription], buffer policy: SubscriptionBuffer, userProperties: [UserProperty] = [],
+                   internalFilter: Bool = false) async throws -> MessageStream {
         guard !subscriptions.isEmpty else { throw MQTTError(.invalidArgument, "Subscribe needs at least one filter.") }
         for s in subscriptions {
             try MQTTTopic.validateFilter(s.filter)
             try checkDepth(s.filter, what: "filter")
+        }
+        if !isV5 && !userProperties.isEmpty {
+            throw MQTTError(.requiresMQTT5, "SUBSCRIBE user properties need MQTT 5: connect with protocolVersion .v5 (-V mqttv5).")
         }
         if !isV5 && subscriptions.contains(where: { $0.optionBits != 0 }) {
             throw MQTTError(.requiresMQTT5, "No-local, retain-as-published and retain handling need MQTT 5: connect with protocolVersion .v5 (-V mqttv5).")
@@ -41,16 +46,18 @@ extension ClientCore {
             for sub in subscriptions {
                 if var e = s.filters[sub.filter] {
                     e.streams.insert(streamID)
-                    if sub.qos > e.qos || sub.optionBits != e.options {
+                    if sub.qos > e.qos || sub.optionBits != e.options || !userProperties.isEmpty {
                         e.qos = max(e.qos, sub.qos)
                         e.options = sub.optionBits
+                        e.userProperties = userProperties
                         out.append(e)
                     }
                     s.filters[sub.filter] = e
                 } else {
                     let id = s.nextSubscriptionID
                     s.nextSubscriptionID = s.nextSubscriptionID >= 268_435_455 ? 1 : s.nextSubscriptionID + 1
-                    let e = CoreState.FilterEntry(filter: sub.filter, id: id, qos: sub.qos, options: sub.optionBits, streams: [streamID])
+                    var e = CoreState.FilterEntry(filter: sub.filter, id: id, qos: sub.qos, options: sub.optionBits, streams: [streamID])
+                    e.userProperties = userProperties
                     s.filters[sub.filter] = e
                     s.filtersByID[id] = sub.filter
                     out.append(e)
@@ -137,7 +144,10 @@ extension ClientCore {
         }
     }
 
-    func unsubscribe(_ filters: [String]) async throws {
+    func unsubscribe(_ filters: [String], userProperties: [UserProperty] = []) async throws {
+        if !isV5 && !userProperties.isEmpty {
+            throw MQTTError(.requiresMQTT5, "UNSUBSCRIBE user properties need MQTT 5: connect with protocolVersion .v5 (-V mqttv5).")
+        }
         let buffers = state.withLock { s -> [MessageBuffer] in
             var out: [MessageBuffer] = []
             for f in filters {
@@ -150,7 +160,13 @@ extension ClientCore {
         }
         for f in filters {
             var mid: Int32 = 0
-            guard let rc = try withHandle({ h in mosquitto_unsubscribe(h, &mid, f) }) else { throw state.withLock { $0.closedError } }
+            guard let rc = try withHandle({ h throws(MQTTError) -> Int32 in
+                if userProperties.isEmpty { return mosquitto_unsubscribe(h, &mid, f) }
+                var props = CPropertyList()
+                defer { props.free() }
+                for u in userProperties { try props.add(userProperty: u) }
+                return mosquitto_unsubscribe_v5(h, &mid, f, props.head)
+            }) else { throw state.withLock { $0.closedError } }
             if rc == MOSQ_ERR_NO_CONN.rawValue { continue }
             if rc != MOSQ_ERR_SUCCESS.rawValue { throw MQTTError.fromLibrary(rc, context: "Unsubscribing from '\(f)'") }
             let id = UInt16(truncatingIfNeeded: mid)

@@ -85,7 +85,13 @@ final class ClientCore: @unchecked Sendable {
         func check(_ rc: Int32, _ what: String) throws(MQTTError) {
             if rc != MOSQ_ERR_SUCCESS.rawValue { throw MQTTError.fromLibrary(rc, context: what) }
         }
-        try check(mosquitto_int_option(mosq, MOSQ_OPT_PROTOCOL_VERSION, isV5 ? MQTT_PROTOCOL_V5 : MQTT_PROTOCOL_V311), "Setting the protocol version")
+        let level: Int32
+        switch config.protocolVersion {
+        case .v3_1: level = MQTT_PROTOCOL_V31
+        case .v3_1_1: level = MQTT_PROTOCOL_V311
+        case .v5: level = MQTT_PROTOCOL_V5
+        }
+        try check(mosquitto_int_option(mosq, MOSQ_OPT_PROTOCOL_VERSION, level), "Setting the protocol version")
         try check(mosquitto_threaded_set(mosq, true), "Setting threaded mode")
         let inflight = config.maximumInflightMessages
         try check(mosquitto_int_option(mosq, MOSQ_OPT_SEND_MAXIMUM, Int32(clamping: inflight)), "Setting the in-flight window")
@@ -208,9 +214,17 @@ final class ClientCore: @unchecked Sendable {
         if isV5 {
             var props = CPropertyList()
             defer { props.free() }
-            if case .persistent(let expiry) = config.session {
-                try? props.add(int32: MQTT_PROP_SESSION_EXPIRY_INTERVAL, expiry)
+            switch config.session {
+            case .persistent(let expiry), .cleanStart(let expiry):
+                if expiry > 0 { try? props.add(int32: MQTT_PROP_SESSION_EXPIRY_INTERVAL, expiry) }
+            case .clean: break
             }
+            if let v = config.maximumPacketSize { try? props.add(int32: MQTT_PROP_MAXIMUM_PACKET_SIZE, v) }
+            if let v = config.topicAliasMaximum { try? props.add(int16: MQTT_PROP_TOPIC_ALIAS_MAXIMUM, v) }
+            if let v = config.requestProblemInformation { try? props.add(byte: MQTT_PROP_REQUEST_PROBLEM_INFORMATION, v ? 1 : 0) }
+            if let v = config.requestResponseInformation { try? props.add(byte: MQTT_PROP_REQUEST_RESPONSE_INFORMATION, v ? 1 : 0) }
+            if let v = config.authenticationMethod { try? props.add(string: MQTT_PROP_AUTHENTICATION_METHOD, v) }
+            if let v = config.authenticationData { try? props.add(binary: MQTT_PROP_AUTHENTICATION_DATA, v) }
             for u in config.connectUserProperties { try? props.add(userProperty: u) }
             return mosquitto_connect_bind_v5(mosq, host, port, keepalive, config.bindAddress, props.head)
         }
@@ -329,7 +343,8 @@ final class ClientCore: @unchecked Sendable {
 
     /// After a shutdown request: send DISCONNECT and let libmosquitto write it before closing.
     private func finishGracefully() {
-        _ = mosquitto_disconnect_v5(mosq, Int32(state.withLock { $0.disconnectReason }), nil)
+        let (reason, properties) = state.withLock { ($0.disconnectReason, $0.disconnectProperties) }
+        _ = sendDisconnect(mosq, reason: reason, properties: properties)
         let deadline = ContinuousClock.now + .seconds(2)
         while mosquitto_socket(mosq) != -1 && ContinuousClock.now < deadline {
             if mosquitto_loop(mosq, 100, 1) != MOSQ_ERR_SUCCESS.rawValue { break }
@@ -382,25 +397,39 @@ final class ClientCore: @unchecked Sendable {
     }
 
     /// Requests shutdown; returns true when a network thread is running and will finish it.
-    func requestShutdown(disconnectReason: UInt8 = 0) -> Bool {
+    func requestShutdown(disconnectReason: UInt8 = 0, properties: DisconnectProperties = .init()) -> Bool {
         let (running, alreadyRequested) = state.withLock { s -> (Bool, Bool) in
             let already = s.shutdownRequested
-            if !already { s.disconnectReason = disconnectReason }
+            if !already {
+                s.disconnectReason = disconnectReason
+                s.disconnectProperties = properties
+            }
             s.shutdownRequested = true
             return (s.threadStarted && !s.threadExited, already)
         }
         if running {
             if !alreadyRequested {
                 // Wakes mosquitto_loop (libmosquitto pokes its internal socketpair) and queues DISCONNECT.
-                _ = try? withHandle { h in mosquitto_disconnect_v5(h, Int32(disconnectReason), nil) }
+                _ = try? withHandle { h in sendDisconnect(h, reason: disconnectReason, properties: properties) }
             }
             wakeup.signal()
         }
         return running
     }
 
-    func shutdown(disconnectReason: UInt8 = 0) async {
-        if requestShutdown(disconnectReason: isV5 ? disconnectReason : 0) {
+    /// Sends DISCONNECT with its MQTT 5 reason code and properties (both ignored on MQTT 3.x).
+    func sendDisconnect(_ h: OpaquePointer, reason: UInt8, properties: DisconnectProperties) -> Int32 {
+        guard isV5 else { return mosquitto_disconnect(h) }
+        var props = CPropertyList()
+        defer { props.free() }
+        if let v = properties.sessionExpiryInterval { try? props.add(int32: MQTT_PROP_SESSION_EXPIRY_INTERVAL, v) }
+        if let v = properties.reasonString { try? props.add(string: MQTT_PROP_REASON_STRING, v) }
+        for u in properties.userProperties { try? props.add(userProperty: u) }
+        return mosquitto_disconnect_v5(h, Int32(reason), props.head)
+    }
+
+    func shutdown(disconnectReason: UInt8 = 0, properties: DisconnectProperties = .init()) async {
+        if requestShutdown(disconnectReason: isV5 ? disconnectReason : 0, properties: properties) {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                 let done = state.withLock { s -> Bool in
                     if s.threadExited { return true }

@@ -41,6 +41,8 @@ struct CoreState {
         var streams: Set<UInt64>
         var confirmed = false
         var isInternal = false
+        /// MQTT 5 user properties sent with the SUBSCRIBE (again on re-subscribe).
+        var userProperties: [UserProperty] = []
     }
     enum SubackWaiter {
         case user(String, CheckedContinuation<[UInt8]?, any Error>)
@@ -76,6 +78,8 @@ struct CoreState {
     var shutdownRequested = false
     /// The MQTT 5 DISCONNECT reason code `shutdown` sends (0 = normal; 4 = publish the will).
     var disconnectReason: UInt8 = 0
+    /// MQTT 5 properties of that DISCONNECT.
+    var disconnectProperties = DisconnectProperties()
     var handleClosed = false
     var handleDestroyed = false
     var activeCalls = 0

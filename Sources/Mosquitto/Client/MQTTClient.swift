@@ -165,6 +165,14 @@ public final class MQTTClient: Sendable {
         try await core.subscribe(subscriptions, buffer: buffer)
     }
 
+    /// Subscribes like ``subscribe(_:buffer:)``, sending MQTT 5 user properties with the SUBSCRIBE (and with the
+    /// re-subscription after a reconnect).
+    /// - Throws: `.requiresMQTT5` on MQTT 3.x, and what ``subscribe(_:buffer:)`` throws.
+    public func subscribe(_ subscriptions: [Subscription], buffer: SubscriptionBuffer = .default,
+                          userProperties: [UserProperty]) async throws -> MessageStream {
+        try await core.subscribe(subscriptions, buffer: buffer, userProperties: userProperties)
+    }
+
     /// Subscribes to filters at one QoS. See ``subscribe(_:buffer:)``.
     public func subscribe(_ filters: String..., qos: QoS = .atLeastOnce, buffer: SubscriptionBuffer = .default) async throws -> MessageStream {
         try await core.subscribe(filters.map { Subscription($0, qos: qos) }, buffer: buffer)
@@ -179,8 +187,10 @@ public final class MQTTClient: Sendable {
     }
 
     /// Sends UNSUBSCRIBE for the filters and waits for the UNSUBACK. Streams left without filters end.
-    public func unsubscribe(_ filters: [String]) async throws {
-        try await core.unsubscribe(filters)
+    /// - Parameter userProperties: MQTT 5 user properties for the UNSUBSCRIBE packets.
+    /// - Throws: `.requiresMQTT5` for user properties on MQTT 3.x.
+    public func unsubscribe(_ filters: [String], userProperties: [UserProperty] = []) async throws {
+        try await core.unsubscribe(filters, userProperties: userProperties)
     }
 
     /// Every message the client receives, whatever subscription it came through (a firehose).
@@ -237,6 +247,13 @@ public final class MQTTClient: Sendable {
     /// MQTT 3.1.1, where a DISCONNECT always discards the will.
     public func shutdown(disconnectReason: UInt8) async {
         await core.shutdown(disconnectReason: disconnectReason)
+    }
+
+    /// Shuts down like ``shutdown(disconnectReason:)``, with MQTT 5 DISCONNECT properties: a new session expiry
+    /// (for example 0 to have the broker discard a persistent session now), a reason string, user properties.
+    /// The broker refuses a non-zero session expiry when the client connected with none. Ignored on MQTT 3.x.
+    public func shutdown(disconnectReason: UInt8 = 0, properties: DisconnectProperties) async {
+        await core.shutdown(disconnectReason: disconnectReason, properties: properties)
     }
 
     /// Connects, runs `body`, and shuts the client down however `body` ends.

@@ -29,6 +29,10 @@ public struct MQTTConfiguration: Sendable {
     public enum Session: Sendable, Hashable {
         /// Start a fresh session (MQTT 3.1.1 clean session, MQTT 5 clean start with expiry 0).
         case clean
+        /// MQTT 5: start a fresh session, and have the broker keep it for `expiry` seconds after the connection
+        /// ends (clean start with a Session Expiry Interval: `mosquitto_sub -x` without `-c`). A reconnect starts
+        /// fresh again. Same as ``clean`` on MQTT 3.x.
+        case cleanStart(expiry: UInt32)
         /// Keep the session: MQTT 3.1.1 clean session false; MQTT 5 clean start false with a
         /// Session Expiry Interval of `expiry` seconds (0xFFFFFFFF = never expires). Needs a client id.
         case persistent(expiry: UInt32)
@@ -234,6 +238,20 @@ public struct MQTTConfiguration: Sendable {
     public var tcpNoDelay: Bool = false
     /// MQTT 5 user properties sent in CONNECT.
     public var connectUserProperties: [UserProperty] = []
+    /// MQTT 5 Maximum Packet Size: the broker does not send this client packets larger than this many bytes
+    /// (it drops such messages for this client instead).
+    public var maximumPacketSize: UInt32?
+    /// MQTT 5 Topic Alias Maximum: how many topic aliases the broker may use towards this client.
+    public var topicAliasMaximum: UInt16?
+    /// MQTT 5 Request Problem Information (false asks the broker to leave reason strings out of most replies).
+    public var requestProblemInformation: Bool?
+    /// MQTT 5 Request Response Information (asks for Response Information in CONNACK).
+    public var requestResponseInformation: Bool?
+    /// MQTT 5 Authentication Method for enhanced authentication. libmosquitto 2.0.11 sends it, but this client
+    /// does not answer AUTH challenges: it only works with a broker that accepts the method in one step.
+    public var authenticationMethod: String?
+    /// MQTT 5 Authentication Data sent with ``authenticationMethod``.
+    public var authenticationData: [UInt8]?
     /// Prefix of the private response topic used by ``MQTTClient/request(_:timeout:)``.
     public var responseTopicPrefix: String = "responses"
     /// Where the client logs. libmosquitto's own log lines are forwarded at `.debug`/`.trace` when that level is on.
@@ -280,6 +298,15 @@ public struct MQTTConfiguration: Sendable {
         }
         if receiveMaximum == 0 {
             throw MQTTError(.invalidArgument, "receiveMaximum must be between 1 and 65535.")
+        }
+        if maximumPacketSize == 0 {
+            throw MQTTError(.invalidArgument, "maximumPacketSize must be at least 1 byte (leave it nil for no limit).")
+        }
+        if authenticationData != nil && authenticationMethod == nil {
+            throw MQTTError(.invalidArgument, "authenticationData needs an authenticationMethod.")
+        }
+        if authenticationData.map({ $0.count > 65535 }) == true {
+            throw MQTTError(.invalidArgument, "authenticationData is longer than 65535 bytes.")
         }
         if maximumQueuedMessages < 1 || maximumQueuedMessages > 65000 {
             throw MQTTError(.invalidArgument, "maximumQueuedMessages must be between 1 and 65000 (message ids are 16 bits).")

@@ -121,7 +121,7 @@ extension MQTTError {
     /// Maps a CONNACK return code to an error, using the text that fits the protocol version.
     static func connectRefused(_ rc: Int32, protocolVersion: MQTTProtocolVersion) -> MQTTError {
         let reason = UInt8(truncatingIfNeeded: rc)
-        if protocolVersion == .v3_1_1 {
+        if protocolVersion != .v5 {
             let text = String(cString: mosquitto_connack_string(rc))
             switch rc {
             case 4: return MQTTError(.badCredentials, "\(text) The broker refused the user name or password; check -u/-P or the broker's password_file.", reasonCode: reason)

@@ -1,12 +1,21 @@
 /// The MQTT protocol version spoken on the wire.
 public enum MQTTProtocolVersion: Sendable, Hashable, CustomStringConvertible {
+    /// MQTT 3.1 (protocol level 3), for old brokers. Client ids are limited to 23 bytes; without one, libmosquitto
+    /// makes up a `mosq-` id (3.1 has no broker-assigned ids).
+    case v3_1
     /// MQTT 3.1.1 (protocol level 4).
     case v3_1_1
     /// MQTT 5 (protocol level 5): properties, reason codes, subscription options, request/response.
     case v5
 
-    /// `mqttv5` or `mqttv311`, as mosquitto's tools spell the versions.
-    public var description: String { self == .v5 ? "mqttv5" : "mqttv311" }
+    /// `mqttv5`, `mqttv311` or `mqttv31`, as mosquitto's tools spell the versions.
+    public var description: String {
+        switch self {
+        case .v3_1: return "mqttv31"
+        case .v3_1_1: return "mqttv311"
+        case .v5: return "mqttv5"
+        }
+    }
 }
 
 /// Quality of service: how hard the broker and client try to deliver a message.
@@ -272,6 +281,23 @@ public struct MQTTMessage: Sendable, Hashable {
     /// The payload decoded as UTF-8, or nil when it is not valid UTF-8.
     public var string: String? {
         String(validating: payload, as: UTF8.self)
+    }
+}
+
+/// MQTT 5 properties of the DISCONNECT a client sends (see ``MQTTClient/shutdown(disconnectReason:properties:)``).
+public struct DisconnectProperties: Sendable, Hashable {
+    /// A new Session Expiry Interval, in seconds (0: the broker discards the session now).
+    public var sessionExpiryInterval: UInt32?
+    /// A human-readable reason, for the broker's log.
+    public var reasonString: String?
+    /// User properties, in order.
+    public var userProperties: [UserProperty]
+
+    /// Creates a set of DISCONNECT properties; every field defaults to absent.
+    public init(sessionExpiryInterval: UInt32? = nil, reasonString: String? = nil, userProperties: [UserProperty] = []) {
+        self.sessionExpiryInterval = sessionExpiryInterval
+        self.reasonString = reasonString
+        self.userProperties = userProperties
     }
 }
 
