@@ -29,6 +29,9 @@ enum ClientSession {
     static func setupError(_ error: any Error) -> CLIError {
         guard let e = error as? MQTTError else { return CLIError("Error: \(error)") }
         switch e.code {
+        // The engine messages are mosquitto's own words, printed as they are.
+        case .tls where e.message.hasPrefix("Problem setting TLS engine") || e.message.hasPrefix("Problem setting key form"):
+            return CLIError("Error: \(e.message)")
         case .tls: return CLIError("Error: Problem setting TLS options: \(e.message)")
         default: return CLIError("Error: \(e.message)")
         }

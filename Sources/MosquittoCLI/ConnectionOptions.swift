@@ -179,9 +179,9 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
             help: ArgumentHelp("Client private key (PEM); needs --cert.", valueName: "file"))
     public var keyFile: String?
 
-    /// `--keyform`: `pem` (the only form supported here) or `engine`.
+    /// `--keyform`: `pem` or `engine`.
     @Option(name: .customLong("keyform"), parsing: .unconditional,
-            help: ArgumentHelp("Key file type: pem (engine keys are not supported).", valueName: "keyform"))
+            help: ArgumentHelp("Key type: pem (a file) or engine (a key held by --tls-engine).", valueName: "keyform"))
     public var keyForm: String?
 
     /// `--ciphers`: an OpenSSL cipher list.
@@ -199,14 +199,14 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
             help: ArgumentHelp("ALPN protocol to offer.", valueName: "protocol"))
     public var tlsALPN: String?
 
-    /// `--tls-engine`: an OpenSSL engine (accepted for compatibility; reported as unsupported).
+    /// `--tls-engine`: an OpenSSL engine, by id.
     @Option(name: .customLong("tls-engine"), parsing: .unconditional,
-            help: ArgumentHelp("OpenSSL engine (not supported).", valueName: "engine"))
+            help: ArgumentHelp("OpenSSL engine for TLS (for example a hardware key store).", valueName: "engine"))
     public var tlsEngine: String?
 
-    /// `--tls-engine-kpass-sha1` (accepted for compatibility; reported as unsupported).
+    /// `--tls-engine-kpass-sha1`: SHA-1 of the engine key's password (40 hex digits).
     @Option(name: .customLong("tls-engine-kpass-sha1"), parsing: .unconditional,
-            help: ArgumentHelp("SHA1 of the engine key password (not supported).", valueName: "sha1"))
+            help: ArgumentHelp("SHA1 of the engine key password (needs --tls-engine and --keyform).", valueName: "sha1"))
     public var tlsEngineKeyPasswordSHA1: String?
 
     /// `--tls-use-os-certs`: trust the operating system's CA store; turns TLS on.
@@ -328,12 +328,11 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
         if keyForm != nil && keyFile == nil {
             throw CLIError.usage("Error: If keyform is set, keyfile must be also specified.")
         }
-        if let f = keyForm, f != "pem" {
-            throw CLIError.usage(f == "engine" ? "Error: --keyform engine is not supported; use a PEM key file."
-                                               : "Error: Invalid keyform \"\(f)\": use pem.")
+        if let f = keyForm, f != "pem" && f != "engine" {
+            throw CLIError("Error: Problem setting key form, it must be one of 'pem' or 'engine'.")
         }
-        if tlsEngine != nil || tlsEngineKeyPasswordSHA1 != nil {
-            throw CLIError.usage("Error: --tls-engine is not supported; use PEM certificate and key files.")
+        if tlsEngineKeyPasswordSHA1 != nil && (tlsEngine == nil || keyForm == nil) {
+            throw CLIError.usage("Error: when using tls-engine-kpass-sha1, both tls-engine and keyform must also be provided.")
         }
         if psk != nil {
             if caFile != nil || caPath != nil {
@@ -469,7 +468,10 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
                                             keyFile: keyFile, insecure: insecure, version: tlsVersion, ciphers: ciphers,
                                             alpn: tlsALPN, useSystemCertificates: tlsUseOSCertificates || systemCerts)
             if tls.caFile == nil && tls.caDirectory == nil { tls.useSystemCertificates = true }
-            for (path, _) in [(caFile, "cafile"), (certificateFile, "cert"), (keyFile, "key")] {
+            tls.engine = tlsEngine
+            tls.keyForm = keyForm == "engine" ? .engine : .pem
+            tls.engineKeyPasswordSHA1 = tlsEngineKeyPasswordSHA1
+            for (path, _) in [(caFile, "cafile"), (certificateFile, "cert"), (keyForm == "engine" ? nil : keyFile, "key")] {
                 if let path, !FileManager.default.isReadableFile(atPath: path) {
                     throw CLIError("Error: Problem setting TLS options: File not found. Check that \"\(path)\" exists and is readable.")
                 }

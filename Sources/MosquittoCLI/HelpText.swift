@@ -35,6 +35,7 @@ enum HelpText {
           --tls-use-os-certs              trust the system CA store
           --insecure                      do not check the broker's host name (testing only)
           --psk HEX  --psk-identity ID    TLS pre-shared key instead of certificates
+          --tls-engine ID  --keyform pem|engine  --tls-engine-kpass-sha1 SHA1   OpenSSL engine keys
 
     Diagnostics:
       -d, --debug                print libmosquitto's log on standard output

@@ -16,7 +16,15 @@ final class PacketRecorder: @unchecked Sendable {
     private let sent = LockedValue<[[UInt8]]>([])
     private let closed = LockedValue(false)
 
-    init(forwardingTo brokerPort: Int) throws {
+    /// With `socks5`, the relay is a minimal SOCKS5 proxy (no authentication, CONNECT to an IPv4 address or a
+    /// host name that resolves to loopback) in front of the broker, for `--proxy` tests.
+    private let socks5: Bool
+    /// How many SOCKS5 CONNECT requests the relay served.
+    var proxiedConnections: Int { served.withLock { $0 } }
+    private let served = LockedValue(0)
+
+    init(forwardingTo brokerPort: Int, socks5: Bool = false) throws {
+        self.socks5 = socks5
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -56,11 +64,17 @@ final class PacketRecorder: @unchecked Sendable {
             let client = accept(listener, nil, nil)
             if client < 0 { return }
             if closed.withLock({ $0 }) { Glibc.close(client); return }
+            var destination = UInt16(target)
+            if socks5 {
+                guard let port = socksHandshake(client) else { Glibc.close(client); continue }
+                destination = port
+                served.withLock { $0 += 1 }
+            }
             let broker = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)
             address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            address.sin_port = UInt16(target).bigEndian
+            address.sin_port = destination.bigEndian
             let ok = withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(broker, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
@@ -77,6 +91,36 @@ final class PacketRecorder: @unchecked Sendable {
             startDetachedThread { [self] in pump(from: client, to: broker, record: index); finished() }
             startDetachedThread { [self] in pump(from: broker, to: client, record: nil); finished() }
         }
+    }
+
+    /// Reads exactly `count` bytes.
+    private func readExactly(_ fd: Int32, _ count: Int) -> [UInt8]? {
+        var out = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = out[got...].withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { return nil }
+            got += n
+        }
+        return out
+    }
+
+    /// The SOCKS5 greeting and CONNECT request (RFC 1928); returns the requested port. The destination host is
+    /// taken to be loopback (the tests only ask for the local broker).
+    private func socksHandshake(_ fd: Int32) -> UInt16? {
+        guard let hello = readExactly(fd, 2), hello[0] == 5, let methods = readExactly(fd, Int(hello[1])),
+              methods.contains(0) else { return nil }
+        _ = [UInt8]([5, 0]).withUnsafeBytes { write(fd, $0.baseAddress, 2) }
+        guard let head = readExactly(fd, 4), head[0] == 5, head[1] == 1 else { return nil }
+        switch head[3] {
+        case 1: guard readExactly(fd, 4) != nil else { return nil }
+        case 3:
+            guard let n = readExactly(fd, 1), readExactly(fd, Int(n[0])) != nil else { return nil }
+        default: return nil
+        }
+        guard let port = readExactly(fd, 2) else { return nil }
+        _ = [UInt8]([5, 0, 0, 1, 127, 0, 0, 1, port[0], port[1]]).withUnsafeBytes { write(fd, $0.baseAddress, 10) }
+        return UInt16(port[0]) << 8 | UInt16(port[1])
     }
 
     private func pump(from source: Int32, to sink: Int32, record: Int?) {

@@ -133,7 +133,8 @@ final class ClientCore: @unchecked Sendable {
                 if tls.caFile == nil && caDir == nil {
                     throw MQTTError(.tls, "TLS needs trusted CA certificates: give a CA file (--cafile), a CA directory (--capath) or use the system store.")
                 }
-                for (path, what) in [(tls.caFile, "CA file"), (tls.certificateFile, "certificate file"), (tls.keyFile, "key file")] {
+                let keyPath = tls.keyForm == .engine ? nil : tls.keyFile  // an engine key is named, not read from a file
+                for (path, what) in [(tls.caFile, "CA file"), (tls.certificateFile, "certificate file"), (keyPath, "key file")] {
                     if let path, access(path, R_OK) != 0 {
                         throw MQTTError(.tls, "Cannot read the TLS \(what) '\(path)': check that it exists and is readable.")
                     }
@@ -146,6 +147,16 @@ final class ClientCore: @unchecked Sendable {
                     throw MQTTError(.tls, "libmosquitto rejected the TLS files (\(MQTTError.libraryText(rc))): check the CA, certificate and key paths and that the key matches the certificate.")
                 }
                 try check(mosquitto_tls_opts_set(mosq, 1, tls.version, tls.ciphers), "Setting TLS options (version must be tlsv1.3, tlsv1.2 or tlsv1.1)")
+                if let engine = tls.engine, mosquitto_string_option(mosq, MOSQ_OPT_TLS_ENGINE, engine) != MOSQ_ERR_SUCCESS.rawValue {
+                    throw MQTTError(.tls, "Problem setting TLS engine, is \(engine) a valid engine?")
+                }
+                if tls.keyForm == .engine, mosquitto_string_option(mosq, MOSQ_OPT_TLS_KEYFORM, "engine") != MOSQ_ERR_SUCCESS.rawValue {
+                    throw MQTTError(.tls, "Problem setting key form, it must be one of 'pem' or 'engine'.")
+                }
+                if let sha = tls.engineKeyPasswordSHA1,
+                   mosquitto_string_option(mosq, MOSQ_OPT_TLS_ENGINE_KPASS_SHA1, sha) != MOSQ_ERR_SUCCESS.rawValue {
+                    throw MQTTError(.tls, "Problem setting TLS engine key pass sha, is it a 40 character hex string?")
+                }
             }
             if tls.insecure {
                 logger.warning("TLS host name verification is OFF (insecure): anyone can impersonate the broker. Use only for testing.")

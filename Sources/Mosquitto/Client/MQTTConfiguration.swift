@@ -84,6 +84,20 @@ public struct MQTTConfiguration: Sendable {
         public var alpn: String?
         /// Trust the operating system's CA store (in addition to `caFile`/`caDirectory`).
         public var useSystemCertificates: Bool
+        /// An OpenSSL engine to use for TLS (for example a hardware key store), by id.
+        public var engine: String?
+        /// How ``keyFile`` is to be read.
+        public var keyForm: KeyForm = .pem
+        /// The SHA-1 (40 hex digits) of the password of an engine-held private key.
+        public var engineKeyPasswordSHA1: String?
+
+        /// How the private key is stored.
+        public enum KeyForm: String, Sendable, Hashable {
+            /// A PEM file.
+            case pem
+            /// A key held by the OpenSSL ``TLS/engine``; ``TLS/keyFile`` names it for the engine.
+            case engine
+        }
         /// Pre-shared-key TLS instead of certificates: identity and hex-encoded key.
         public var psk: (identity: String, hexKey: String)? {
             get { pskIdentity.map { ($0, pskHexKey ?? "") } }
@@ -120,6 +134,7 @@ public struct MQTTConfiguration: Sendable {
             a.caFile == b.caFile && a.caDirectory == b.caDirectory && a.certificateFile == b.certificateFile && a.keyFile == b.keyFile
                 && a.insecure == b.insecure && a.version == b.version && a.ciphers == b.ciphers && a.alpn == b.alpn
                 && a.useSystemCertificates == b.useSystemCertificates && a.pskIdentity == b.pskIdentity && a.pskHexKey == b.pskHexKey
+                && a.engine == b.engine && a.keyForm == b.keyForm && a.engineKeyPasswordSHA1 == b.engineKeyPasswordSHA1
         }
         /// Hashes the CA file, the certificate file and the PSK identity (enough to tell settings apart).
         public func hash(into h: inout Hasher) { h.combine(caFile); h.combine(certificateFile); h.combine(pskIdentity) }
