@@ -252,6 +252,10 @@ struct OtherFeedTests {
                 #expect(metricValue(body, "mqtt_bridge_frames_published_total", route: "m") == 3)
                 #expect(body.contains("mqtt_bridge_drops_total{route=\"m\",reason=\"partial\"} 1"))
                 #expect(metricValue(body, "mqtt_bridge_spool_records", route: "m") == 0)
+                // Every family is described for Prometheus.
+                for family in ["mqtt_bridge_frames_in_total", "mqtt_bridge_drops_total", "mqtt_bridge_spool_records", "mqtt_bridge_mqtt_connected"] {
+                    #expect(body.contains("# HELP \(family) ") && body.contains("# TYPE \(family) "), "\(family) lacks HELP/TYPE")
+                }
                 #expect(try await httpGet(port: http, path: "/healthz").0 == 200)
                 #expect(try await httpGet(port: http, path: "/readyz").0 == 200)
                 #expect(try await httpGet(port: http, path: "/nope").0 == 404)

@@ -93,7 +93,7 @@ public final class RouteMetrics: Sendable {
         self.route = route
         let l = [("route", route)]
         func c(_ name: String, _ help: String) -> Stat {
-            Stat(registry.makeCounter(name: "mqtt_bridge_" + name, labels: l, help: help))
+            Stat(registry.makeCounter(descriptor: metricName("mqtt_bridge_" + name, help: help), labels: l))
         }
         framesIn = c("frames_in_total", "Frames read from the feed and spooled.")
         bytesIn = c("bytes_in_total", "Payload bytes read from the feed and spooled.")
@@ -112,14 +112,14 @@ public final class RouteMetrics: Sendable {
         reconnects = c("feed_reconnects_total", "Feed redials.")
         var d: [DropReason: Stat] = [:]
         for reason in DropReason.allCases {
-            d[reason] = Stat(registry.makeCounter(name: "mqtt_bridge_drops_total", labels: l + [("reason", reason.rawValue)],
-                                                  help: "Frames or messages not forwarded, by reason."))
+            d[reason] = Stat(registry.makeCounter(descriptor: metricName("mqtt_bridge_drops_total", help: "Frames or messages not forwarded, by reason."),
+                                                  labels: l + [("reason", reason.rawValue)]))
         }
         drops = d
-        spoolRecords = registry.makeGauge(name: "mqtt_bridge_spool_records", labels: l, help: "Unacknowledged records in the spool.")
-        spoolBytes = registry.makeGauge(name: "mqtt_bridge_spool_bytes", labels: l, help: "Unacknowledged bytes in the spool.")
-        openConnections = registry.makeGauge(name: "mqtt_bridge_open_connections", labels: l, help: "Open feed connections.")
-        queuedBytes = registry.makeGauge(name: "mqtt_bridge_out_queued_bytes", labels: l, help: "Bytes queued for feed connections.")
+        spoolRecords = registry.makeGauge(descriptor: metricName("mqtt_bridge_spool_records", help: "Unacknowledged records in the spool."), labels: l)
+        spoolBytes = registry.makeGauge(descriptor: metricName("mqtt_bridge_spool_bytes", help: "Unacknowledged bytes in the spool."), labels: l)
+        openConnections = registry.makeGauge(descriptor: metricName("mqtt_bridge_open_connections", help: "Open feed connections."), labels: l)
+        queuedBytes = registry.makeGauge(descriptor: metricName("mqtt_bridge_out_queued_bytes", help: "Bytes queued for feed connections."), labels: l)
     }
 
     /// Drops for `reason`.
@@ -150,11 +150,11 @@ final class ConnectionMetrics: Sendable {
     init(route: String, connection: UInt64, registry: PrometheusCollectorRegistry) {
         self.registry = registry
         let l = [("route", route), ("conn", String(connection))]
-        framesIn = registry.makeCounter(name: "mqtt_bridge_connection_frames_in_total", labels: l, help: "Frames read on a feed connection.")
-        bytesIn = registry.makeCounter(name: "mqtt_bridge_connection_bytes_in_total", labels: l, help: "Payload bytes read on a feed connection.")
-        framesOut = registry.makeCounter(name: "mqtt_bridge_connection_frames_out_total", labels: l, help: "Frames written to a feed connection.")
-        bytesOut = registry.makeCounter(name: "mqtt_bridge_connection_bytes_out_total", labels: l, help: "Payload bytes written to a feed connection.")
-        dropped = registry.makeCounter(name: "mqtt_bridge_connection_drops_total", labels: l, help: "Frames dropped on a feed connection.")
+        framesIn = registry.makeCounter(descriptor: metricName("mqtt_bridge_connection_frames_in_total", help: "Frames read on a feed connection."), labels: l)
+        bytesIn = registry.makeCounter(descriptor: metricName("mqtt_bridge_connection_bytes_in_total", help: "Payload bytes read on a feed connection."), labels: l)
+        framesOut = registry.makeCounter(descriptor: metricName("mqtt_bridge_connection_frames_out_total", help: "Frames written to a feed connection."), labels: l)
+        bytesOut = registry.makeCounter(descriptor: metricName("mqtt_bridge_connection_bytes_out_total", help: "Payload bytes written to a feed connection."), labels: l)
+        dropped = registry.makeCounter(descriptor: metricName("mqtt_bridge_connection_drops_total", help: "Frames dropped on a feed connection."), labels: l)
     }
 
     func unregister() {
@@ -175,8 +175,8 @@ public final class BridgeMetrics: Sendable {
 
     init() {
         registry = PrometheusCollectorRegistry()
-        mqttReconnects = Stat(registry.makeCounter(name: "mqtt_bridge_mqtt_reconnects_total", help: "MQTT connections after the first."))
-        connectedGauge = registry.makeGauge(name: "mqtt_bridge_mqtt_connected", help: "1 when the MQTT connection is up.")
+        mqttReconnects = Stat(registry.makeCounter(descriptor: metricName("mqtt_bridge_mqtt_reconnects_total", help: "MQTT connections after the first.")))
+        connectedGauge = registry.makeGauge(descriptor: metricName("mqtt_bridge_mqtt_connected", help: "1 when the MQTT connection is up."))
     }
 
     /// The counters of `route` (created on first use, kept across reloads).
@@ -194,4 +194,9 @@ public final class BridgeMetrics: Sendable {
 
     /// Whether the MQTT connection is up now.
     public var isMQTTConnected: Bool { mqttConnected.load(ordering: .relaxed) }
+}
+
+/// The descriptor of a metric whose full name is given (no separate unit suffix).
+func metricName(_ name: String, help: String) -> MetricNameDescriptor {
+    MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
 }
