@@ -271,8 +271,16 @@ private let onMessageTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRa
     guard let c = core(obj), let m = msg?.pointee else { return }
     // Copy everything out of C memory now: it is freed when this callback returns.
     let topic = m.topic.map { c.receivedTopic($0) } ?? ""
-    let payload: [UInt8] = (m.payload != nil && m.payloadlen > 0)
-        ? Array(UnsafeRawBufferPointer(start: m.payload, count: Int(m.payloadlen))) : []
+    let payload: [UInt8]
+    if let source = m.payload, m.payloadlen > 0 {
+        let count = Int(m.payloadlen)
+        payload = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            memcpy(buffer.baseAddress!, source, count)
+            initialized = count
+        }
+    } else {
+        payload = []
+    }
     let properties = props == nil ? MessageProperties() : PropertyReader.messageProperties(props)
     var message = MQTTMessage(topic: topic, payload: payload, qos: QoS(rawValue: UInt8(clamping: m.qos)) ?? .atMostOnce,
                               retain: m.retain, properties: properties)
