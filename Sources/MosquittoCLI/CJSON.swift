@@ -1,4 +1,9 @@
-import Foundation
+import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// A JSON value printed byte for byte as cJSON (the library behind mosquitto_sub's `%j`/`%J`) prints it.
 ///
@@ -66,9 +71,16 @@ indirect enum CJSON: Equatable {
         if d.isNaN || d.isInfinite { return "null" }
         let valueint: Int32 = d >= Double(Int32.max) ? Int32.max : (d <= Double(Int32.min) ? Int32.min : Int32(d))
         if d == Double(valueint) { return String(valueint) }
-        let s15 = String(format: "%1.15g", d)
+        let s15 = printf("%1.15g", d)
         if Double(s15) == d { return s15 }
-        return String(format: "%1.17g", d)
+        return printf("%1.17g", d)
+    }
+
+    /// C's `snprintf` for one double, as cJSON formats numbers.
+    static func printf(_ format: String, _ d: Double) -> String {
+        var buffer = [CChar](repeating: 0, count: 64)
+        let n = withVaList([d]) { vsnprintf(&buffer, buffer.count, format, $0) }
+        return String(decoding: buffer[0..<Int(max(0, min(n, 63)))].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// cJSON's `print_string_ptr`.

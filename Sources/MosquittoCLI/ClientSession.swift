@@ -1,6 +1,11 @@
 import MosquittoSync
 import Dispatch
-import Foundation
+import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import Mosquitto
 
 /// Connecting, and turning the library's errors into mosquitto's messages and exit codes.

@@ -1,5 +1,10 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import Mosquitto
 
 /// What the runner needs to know about a tool.
@@ -93,7 +98,7 @@ public enum CLIRunner {
 
     /// Turns ArgumentParser's messages into mosquitto's.
     static func translate(_ message: String) -> String {
-        let m = message.trimmingCharacters(in: .whitespacesAndNewlines)
+        let m = String(message.drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
         let firstLine = m.split(separator: "\n").first.map(String.init) ?? m
         if firstLine.hasPrefix("Error: ") { return translate(String(firstLine.dropFirst(7))) }
         if let q = quoted(firstLine), firstLine.hasPrefix("Unknown option") || firstLine.hasPrefix("Unexpected argument") {
@@ -102,7 +107,7 @@ public enum CLIRunner {
         if firstLine.hasPrefix("Missing value for"), let q = quoted(firstLine) {
             let parts = q.split(separator: " ", maxSplits: 1)
             let flag = String(parts.first ?? "")
-            let noun = parts.count > 1 ? parts[1].trimmingCharacters(in: CharacterSet(charactersIn: "<>")) : "value"
+            let noun = parts.count > 1 ? String(parts[1].filter { $0 != "<" && $0 != ">" }) : "value"
             return "Error: \(flag) argument given but no \(noun) specified."
         }
         return "Error: \(firstLine.hasSuffix(".") ? firstLine : firstLine + ".")"

@@ -1,5 +1,10 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import Logging
 import Mosquitto
 
@@ -602,7 +607,6 @@ public struct SOCKSURL: Sendable, Hashable {
     }
 
     private static func decode(_ s: Substring) -> String {
-        s.replacingOccurrences(of: "%3A", with: ":").replacingOccurrences(of: "%3a", with: ":")
-            .replacingOccurrences(of: "%40", with: "@").replacingOccurrences(of: "%25", with: "%")
+        String(s.replacing("%3A", with: ":").replacing("%3a", with: ":").replacing("%40", with: "@").replacing("%25", with: "%"))
     }
 }

@@ -1,4 +1,9 @@
-import Foundation
+import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import Mosquitto
 
 /// The `--json` output of `mqtt-sub` and `mqtt-rr`: one JSON object per line, for `jq` and friends.

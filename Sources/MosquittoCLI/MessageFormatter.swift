@@ -1,4 +1,9 @@
-import Foundation
+import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import Mosquitto
 
 /// Turns received messages into the bytes mosquitto_sub 2.0.11 prints: the payload, `-v` (`topic payload`),
@@ -187,7 +192,7 @@ public struct MessageFormatter: Sendable {
             var tmv = tm()
             localtime_r(&t, &tmv)
             var buf = [CChar](repeating: 0, count: 100)
-            let n = Foundation.strftime(&buf, 100, format, &tmv)
+            let n = Glibc.strftime(&buf, 100, format, &tmv)
             return buf[0..<n].map { UInt8(bitPattern: $0) }
         }
     }

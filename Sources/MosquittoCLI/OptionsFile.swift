@@ -1,4 +1,9 @@
-import Foundation
+import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// mosquitto's per-tool options file: `$XDG_CONFIG_HOME/mosquitto_pub` or `~/.config/mosquitto_pub`
 /// (`mosquitto_sub`, `mosquitto_rr` likewise), read before the command line.

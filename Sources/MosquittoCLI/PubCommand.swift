@@ -1,5 +1,10 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import Mosquitto
 
 /// `mqtt-pub`: publishes one message, a repeated message, or one message per line of standard input —

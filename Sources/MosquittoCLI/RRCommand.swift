@@ -1,5 +1,10 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import Mosquitto
 
 /// `mqtt-rr`: sends one MQTT 5 request and prints the matching reply — a drop-in for `mosquitto_rr` 2.0.11.

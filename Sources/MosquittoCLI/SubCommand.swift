@@ -1,6 +1,11 @@
 import MosquittoSync
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import Mosquitto
 
 /// `mqtt-sub`: subscribes and prints what arrives — a drop-in for `mosquitto_sub` 2.0.11, with a JSON-lines
