@@ -377,16 +377,26 @@ public struct MessageFormatter: Sendable {
         ]
         if m.qos != .atMostOnce { pairs.append(("mid", .int(Int(m.messageID)))) }
         let p = m.properties
+        // Properties in the order they arrived, as mosquitto_sub prints them (cJSON keeps insertion order); the user
+        // properties form one object where the first of them arrived.
         var props: [(String, CJSON)] = []
-        if let s = subscriptionIdentifier { props.append(("subscription-identifier", .int(Int(s)))) }
-        if let v = p.payloadFormat { props.append(("payload-format-indicator", .int(Int(v.rawValue)))) }
-        if let v = p.contentType { props.append(("content-type", .string(cTruncated(Array(v.utf8))))) }
-        if let v = p.responseTopic { props.append(("response-topic", .string(cTruncated(Array(v.utf8))))) }
-        if let v = p.correlationData { props.append(("correlation-data", .string(cTruncated(v)))) }
-        if !p.userProperties.isEmpty {
-            props.append(("user-properties", .object(p.userProperties.map { ($0.name, .string(cTruncated(Array($0.value.utf8)))) })))
+        var done = Set<UInt8>()
+        let known: [UInt8] = [0x0B, 0x01, 0x03, 0x08, 0x09, 0x26, 0x02]
+        for id in p.receivedOrder + known where done.insert(id).inserted {
+            switch id {
+            case 0x0B: if let s = subscriptionIdentifier { props.append(("subscription-identifier", .int(Int(s)))) }
+            case 0x01: if let v = p.payloadFormat { props.append(("payload-format-indicator", .int(Int(v.rawValue)))) }
+            case 0x03: if let v = p.contentType { props.append(("content-type", .string(cTruncated(Array(v.utf8))))) }
+            case 0x08: if let v = p.responseTopic { props.append(("response-topic", .string(cTruncated(Array(v.utf8))))) }
+            case 0x09: if let v = p.correlationData { props.append(("correlation-data", .string(cTruncated(v)))) }
+            case 0x26:
+                if !p.userProperties.isEmpty {
+                    props.append(("user-properties", .object(p.userProperties.map { ($0.name, .string(cTruncated(Array($0.value.utf8)))) })))
+                }
+            case 0x02: if let v = p.messageExpiryInterval { props.append(("message-expiry-interval", .number(Double(v)))) }
+            default: break
+            }
         }
-        if let v = p.messageExpiryInterval { props.append(("message-expiry-interval", .number(Double(v)))) }
         if !props.isEmpty { pairs.append(("properties", .object(props))) }
         if escaped {
             pairs.append(("payload", m.payload.isEmpty ? .null : .string(cTruncated(m.payload))))

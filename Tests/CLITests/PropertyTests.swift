@@ -165,4 +165,31 @@ struct PropertyTests {
             #expect(Array(connect.body.prefix(9)) == [0, 6] + Array("MQIsdp".utf8) + [3])
         }
     }
+
+    @Test("%j lists MQTT 5 properties in the order they arrived, as mosquitto_sub does")
+    func jsonPropertyOrder() async throws {
+        try await withBroker { broker in
+            let tag = UUID().uuidString.prefix(6)
+            let base = at(broker) + ["-V", "5", "-q", "1", "-t", "jo/#", "-c"]
+            let ids = [(tool("mqtt-sub"), "jo-ours-\(tag)"), (mosquittoTool("mosquitto_sub")!, "jo-theirs-\(tag)")]
+            for (path, id) in ids {
+                let r = try await run(path, base + ["-i", id, "-E"])
+                #expect(r.status == 0, "\(r)")
+            }
+            // mosquitto_pub sends the properties in command-line order: user property first, format indicator late.
+            let pub = try await run(mosquittoTool("mosquitto_pub")!, at(broker) + ["-V", "5", "-q", "1", "-t", "jo/x", "-m", "{}",
+                "-D", "publish", "user-property", "a", "b", "-D", "publish", "content-type", "text/plain",
+                "-D", "publish", "correlation-data", "cd", "-D", "publish", "response-topic", "r/t",
+                "-D", "publish", "payload-format-indicator", "1", "-D", "publish", "user-property", "c", "d"])
+            #expect(pub.status == 0, "\(pub)")
+            var outs: [String] = []
+            for (path, id) in ids {
+                let r = try await run(path, base + ["-i", id, "-C", "1", "-W", "10", "-F", "%j"])
+                #expect(r.status == 0, "\(r)")
+                outs.append(normalisedTimestamps(r.stdout))
+            }
+            #expect(outs[0] == outs[1], "ours:   \(outs[0])\ntheirs: \(outs[1])")
+            #expect(outs[0].contains(#""properties":{"user-properties":{"a":"b","c":"d"},"content-type""#), "\(outs[0])")
+        }
+    }
 }

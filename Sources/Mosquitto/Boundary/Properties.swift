@@ -79,8 +79,14 @@ enum PropertyReader {
     static func messageProperties(_ list: OpaquePointer?) -> MessageProperties {
         var out = MessageProperties()
         var node = list
+        // The arrival order is kept unless the only property is the subscription identifier (the common case,
+        // which then allocates nothing).
+        let onlySubscriptionID = list.map { mosquitto_property_next($0) == nil
+            && mosquitto_property_identifier($0) == Int32(MQTT_PROP_SUBSCRIPTION_IDENTIFIER.rawValue) } ?? true
+        var order: [UInt8] = []
         while let p = node {
             let id = mosquitto_property_identifier(p)
+            if !onlySubscriptionID { order.append(UInt8(truncatingIfNeeded: id)) }
             switch UInt32(bitPattern: id) {
             case MQTT_PROP_PAYLOAD_FORMAT_INDICATOR.rawValue:
                 var v: UInt8 = 0
@@ -111,6 +117,7 @@ enum PropertyReader {
             }
             node = mosquitto_property_next(p)
         }
+        if !order.isEmpty { out.setReceivedOrder(order) }
         return out
     }
 

@@ -71,6 +71,7 @@ public struct MessageProperties: Sendable, Hashable {
         var topicAlias: UInt16?
         var userProperties: [UserProperty] = []
         var subscriptionIdentifiers: [UInt32] = []
+        var receivedOrder: [UInt8] = []
 
         init() {}
 
@@ -84,6 +85,7 @@ public struct MessageProperties: Sendable, Hashable {
             c.topicAlias = topicAlias
             c.userProperties = userProperties
             c.subscriptionIdentifiers = subscriptionIdentifiers
+            c.receivedOrder = receivedOrder
             return c
         }
     }
@@ -153,6 +155,19 @@ public struct MessageProperties: Sendable, Hashable {
                 if !newValue.isEmpty || storage != nil { unique().subscriptionIdentifiers = newValue }
             }
         }
+    }
+
+    /// On a received message, the MQTT 5 property identifiers in the order the broker sent them (one entry per
+    /// property, so a user property appears once per pair); empty for a message built locally. For tools that show
+    /// properties the way they arrived, as `mosquitto_sub -F %j` does. Not part of equality.
+    public var receivedOrder: [UInt8] {
+        if let order = storage?.receivedOrder, !order.isEmpty { return order }
+        return singleSubscriptionID != 0 ? [0x0B] : []
+    }
+
+    /// Records the arrival order (used when a message carries more than its subscription identifier).
+    mutating func setReceivedOrder(_ order: [UInt8]) {
+        unique().receivedOrder = order
     }
 
     /// The number of subscription identifiers, and the first one, without building an array.
