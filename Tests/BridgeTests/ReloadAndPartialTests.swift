@@ -74,6 +74,58 @@ struct ReloadAndPartialTests {
         }
     }
 
+    @Test("A reload that restarts a route (new framing, topic and port) while its frames wait in the spool loses none")
+    func reloadRestartKeepsSpool() async throws {
+        var brokerConfig = MosquittoBroker.Configuration(persistence: true)
+        brokerConfig.maxQueuedMessages = 0
+        try await withBroker(brokerConfig) { broker in
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let sub = try await connected(broker, id: "rl-sub", persistent: true)
+            let recorder = Recorder(try await sub.subscribe("rl/#", qos: .atLeastOnce))
+            let before = try serverRoute("r", topic: "rl/x", framing: .lf)
+            let config = bridgeConfig(broker, spool: dir, routes: [before], id: "rl-bridge")
+            try await withBridge(config) { bridge in
+                let m = bridge.metrics.route("r")
+                let oldPort = try #require(bridge.port(ofRoute: "r"))
+                let peer = try await FeedPeer.connect(port: oldPort)
+                try await peer.write(Array((0..<500).map { "a\($0)\n" }.joined().utf8))
+                #expect(await eventually { recorder.count >= 500 })
+                // The broker goes away: the next frames can only wait in the spool.
+                await broker.stop()
+                #expect(await eventually { !bridge.metrics.isMQTTConnected })
+                try await peer.write(Array((0..<500).map { "b\($0)\n" }.joined().utf8))
+                #expect(await eventually { m.framesIn.value == 1000 && bridge.spoolDepth(ofRoute: "r") == 500 })
+                // Framing and topic change: the route restarts (its listener and connections are new).
+                var after = try serverRoute("r", topic: "rl/y", framing: .crlf)
+                after.qos = .exactlyOnce
+                var changed = config
+                changed.routes = [after]
+                try await bridge.reload(changed)
+                #expect(await eventually { !peer.channel.isActive }, "the restarted route closed the old connection")
+                #expect(bridge.spoolDepth(ofRoute: "r") == 500, "the spooled frames survived the restart")
+                try await broker.restart()
+                #expect(await eventually(timeout: .seconds(30)) { bridge.spoolDepth(ofRoute: "r") == 0 && Set(recorder.strings).count >= 1000 })
+                // The new framing and topic apply to what arrives now.
+                let newPeer = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "r")))
+                try await newPeer.write(Array((0..<100).map { "c\($0)\r\n" }.joined().utf8))
+                #expect(await eventually { Set(recorder.strings).count >= 1100 })
+                let messages = recorder.messages.value
+                let distinct = Set(messages.map { String(decoding: $0.payload, as: UTF8.self) })
+                let expected = Set((0..<500).map { "a\($0)" } + (0..<500).map { "b\($0)" } + (0..<100).map { "c\($0)" })
+                #expect(expected.subtracting(distinct).isEmpty, "missing: \(expected.subtracting(distinct).sorted().prefix(10))")
+                #expect(distinct.subtracting(expected).isEmpty, "unexpected payloads (framing): \(distinct.subtracting(expected).sorted().prefix(5))")
+                #expect(messages.filter { String(decoding: $0.payload, as: UTF8.self).hasPrefix("b") }.allSatisfy { $0.topic == "rl/x" },
+                        "spooled frames keep the topic they were given when they arrived")
+                #expect(messages.filter { String(decoding: $0.payload, as: UTF8.self).hasPrefix("c") }.allSatisfy { $0.topic == "rl/y" })
+                #expect(m.totalDropped == 0)
+                await newPeer.close()
+            }
+            recorder.stop()
+            await sub.shutdown()
+        }
+    }
+
     @Test("SIGHUP: a running mqtt-bridge picks up a route's new topic from its file, keeps the feed connection, loses no frame")
     func sighupReload() async throws {
         let executable = try #require(bridgeExecutable(), "build the mqtt-bridge executable first (swift build)")
