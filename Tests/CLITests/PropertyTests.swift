@@ -13,8 +13,10 @@ struct PropertyTests {
         let recorder = try PacketRecorder(forwardingTo: broker.port)
         defer { recorder.close() }
         let result = try await run(executable, ["-h", "127.0.0.1", "-p", String(recorder.port)] + arguments)
-        // The relay may still be copying the last bytes (DISCONNECT) when the process has exited.
-        for _ in 0..<100 where !(recorder.connections.first?.contains { $0.type == 14 } ?? false) {
+        // The relay may still be copying the last bytes (DISCONNECT) when the process has exited; on a machine
+        // loaded by sanitizer runs that can take a while.
+        let deadline = ContinuousClock.now + .seconds(20)
+        while ContinuousClock.now < deadline, !(recorder.connections.first?.contains { $0.type == 14 } ?? false) {
             try await Task.sleep(for: .milliseconds(20))
         }
         return (recorder.connections.first ?? [], result)
