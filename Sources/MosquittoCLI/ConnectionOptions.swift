@@ -270,7 +270,7 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
     ///
     /// - Parameter environment: the process environment (injectable for tests).
     /// - Throws: ``CLIError`` when the file cannot be read, the variable is unset, or no terminal is available.
-    public func resolvedPassword(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> String? {
+    public func resolvedPassword(environment: [String: String]? = nil) throws -> String? {
         let sources = [password != nil, passwordFile != nil, passwordEnvironmentVariable != nil, passwordPrompt].filter { $0 }.count
         if sources > 1 {
             throw CLIError.usage("Error: Give the password one way only: -P, --password-file, --password-env or --password-prompt.")
@@ -285,7 +285,7 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
             return text
         }
         if let name = passwordEnvironmentVariable {
-            guard let value = environment[name] else {
+            guard let value = environmentValue(name, in: environment) else {
                 throw CLIError.usage("Error: The environment variable \(name) given with --password-env is not set.")
             }
             return value
@@ -379,7 +379,7 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
     /// - Returns: a configuration ready for `MQTTClient(configuration:)`.
     /// - Throws: ``CLIError`` with mosquitto's message and exit code 1.
     public func makeConfiguration(defaultProtocol: MQTTProtocolVersion = .v3_1_1,
-                                  environment: [String: String] = ProcessInfo.processInfo.environment,
+                                  environment: [String: String]? = nil,
                                   logger: Logger? = nil) throws -> MQTTConfiguration {
         try validateCombinations()
         let version = try resolvedProtocolVersion(default: defaultProtocol)

@@ -14,14 +14,14 @@ import Musl
 public enum OptionsFile {
     /// The path mosquitto reads for `toolName` (for example `mosquitto_sub`), or nil when neither
     /// `XDG_CONFIG_HOME` nor `HOME` is set.
-    public static func path(for toolName: String, environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
-        if let xdg = environment["XDG_CONFIG_HOME"] { return xdg + "/" + toolName }
-        if let home = environment["HOME"] { return home + "/.config/" + toolName }
+    public static func path(for toolName: String, environment: [String: String]? = nil) -> String? {
+        if let xdg = environmentValue("XDG_CONFIG_HOME", in: environment) { return xdg + "/" + toolName }
+        if let home = environmentValue("HOME", in: environment) { return home + "/.config/" + toolName }
         return nil
     }
 
     /// The arguments in the options file for `toolName`, or none.
-    public static func arguments(for toolName: String, environment: [String: String] = ProcessInfo.processInfo.environment) -> [String] {
+    public static func arguments(for toolName: String, environment: [String: String]? = nil) -> [String] {
         guard let path = path(for: toolName, environment: environment),
               let data = FileManager.default.contents(atPath: path) else { return [] }
         return parse(String(decoding: data, as: UTF8.self))
@@ -42,4 +42,11 @@ public enum OptionsFile {
         }
         return out
     }
+}
+
+/// `environment[name]` when an environment is given (tests), otherwise the process's own variable, read with
+/// `getenv` (building the whole environment dictionary costs more than the rest of a short run's start-up).
+func environmentValue(_ name: String, in environment: [String: String]?) -> String? {
+    if let environment { return environment[name] }
+    return getenv(name).map { String(cString: $0) }
 }
