@@ -59,6 +59,10 @@ final class PacketRecorder: @unchecked Sendable {
     /// The packets the client sent on each connection so far.
     var connections: [[MQTTPacket]] { sent.withLock { $0 }.map(MQTTPacket.split) }
 
+    /// Whether the client closed connection `index` (everything it sent on it is recorded).
+    func clientClosed(_ index: Int) -> Bool { closedByClient.withLock { $0.contains(index) } }
+    private let closedByClient = LockedValue<Set<Int>>([])
+
     private func acceptLoop() {
         while true {
             let client = accept(listener, nil, nil)
@@ -136,6 +140,7 @@ final class PacketRecorder: @unchecked Sendable {
                 offset += w
             }
         }
+        if let record { closedByClient.withLock { _ = $0.insert(record) } }
         shutdown(sink, Int32(SHUT_WR))
     }
 }

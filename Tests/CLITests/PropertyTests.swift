@@ -13,10 +13,10 @@ struct PropertyTests {
         let recorder = try PacketRecorder(forwardingTo: broker.port)
         defer { recorder.close() }
         let result = try await run(executable, ["-h", "127.0.0.1", "-p", String(recorder.port)] + arguments)
-        // The relay may still be copying the last bytes (DISCONNECT) when the process has exited; on a machine
-        // loaded by sanitizer runs that can take a while.
-        let deadline = ContinuousClock.now + .seconds(20)
-        while ContinuousClock.now < deadline, !(recorder.connections.first?.contains { $0.type == 14 } ?? false) {
+        // The relay may still be copying the last bytes when the process has exited: wait until it saw the
+        // client close its side (on a machine loaded by sanitizer runs that can take a while).
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline, !recorder.clientClosed(0) {
             try await Task.sleep(for: .milliseconds(20))
         }
         return (recorder.connections.first ?? [], result)
@@ -62,7 +62,11 @@ struct PropertyTests {
                 "14: dk=dv 31=[0, 3, 98, 121, 101]",
             ]
             #expect(summary(ours) == expected)
-            #expect(summary(ours) == summary(theirs), "mosquitto_sub sent: \(summary(theirs))")
+            // mosquitto_sub -E sometimes closes the socket without its DISCONNECT (a race in 2.0.11 between the
+            // UNSUBACK and the disconnect); compare the packets it did send.
+            let theirSummary = summary(theirs)
+            #expect(Array(summary(ours).prefix(theirSummary.count)) == theirSummary, "mosquitto_sub sent: \(theirSummary)")
+            #expect(theirSummary.count >= 3, "mosquitto_sub sent: \(theirSummary)")
         }
     }
 
