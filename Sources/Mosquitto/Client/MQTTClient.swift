@@ -187,7 +187,9 @@ public final class MQTTClient: Sendable {
     }
 
     /// Sends UNSUBSCRIBE for the filters and waits for the UNSUBACK. Streams left without filters end.
-    /// - Parameter userProperties: MQTT 5 user properties for the UNSUBSCRIBE packets.
+    /// - Parameters:
+    ///   - filters: The filters to unsubscribe from.
+    ///   - userProperties: MQTT 5 user properties for the UNSUBSCRIBE packets.
     /// - Throws: `.requiresMQTT5` for user properties on MQTT 3.x.
     public func unsubscribe(_ filters: [String], userProperties: [UserProperty] = []) async throws {
         try await core.unsubscribe(filters, userProperties: userProperties)
