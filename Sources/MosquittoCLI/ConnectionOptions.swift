@@ -492,12 +492,7 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
         // MQTT 5 CONNECT properties.
         configuration.connectUserProperties = props.connectUserProperties
         if let r = props.receiveMaximum { configuration.receiveMaximum = r }
-        configuration.maximumPacketSize = props.maximumPacketSize
-        configuration.topicAliasMaximum = props.topicAliasMaximum
-        configuration.requestProblemInformation = props.requestProblemInformation
-        configuration.requestResponseInformation = props.requestResponseInformation
-        configuration.authenticationMethod = props.authenticationMethod
-        configuration.authenticationData = props.authenticationData
+        configuration.connectProperties = props.connect
 
         configuration.logger = logger ?? makeLogger()
         // The tools decide themselves whether to reconnect.

@@ -21,18 +21,9 @@ public struct PropertyOptions: Sendable, Hashable {
     public var willDelayInterval: UInt32?
     /// SUBSCRIBE subscription-identifier (sub, rr).
     public var subscriptionIdentifier: UInt32?
-    /// CONNECT maximum-packet-size.
-    public var maximumPacketSize: UInt32?
-    /// CONNECT topic-alias-maximum.
-    public var topicAliasMaximum: UInt16?
-    /// CONNECT request-problem-information.
-    public var requestProblemInformation: Bool?
-    /// CONNECT request-response-information.
-    public var requestResponseInformation: Bool?
-    /// CONNECT authentication-method.
-    public var authenticationMethod: String?
-    /// CONNECT authentication-data.
-    public var authenticationData: [UInt8]?
+    /// The other CONNECT properties (maximum-packet-size, topic-alias-maximum, request-problem-information,
+    /// request-response-information, authentication-method, authentication-data).
+    public var connect = ConnectProperties()
     /// SUBSCRIBE user properties (sub, rr).
     public var subscribeUserProperties: [UserProperty] = []
     /// UNSUBSCRIBE user properties (sub).
@@ -177,14 +168,18 @@ public struct PropertyOptions: Sendable, Hashable {
             case ("connect", "maximum-packet-size"):
                 let v = try number(Int64(UInt32.max))
                 if v == 0 { throw CLIError("Error in CONNECT properties: maximum-packet-size must be between 1 and 4294967295.") }
-                out.maximumPacketSize = UInt32(v)
-            case ("connect", "topic-alias-maximum"): out.topicAliasMaximum = UInt16(try number(65535))
+                out.connect.maximumPacketSize = UInt32(v)
+            case ("connect", "topic-alias-maximum"): out.connect.topicAliasMaximum = UInt16(try number(65535))
             case ("connect", "request-problem-information"), ("connect", "request-response-information"):
                 let v = try number(255)
                 if v > 1 { throw CLIError("Error in CONNECT properties: \(name) must be 0 or 1.") }
-                if name == "request-problem-information" { out.requestProblemInformation = v == 1 } else { out.requestResponseInformation = v == 1 }
-            case ("connect", "authentication-method"): out.authenticationMethod = value
-            case ("connect", "authentication-data"): out.authenticationData = Array(value.utf8)
+                if name == "request-problem-information" {
+                    out.connect.requestProblemInformation = v == 1
+                } else {
+                    out.connect.requestResponseInformation = v == 1
+                }
+            case ("connect", "authentication-method"): out.connect.authenticationMethod = value
+            case ("connect", "authentication-data"): out.connect.authenticationData = Array(value.utf8)
             case ("disconnect", "session-expiry-interval"): out.disconnect.sessionExpiryInterval = UInt32(try number(Int64(UInt32.max)))
             case ("disconnect", "reason-string"): out.disconnect.reasonString = value
             case ("disconnect", "user-property"): out.disconnect.userProperties.append(UserProperty(value, w[3]))

@@ -230,12 +230,13 @@ final class ClientCore: @unchecked Sendable {
                 if expiry > 0 { try? props.add(int32: MQTT_PROP_SESSION_EXPIRY_INTERVAL, expiry) }
             case .clean: break
             }
-            if let v = config.maximumPacketSize { try? props.add(int32: MQTT_PROP_MAXIMUM_PACKET_SIZE, v) }
-            if let v = config.topicAliasMaximum { try? props.add(int16: MQTT_PROP_TOPIC_ALIAS_MAXIMUM, v) }
-            if let v = config.requestProblemInformation { try? props.add(byte: MQTT_PROP_REQUEST_PROBLEM_INFORMATION, v ? 1 : 0) }
-            if let v = config.requestResponseInformation { try? props.add(byte: MQTT_PROP_REQUEST_RESPONSE_INFORMATION, v ? 1 : 0) }
-            if let v = config.authenticationMethod { try? props.add(string: MQTT_PROP_AUTHENTICATION_METHOD, v) }
-            if let v = config.authenticationData { try? props.add(binary: MQTT_PROP_AUTHENTICATION_DATA, v) }
+            let cp = config.connectProperties
+            if let v = cp.maximumPacketSize { try? props.add(int32: MQTT_PROP_MAXIMUM_PACKET_SIZE, v) }
+            if let v = cp.topicAliasMaximum { try? props.add(int16: MQTT_PROP_TOPIC_ALIAS_MAXIMUM, v) }
+            if let v = cp.requestProblemInformation { try? props.add(byte: MQTT_PROP_REQUEST_PROBLEM_INFORMATION, v ? 1 : 0) }
+            if let v = cp.requestResponseInformation { try? props.add(byte: MQTT_PROP_REQUEST_RESPONSE_INFORMATION, v ? 1 : 0) }
+            if let v = cp.authenticationMethod { try? props.add(string: MQTT_PROP_AUTHENTICATION_METHOD, v) }
+            if let v = cp.authenticationData { try? props.add(binary: MQTT_PROP_AUTHENTICATION_DATA, v) }
             for u in config.connectUserProperties { try? props.add(userProperty: u) }
             return mosquitto_connect_bind_v5(mosq, host, port, keepalive, config.bindAddress, props.head)
         }

@@ -253,20 +253,9 @@ public struct MQTTConfiguration: Sendable {
     public var tcpNoDelay: Bool = false
     /// MQTT 5 user properties sent in CONNECT.
     public var connectUserProperties: [UserProperty] = []
-    /// MQTT 5 Maximum Packet Size: the broker does not send this client packets larger than this many bytes
-    /// (it drops such messages for this client instead).
-    public var maximumPacketSize: UInt32?
-    /// MQTT 5 Topic Alias Maximum: how many topic aliases the broker may use towards this client.
-    public var topicAliasMaximum: UInt16?
-    /// MQTT 5 Request Problem Information (false asks the broker to leave reason strings out of most replies).
-    public var requestProblemInformation: Bool?
-    /// MQTT 5 Request Response Information (asks for Response Information in CONNACK).
-    public var requestResponseInformation: Bool?
-    /// MQTT 5 Authentication Method for enhanced authentication. libmosquitto 2.0.11 sends it, but this client
-    /// does not answer AUTH challenges: it only works with a broker that accepts the method in one step.
-    public var authenticationMethod: String?
-    /// MQTT 5 Authentication Data sent with ``authenticationMethod``.
-    public var authenticationData: [UInt8]?
+    /// Further MQTT 5 CONNECT properties (packet size limit, topic aliases, problem/response information,
+    /// authentication method).
+    public var connectProperties = ConnectProperties()
     /// Prefix of the private response topic used by ``MQTTClient/request(_:timeout:)``.
     public var responseTopicPrefix: String = "responses"
     /// Where the client logs. libmosquitto's own log lines are forwarded at `.debug`/`.trace` when that level is on.
@@ -314,13 +303,14 @@ public struct MQTTConfiguration: Sendable {
         if receiveMaximum == 0 {
             throw MQTTError(.invalidArgument, "receiveMaximum must be between 1 and 65535.")
         }
-        if maximumPacketSize == 0 {
+        let cp = connectProperties
+        if cp.maximumPacketSize == 0 {
             throw MQTTError(.invalidArgument, "maximumPacketSize must be at least 1 byte (leave it nil for no limit).")
         }
-        if authenticationData != nil && authenticationMethod == nil {
+        if cp.authenticationData != nil && cp.authenticationMethod == nil {
             throw MQTTError(.invalidArgument, "authenticationData needs an authenticationMethod.")
         }
-        if authenticationData.map({ $0.count > 65535 }) == true {
+        if cp.authenticationData.map({ $0.count > 65535 }) == true {
             throw MQTTError(.invalidArgument, "authenticationData is longer than 65535 bytes.")
         }
         if maximumQueuedMessages < 1 || maximumQueuedMessages > 65000 {

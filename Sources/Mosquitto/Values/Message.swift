@@ -299,6 +299,36 @@ public struct MQTTMessage: Sendable, Hashable {
     }
 }
 
+/// MQTT 5 CONNECT properties beyond those ``MQTTConfiguration`` sets itself (session expiry, receive maximum, user
+/// properties). Ignored on MQTT 3.x.
+public struct ConnectProperties: Sendable, Hashable {
+    /// Maximum Packet Size: the broker does not send this client packets larger than this many bytes (it drops
+    /// such messages for this client instead).
+    public var maximumPacketSize: UInt32?
+    /// Topic Alias Maximum: how many topic aliases the broker may use towards this client.
+    public var topicAliasMaximum: UInt16?
+    /// Request Problem Information (false asks the broker to leave reason strings out of most replies).
+    public var requestProblemInformation: Bool?
+    /// Request Response Information (asks for Response Information in CONNACK).
+    public var requestResponseInformation: Bool?
+    /// Authentication Method for enhanced authentication. libmosquitto 2.0.11 sends it, but the client does not
+    /// answer AUTH challenges: it only works with a broker that accepts the method in one step.
+    public var authenticationMethod: String?
+    /// Authentication Data sent with ``authenticationMethod``.
+    public var authenticationData: [UInt8]?
+
+    /// Creates a set of CONNECT properties; every field defaults to absent.
+    public init(maximumPacketSize: UInt32? = nil, topicAliasMaximum: UInt16? = nil, requestProblemInformation: Bool? = nil,
+                requestResponseInformation: Bool? = nil, authenticationMethod: String? = nil, authenticationData: [UInt8]? = nil) {
+        self.maximumPacketSize = maximumPacketSize
+        self.topicAliasMaximum = topicAliasMaximum
+        self.requestProblemInformation = requestProblemInformation
+        self.requestResponseInformation = requestResponseInformation
+        self.authenticationMethod = authenticationMethod
+        self.authenticationData = authenticationData
+    }
+}
+
 /// MQTT 5 properties of the DISCONNECT a client sends (see ``MQTTClient/shutdown(disconnectReason:properties:)``).
 public struct DisconnectProperties: Sendable, Hashable {
     /// A new Session Expiry Interval, in seconds (0: the broker discards the session now).
