@@ -22,26 +22,9 @@ public enum OptionsFile {
 
     /// The arguments in the options file for `toolName`, or none.
     public static func arguments(for toolName: String, environment: [String: String]? = nil) -> [String] {
-        guard let path = path(for: toolName, environment: environment), let bytes = readSmallFile(path) else { return [] }
-        return parse(String(decoding: bytes, as: UTF8.self))
-    }
-
-    /// The bytes of a file (at most 1 MiB), or nil when it cannot be read. Plain `open`/`read`: this runs at every
-    /// start, usually for a file that does not exist.
-    static func readSmallFile(_ path: String) -> [UInt8]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while out.count < 1 << 20 {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { return nil }
-            if n == 0 { break }
-            out += chunk[0..<n]
-        }
-        return out
+        guard let path = path(for: toolName, environment: environment),
+              let data = FileManager.default.contents(atPath: path) else { return [] }
+        return parse(String(decoding: data, as: UTF8.self))
     }
 
     /// Splits the text of an options file into arguments.
