@@ -15,10 +15,9 @@ import Mosquitto
 /// the broker acknowledged every line.
 public struct PubCommand: MosquittoTool {
     /// The command's configuration (help is `--help` only: `-h` is the host, as in mosquitto).
-    public static let configuration = CommandConfiguration(
+    public static let configuration = CLIRunner.configuration(
         commandName: "mqtt-pub",
-        abstract: "Publish a message to an MQTT broker (mosquitto_pub compatible).",
-        helpNames: [.customLong("help")]
+        abstract: "Publish a message to an MQTT broker (mosquitto_pub compatible)."
     )
     public static let toolName = "mqtt-pub"
     public static let mosquittoName = "mosquitto_pub"

@@ -14,10 +14,9 @@ import Mosquitto
 /// `-s` really send the file or standard input, and `-R` is honoured.
 public struct RRCommand: MosquittoTool {
     /// The command's configuration (help is `--help` only: `-h` is the host, as in mosquitto).
-    public static let configuration = CommandConfiguration(
+    public static let configuration = CLIRunner.configuration(
         commandName: "mqtt-rr",
-        abstract: "Send an MQTT 5 request and print the reply (mosquitto_rr compatible).",
-        helpNames: [.customLong("help")]
+        abstract: "Send an MQTT 5 request and print the reply (mosquitto_rr compatible)."
     )
     public static let toolName = "mqtt-rr"
     public static let mosquittoName = "mosquitto_rr"

@@ -12,10 +12,9 @@ import Mosquitto
 /// output (`--json`) and an explicit reconnect policy (`--no-reconnect` fails fast instead of resuming).
 public struct SubCommand: MosquittoTool {
     /// The command's configuration (help is `--help` only: `-h` is the host, as in mosquitto).
-    public static let configuration = CommandConfiguration(
+    public static let configuration = CLIRunner.configuration(
         commandName: "mqtt-sub",
-        abstract: "Subscribe to MQTT topics and print the messages (mosquitto_sub compatible).",
-        helpNames: [.customLong("help")]
+        abstract: "Subscribe to MQTT topics and print the messages (mosquitto_sub compatible)."
     )
     public static let toolName = "mqtt-sub"
     public static let mosquittoName = "mosquitto_sub"
