@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# Runs the test suite under a sanitizer: scripts/sanitize.sh thread|address [swift test arguments]
-# Without arguments it runs the whole suite (the executables the tests start are built with the same sanitizer).
-# The volume test runs 100,000 messages here instead of 1,000,000, and the connect-cycle test 1,000 cycles
-# instead of 10,000 (sanitizers are 5-15x slower).
+# Runs the test suite under the sanitizers: scripts/sanitize.sh [thread|address|all] [swift test arguments]
+# Without a kind (or with "all") it runs the whole suite twice: under ThreadSanitizer, then AddressSanitizer.
+# The executables the tests start are built with the same sanitizer. The volume test runs 100,000 messages here
+# instead of 1,000,000, and the connect-cycle test 1,000 cycles instead of 10,000 (sanitizers are 5-15x slower).
+#
+# AddressSanitizer's leak checker (LeakSanitizer) is off. With it on, this suite's reports (2026-11) were all one
+# of: objects still referenced from suspended async frames when a child process (an example, a CLI) ends with
+# exit() from async code (LeakSanitizer does not scan task frames), a buffer swift-foundation's file read keeps
+# for empty files, libmosquitto's mosquitto_socks5_set copy of the proxy host, and XCTest's own runner objects.
+# None is in this package's code; none grows with the work done. Run with ASAN_OPTIONS=detect_leaks=1 to see them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
-kind="${1:-thread}"
+kind="${1:-all}"
 shift || true
 case "$kind" in
     thread|address) ;;
-    *) echo "usage: scripts/sanitize.sh thread|address [swift test arguments]" >&2; exit 1 ;;
+    all)
+        bash scripts/sanitize.sh thread "$@"
+        bash scripts/sanitize.sh address "$@"
+        exit 0 ;;
+    *) echo "usage: scripts/sanitize.sh [thread|address|all] [swift test arguments]" >&2; exit 1 ;;
 esac
 # The 70,000-message id-exhaustion test is a volume test (the broker's db__message_update_outgoing is linear
 # in a client's queue, so it dominates), not a threading test; it runs in the normal suite and is skipped here.

@@ -287,7 +287,9 @@ public struct MQTTMessage: Sendable, Hashable {
     /// Hashes what `==` compares (everything but ``messageID``).
     public func hash(into h: inout Hasher) {
         h.combine(topic)
-        h.combine(payload)
+        // In one block, not byte by byte as `[UInt8]`'s own hash does (received QoS 2 messages are hashed).
+        h.combine(payload.count)
+        payload.withUnsafeBytes { h.combine(bytes: $0) }
         h.combine(qos)
         h.combine(retain)
         h.combine(properties)
