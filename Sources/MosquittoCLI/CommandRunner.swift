@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dispatch
 import FoundationEssentials
 #if canImport(Glibc)
 import Glibc
@@ -6,6 +7,7 @@ import Glibc
 import Musl
 #endif
 import Mosquitto
+import MosquittoSync
 
 /// What the runner needs to know about a tool.
 public protocol MosquittoTool: AsyncParsableCommand {
@@ -46,9 +48,28 @@ public enum CLIRunner {
         return c
     }
 
-    /// Parses and runs `T`, then exits the process with the tool's status.
-    public static func main<T: MosquittoTool>(_ type: T.Type, arguments: [String] = Array(CommandLine.arguments.dropFirst())) async -> Never {
-        let status = await run(type, arguments: arguments)
+    /// Parses and runs `T`, then exits the process with the tool's status. Called from a synchronous `main`.
+    ///
+    /// The command line is read and parsed on the main thread, while the concurrency pool starts its first thread
+    /// on the other core (started on demand, it would cost a single `mqtt-pub` run about 0.4 ms of waiting); the
+    /// tool itself then runs on the pool, and the main thread waits for its exit status.
+    public static func main<T: MosquittoTool>(_ type: T.Type, arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Never {
+        Task.detached {}
+        let status: Int32
+        switch parse(type, arguments: arguments) {
+        case .finished(let s):
+            status = s
+        case .parsed(let command):
+            let result = LockedValue<Int32>(1)
+            let done = DispatchSemaphore(value: 0)
+            Task.detached {
+                let s = await execute(command)
+                result.withLock { $0 = s }
+                done.signal()
+            }
+            done.wait()
+            status = result.withLock { $0 }
+        }
         StandardOutput.shared.flush()
         fflush(nil)
         // Everything the tool owns is flushed and closed by now (the client joined its network thread): end
@@ -61,34 +82,54 @@ public enum CLIRunner {
 
     /// Parses and runs `T`; returns the exit status.
     public static func run<T: MosquittoTool>(_ type: T.Type, arguments: [String]) async -> Int32 {
+        switch parse(type, arguments: arguments) {
+        case .finished(let status): return status
+        case .parsed(let command): return await execute(command)
+        }
+    }
+
+    /// What reading the command line ended with.
+    enum Parsed<T: MosquittoTool> {
+        /// Nothing to run: `--help`, `--version` or an error (already reported); the exit status.
+        case finished(Int32)
+        /// The command to run.
+        case parsed(T)
+    }
+
+    /// Reads the options file and the command line; reports errors as mosquitto does.
+    static func parse<T: MosquittoTool>(_ type: T.Type, arguments: [String]) -> Parsed<T> {
         let tokens: [String]
         do {
             tokens = try prepare(OptionsFile.arguments(for: T.mosquittoName) + arguments, tool: T.self)
         } catch let e as CLIError {
             report(e, tool: T.toolName, quiet: false)
-            return e.exitCode
+            return .finished(e.exitCode)
         } catch {
-            return 1
+            return .finished(1)
         }
         if tokens == ["--help"] {
             StandardOutput.shared.writeLine(T.helpText)
-            return 1
+            return .finished(1)
         }
         if tokens == ["--version"] {
             StandardOutput.shared.writeLine("\(T.toolName) version \(toolkitVersion) running on libmosquitto \(MQTTClient.libraryVersion).")
-            return 1
+            return .finished(1)
         }
-        var command: T
         do {
-            guard let parsed = try T.parseAsRoot(tokens) as? T else { return 1 }
-            command = parsed
+            guard let parsed = try T.parseAsRoot(tokens) as? T else { return .finished(1) }
+            return .parsed(parsed)
         } catch let e as CLIError {
             report(e, tool: T.toolName, quiet: false)
-            return e.exitCode
+            return .finished(e.exitCode)
         } catch {
             report(CLIError.usage(translate(T.message(for: error))), tool: T.toolName, quiet: false)
-            return 1
+            return .finished(1)
         }
+    }
+
+    /// Runs a parsed command; returns the exit status.
+    static func execute<T: MosquittoTool>(_ command: T) async -> Int32 {
+        var command = command
         do {
             try await command.run()
             return 0

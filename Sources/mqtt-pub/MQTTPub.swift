@@ -3,7 +3,7 @@ import MosquittoCLI
 /// `mqtt-pub`: see ``MosquittoCLI/PubCommand``.
 @main
 struct MQTTPub {
-    static func main() async {
-        await CLIRunner.main(PubCommand.self)
+    static func main() {
+        CLIRunner.main(PubCommand.self)
     }
 }

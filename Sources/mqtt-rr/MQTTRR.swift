@@ -3,7 +3,7 @@ import MosquittoCLI
 /// `mqtt-rr`: see ``MosquittoCLI/RRCommand``.
 @main
 struct MQTTRR {
-    static func main() async {
-        await CLIRunner.main(RRCommand.self)
+    static func main() {
+        CLIRunner.main(RRCommand.self)
     }
 }

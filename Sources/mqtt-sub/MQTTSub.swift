@@ -3,7 +3,7 @@ import MosquittoCLI
 /// `mqtt-sub`: see ``MosquittoCLI/SubCommand``.
 @main
 struct MQTTSub {
-    static func main() async {
-        await CLIRunner.main(SubCommand.self)
+    static func main() {
+        CLIRunner.main(SubCommand.self)
     }
 }
