@@ -328,8 +328,7 @@ final class ClientCore: @unchecked Sendable {
     /// `mosquitto_loop` reads only as many packets as libmosquitto has QoS 1/2 messages queued (one at QoS 0),
     /// then goes back to `pselect`: a stream of QoS 0 messages costs a `pselect` and a consumer wake-up each.
     /// Reading on while data is there (a read that finds none ends with `EAGAIN`) lets one wake-up deliver a
-    /// burst. Only while the session is up (before CONNACK the socket may still be connecting), and only until
-    /// there is something to write.
+    /// burst. Only while the session is up (before CONNACK the socket may still be connecting).
     private func drainReadable() -> Int32 {
         var n = 0
         while sessionUp && n < Self.readBatch && mosquitto_socket(mosq) != -1 {
@@ -337,9 +336,14 @@ final class ClientCore: @unchecked Sendable {
             let rc = mosquitto_loop_read(mosq, 1)
             if rc != MOSQ_ERR_SUCCESS.rawValue { return rc }
             if errno == EAGAIN || errno == EWOULDBLOCK { break }
-            // An acknowledgement to send (PUBACK, PUBREC…): let mosquitto_loop write it now rather than after
-            // the burst, so that the broker's in-flight window keeps moving.
-            if mosquitto_want_write(mosq) { break }
+            // Something to send (a PUBACK or PUBREC for what was just read, or the next queued PUBLISH that an
+            // acknowledgement released): write it now, before waking any consumer, so that the broker's in-flight
+            // window keeps moving, and read on. A socket that takes no more stays for mosquitto_loop's
+            // writability check.
+            if mosquitto_want_write(mosq) {
+                let wrc = mosquitto_loop_write(mosq, 1)
+                if wrc != MOSQ_ERR_SUCCESS.rawValue { return wrc }
+            }
             n += 1
         }
         return MOSQ_ERR_SUCCESS.rawValue
