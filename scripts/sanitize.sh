@@ -4,10 +4,11 @@
 # The executables the tests start are built with the same sanitizer. The volume test runs 100,000 messages here
 # instead of 1,000,000, and the connect-cycle test 1,000 cycles instead of 10,000 (sanitizers are 5-15x slower).
 #
-# AddressSanitizer's leak checker (LeakSanitizer) is off. A run with it on (2026-11-21) reported nothing allocated
-# by this package's code in the test process, where thousands of clients, brokers and bridges come and go; what it
-# did report there were leaks inside Foundation (FileManager.contents(atPath:) keeps 4 KiB per empty file read,
-# Bundle.allBundles) and XCTest's runner. In the child processes (the CLIs, the examples) it reported objects still
+# AddressSanitizer's leak checker (LeakSanitizer) is off. A run with it on (2026-11-21) found, in the test process
+# (where thousands of clients, brokers and bridges come and go), direct leaks only inside Foundation:
+# FileManager.contents(atPath:) keeps 4 KiB per empty file it reads, Bundle.allBundles, and a weak-reference side
+# table of Foundation.Process, off which six Process objects (with the launcher's closures) hang as indirect
+# leaks; XCTest's runner leaks too. In the child processes (the CLIs, the examples) it reported objects still
 # referenced from suspended async frames when the process ends with exit() (it does not scan task frames), the
 # same Foundation leak, and libmosquitto's copy of the SOCKS5 host. Run with ASAN_OPTIONS=detect_leaks=1 to see them.
 set -euo pipefail
