@@ -237,6 +237,9 @@ struct HardeningTests {
                 let silent = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "idle")))
                 let talker = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "idle")))
                 let reader = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "idleout")))
+                // Every message must reach the reader: start once the bridge holds all three connections and its
+                // subscription is acknowledged (under ThreadSanitizer load either can lag behind the first publish).
+                #expect(await eventually { m.openConnectionCount == 2 && mo.openConnectionCount == 1 && mo.isSubscribed && bridge.isReady })
                 try await silent.write(Array("s1\n".utf8))
                 var written = 1
                 // 7.5 s: two and a half idle periods. Writes every 100 ms leave a 30x margin, so a loaded machine
@@ -258,7 +261,8 @@ struct HardeningTests {
                 #expect(await eventually { recorder.count >= written })
                 #expect(recorder.count + m.totalDropped == written)
                 #expect(m.openConnectionCount == 1 && mo.openConnectionCount == 1)
-                #expect(await eventually { lines(reader.received).count == 75 })
+                #expect(await eventually { lines(reader.received).count == 75 },
+                        "reader got \(lines(reader.received).count) lines; route received \(mo.messagesReceived.value), dropped \(mo.totalDropped)")
                 // Then everyone goes quiet: all closed by the timeout.
                 #expect(await eventually(timeout: .seconds(20)) { !talker.channel.isActive && !reader.channel.isActive })
                 #expect(m.idleTimeouts.value == 2)

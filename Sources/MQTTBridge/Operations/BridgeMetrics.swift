@@ -88,6 +88,8 @@ public final class RouteMetrics: Sendable {
     let queued = Atomic<Int>(0)
     /// The most bytes ever queued for one connection.
     let maxQueuedPerConnection = Atomic<Int>(0)
+    /// Set once the broker acknowledged the route's subscriptions.
+    let subscribed = Atomic<Bool>(false)
 
     init(route: String, registry: PrometheusCollectorRegistry) {
         self.route = route
@@ -130,6 +132,10 @@ public final class RouteMetrics: Sendable {
 
     /// Open feed connections.
     public var openConnectionCount: Int { open.load(ordering: .relaxed) }
+
+    /// For a route that writes to its feed: whether the broker has acknowledged the route's subscriptions (the
+    /// client keeps them across reconnects). Until then, messages published for the route do not reach it.
+    public var isSubscribed: Bool { subscribed.load(ordering: .acquiring) }
 
     /// Bytes queued for feed connections right now.
     public var queuedByteCount: Int { queued.load(ordering: .relaxed) }

@@ -95,10 +95,12 @@ public final class BridgeService: Service, Sendable {
         w?.resume()
     }
 
-    /// Whether the bridge is ready: connected to the broker, every feed endpoint up, and no spool full.
+    /// Whether the bridge is ready: connected to the broker, every feed endpoint up, every route that writes to its
+    /// feed subscribed (acknowledged by the broker), and no spool full.
     public var isReady: Bool {
         let (routes, spools) = state.withLock { (Array($0.routes.values), Array($0.spools.values)) }
-        return metrics.isMQTTConnected && routes.allSatisfy(\.isFeedUp) && spools.allSatisfy { !$0.isFull }
+        return metrics.isMQTTConnected && routes.allSatisfy { $0.isFeedUp && (!$0.config.direction.writesFeed || $0.metrics.isSubscribed) }
+            && spools.allSatisfy { !$0.isFull }
     }
 
     private func signalStarted(_ error: (any Error)?) {
@@ -240,6 +242,7 @@ public final class BridgeService: Service, Sendable {
                     do {
                         let stream = try await client.subscribe(
                             subscriptions, buffer: SubscriptionBuffer(capacity: 16384, overflow: .backpressure(maxWait: .seconds(3600))))
+                        runtime.metrics.subscribed.store(true, ordering: .releasing)
                         for try await message in stream { runtime.fanOut(message) }
                         if Task.isCancelled { return }
                     } catch {
