@@ -24,7 +24,7 @@ struct MQTTToFeedTests {
                 let port = try #require(bridge.port(ofRoute: "out"))
                 let fast = try await FeedPeer.connect(port: port)
                 let slow = try await FeedPeer.connect(port: port, autoRead: false, receiveBuffer: 4096)
-                #expect(await eventually { bridge.metrics.route("out").openConnectionCount == 2 })
+                #expect(await eventually { bridge.metrics.route("out").openConnectionCount == 2 && bridge.metrics.route("out").isSubscribed })
                 let pub = try await connected(broker)
                 let count = 6000
                 let filler = String(repeating: "z", count: 2000)
@@ -78,8 +78,8 @@ struct MQTTToFeedTests {
                     // One feed consumer connected to both instances.
                     let toA = try await FeedPeer.connect(port: try #require(bridgeA.port(ofRoute: "shared")))
                     let toB = try await FeedPeer.connect(port: try #require(bridgeB.port(ofRoute: "shared")))
-                    #expect(await eventually { bridgeA.metrics.isMQTTConnected && bridgeB.metrics.isMQTTConnected })
-                    try await Task.sleep(for: .milliseconds(300))  // both SUBACKs
+                    let (ra, rb) = (bridgeA.metrics.route("shared"), bridgeB.metrics.route("shared"))
+                    #expect(await eventually { ra.isSubscribed && rb.isSubscribed && ra.openConnectionCount == 1 && rb.openConnectionCount == 1 })
                     let pub = try await connected(broker)
                     let count = 1000
                     for i in 0..<count {
@@ -109,8 +109,7 @@ struct MQTTToFeedTests {
             let route = try serverRoute("loop", direction: .both, topic: "loop/feed", subscriptions: ["loop/#"])
             try await withBridge(bridgeConfig(broker, spool: dir, routes: [route])) { bridge in
                 let peer = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "loop")))
-                #expect(await eventually { bridge.metrics.isMQTTConnected })
-                try await Task.sleep(for: .milliseconds(300))
+                #expect(await eventually { bridge.metrics.route("loop").isSubscribed && bridge.metrics.route("loop").openConnectionCount == 1 })
                 let sub = try await connected(broker)
                 let recorder = Recorder(try await sub.subscribe("loop/feed"))
                 try await peer.write(Array("from-feed-1\nfrom-feed-2\n".utf8))
@@ -172,8 +171,7 @@ struct OtherFeedTests {
                 #expect(await eventually { recorder.count >= datagrams.count })
                 #expect(Set(recorder.payloads) == Set(datagrams))  // UDP on loopback: none lost, order not promised
                 #expect(recorder.messages.value.allSatisfy { $0.topic == "udp/in/127.0.0.1" })
-                #expect(await eventually { bridge.metrics.isMQTTConnected })
-                try await Task.sleep(for: .milliseconds(300))
+                #expect(await eventually { bridge.metrics.route("udp").isSubscribed })
                 let pub = try await connected(broker)
                 for i in 0..<20 { try await pub.publish(to: "udp/out", string: "down-\(i)") }
                 #expect(await eventually { collector.datagrams.value.count >= 20 })
