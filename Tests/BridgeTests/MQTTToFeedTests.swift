@@ -223,6 +223,32 @@ struct OtherFeedTests {
         }
     }
 
+    @Test("readiness waits for each MQTT-to-feed route's subscription: a filter the client refuses keeps the bridge not ready")
+    func readinessNeedsSubscription() async throws {
+        try await withBroker { broker in
+            let good = try serverRoute("good", direction: .toFeed, subscriptions: ["ready/#"])
+            // 300 levels: the client refuses it before sending (the broker would disconnect it), so the route's
+            // subscription never succeeds and the bridge retries it every 500 ms.
+            let deep = try serverRoute("deep", direction: .toFeed, subscriptions: [Array(repeating: "d", count: 300).joined(separator: "/")])
+            let dirA = temporaryDirectory()
+            let dirB = temporaryDirectory()
+            defer {
+                try? FileManager.default.removeItem(atPath: dirA)
+                try? FileManager.default.removeItem(atPath: dirB)
+            }
+            try await withBridge(bridgeConfig(broker, spool: dirA, routes: [good])) { bridge in
+                #expect(await eventually { bridge.isReady })
+                #expect(bridge.metrics.route("good").isSubscribed)
+            }
+            try await withBridge(bridgeConfig(broker, spool: dirB, routes: [good, deep])) { bridge in
+                #expect(await eventually { bridge.metrics.isMQTTConnected && bridge.metrics.route("good").isSubscribed })
+                try await Task.sleep(for: .seconds(1))  // two of the refused route's retries
+                #expect(!bridge.metrics.route("deep").isSubscribed)
+                #expect(!bridge.isReady, "connected and listening, but the deep route cannot receive anything")
+            }
+        }
+    }
+
     @Test("/metrics, /healthz and /readyz answer over HTTP with the route counters")
     func metricsEndpoint() async throws {
         try await withBroker { broker in
