@@ -74,7 +74,12 @@ struct BrokerTests {
 
     @Test("restart and stop-then-start keep the same port")
     func restartKeepsPort() async throws {
-        try await withUnstartedBroker { broker in
+        // A graceful restart must not fall back to waiting out the stop timeout and SIGKILL. With a 60 s timeout,
+        // a bound of 30 s tells the two apart however loaded the machine is (a ThreadSanitizer run in the full
+        // suite took 5.2 s for a restart that is 0.3 s on a quiet machine).
+        var configuration = MosquittoBroker.Configuration()
+        configuration.stopTimeout = .seconds(60)
+        try await withUnstartedBroker(configuration) { broker in
             try await broker.start()
             let port = broker.port
             let firstPID = try #require(broker.processIdentifier)
@@ -85,7 +90,7 @@ struct BrokerTests {
             #expect(broker.port == port)
             #expect(broker.processIdentifier != firstPID)
             #expect(canConnect(port: port))
-            #expect(restartTime < .seconds(5), "restart took \(restartTime)")
+            #expect(restartTime < .seconds(30), "restart took \(restartTime)")
 
             await broker.stop()
             #expect(!canConnect(port: port))
