@@ -31,3 +31,22 @@ if ! have_all; then
     fi
     have_all || { echo "error: $packages installed, but libmosquitto or mosquitto is still not found." >&2; exit 1; }
 fi
+
+# Runs `swift test` with the given arguments. When it fails, the failed tests and their issues are printed again
+# at the end, so that a long log (or the last lines of it, all that CI shows) still says what failed and where.
+swift_test() {
+    local log status
+    log="$(mktemp -t swift-test.XXXXXX)"
+    set +e
+    swift test "$@" 2>&1 | tee "$log"
+    status="${PIPESTATUS[0]}"
+    set -e
+    if [ "$status" -ne 0 ]; then
+        echo
+        echo "==== swift test failed (exit $status); the failures again: ===="
+        grep -E -A4 'recorded an issue|^✘|error:|Fatal error|ThreadSanitizer|AddressSanitizer|Signal|signal' "$log" |
+            grep -v -E '^(--|.* (notice|info|debug|trace) )' | tail -60 || true
+    fi
+    rm -f "$log"
+    return "$status"
+}

@@ -36,8 +36,8 @@ export MOSQUITTO_SANITIZER="$kind"
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1}"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"
 swift build --build-tests --sanitize="$kind" --scratch-path ".build-$kind"
-swift test --skip-build --sanitize="$kind" --scratch-path ".build-$kind" "$@"
+swift_test --skip-build --sanitize="$kind" --scratch-path ".build-$kind" "$@"
 if [ -n "$alone" ]; then
     # The connect-cycle test counts the whole process's descriptors, so it runs in a process of its own.
-    MOSQUITTO_PROCESS_ALONE=1 swift test --skip-build --sanitize="$kind" --scratch-path ".build-$kind" --filter connectCycles
+    MOSQUITTO_PROCESS_ALONE=1 swift_test --skip-build --sanitize="$kind" --scratch-path ".build-$kind" --filter connectCycles
 fi

@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
 swift build --build-tests
-swift test --skip-build "$@"
+swift_test --skip-build "$@"
 if [ $# -eq 0 ]; then
     # These tests measure the whole process (descriptor numbers and counts, memory), so they run in a process
     # of their own, one after the other.
-    MOSQUITTO_PROCESS_ALONE=1 swift test --skip-build --filter "descriptorsBeyondSelect|connectCycles"
+    MOSQUITTO_PROCESS_ALONE=1 swift_test --skip-build --filter "descriptorsBeyondSelect|connectCycles"
 fi
