@@ -66,7 +66,9 @@ extension MosquittoBroker {
         /// The broker's `max_queued_messages`: QoS 1 and 2 messages queued per client beyond those in flight.
         ///
         /// `nil` keeps the mosquitto default of 1000; messages beyond the limit are dropped silently,
-        /// which matters for throughput tests. `0` means no limit.
+        /// which matters for throughput tests. `0` means no limit, but mosquitto 2.0.11 then disconnects every
+        /// client whose publish its ACL refuses (after the PUBACK with reason 0x87 it compares the client's
+        /// outgoing queue with the limit, and any queue is at least 0): with an ACL, use a large number instead.
         public var maxQueuedMessages: Int?
 
         /// Raw lines appended to the end of the generated configuration, after the listeners.
