@@ -35,13 +35,15 @@ struct MQTTToFeedTests {
                     // reader reads nothing at all, so it still overflows its bound.
                     if i % 200 == 199 {
                         let target = i + 1
-                        #expect(await eventually(timeout: .seconds(30)) { lines(fast.received).count >= target })
+                        let m = bridge.metrics.route("out")
+                        #expect(await eventually(timeout: .seconds(60)) { lines(fast.received).count >= target },
+                                "fast reader: \(lines(fast.received).count) of \(target) lines; slow-reader drops \(m.dropped(.slowReader)), queued \(m.queuedByteCount) bytes, received from MQTT \(m.messagesReceived.value)")
                     }
                 }
                 await pub.waitUntilAllPublished()
                 let m = bridge.metrics.route("out")
                 // The fast reader gets everything, in order, while the slow one is stuck.
-                #expect(await eventually(timeout: .seconds(30)) { lines(fast.received).count >= count })
+                #expect(await eventually(timeout: .seconds(60)) { lines(fast.received).count >= count })
                 let fastLines = lines(fast.received)
                 #expect(fastLines.count == count)
                 #expect(fastLines.enumerated().allSatisfy { $0.element.hasPrefix("\($0.offset):") })

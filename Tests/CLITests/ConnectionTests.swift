@@ -37,11 +37,11 @@ struct ConnectionTests {
             let tlsArgs = ["-h", "127.0.0.1", "-p", port, "--cafile", files.caFile, "--cert", files.clientCertificate, "--key", files.clientKey]
             try await delivered(broker, tlsArgs, topic: "tls/ok", "mutual TLS")
             // A subscriber over TLS too.
-            let sub = try Child(tool("mqtt-sub"), tlsArgs + ["-t", "tls/sub", "-C", "1", "-W", "10"])
-            try await Task.sleep(for: .milliseconds(500))
-            let p = try await run(tool("mqtt-pub"), tlsArgs + ["-t", "tls/sub", "-m", "secret", "-q", "1"])
+            // Retained, so that it reaches the subscriber whenever its TLS handshake and SUBSCRIBE are done.
+            let sub = try Child(tool("mqtt-sub"), tlsArgs + ["-t", "tls/sub", "-C", "1", "-W", "30"])
+            let p = try await run(tool("mqtt-pub"), tlsArgs + ["-t", "tls/sub", "-m", "secret", "-q", "1", "-r"])
             #expect(p.status == 0, "\(p)")
-            let s = await sub.wait(timeout: .seconds(20))
+            let s = await sub.wait(timeout: .seconds(60))
             #expect(s.status == 0 && s.out == "secret\n", "\(s)")
 
             let wrong = ["-h", "127.0.0.1", "-p", port, "--cafile", files.wrongCAFile, "--cert", files.clientCertificate,

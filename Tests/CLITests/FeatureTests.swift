@@ -58,11 +58,10 @@ struct FeatureTests {
             props.payloadFormat = .bytes
             props.messageExpiryInterval = 600
             let binary: [UInt8] = [0, 1, 2, 0xC3, 0x28, 0xFF, 10]
-            // Wait until the subscriber is there: publish the probe until it prints.
-            while sub.currentOutput().isEmpty {
-                try await client.publish(MQTTMessage(topic: "j/text", string: "héllo \"json\"\n", qos: .atLeastOnce))
-                try await Task.sleep(for: .milliseconds(100))
-            }
+            // The first message is retained, so the subscriber gets it exactly once whenever it subscribes; once it
+            // has printed it, it is surely subscribed.
+            try await client.publish(MQTTMessage(topic: "j/text", string: "héllo \"json\"\n", qos: .atLeastOnce, retain: true))
+            #expect(await printedSomething(sub))
             try await client.publish(MQTTMessage(topic: "j/bin", payload: binary, qos: .atLeastOnce, properties: props))
             let r = await sub.wait(timeout: .seconds(30))
             await client.shutdown()
@@ -132,10 +131,8 @@ struct FeatureTests {
             env["XDG_CONFIG_HOME"] = config
             let sub = try Child(tool("mqtt-sub"), ["-C", "2", "-W", "20", "-t", "other/x"], environment: env)
             let client = try await libraryClient(broker)
-            while sub.currentOutput().isEmpty {
-                try await client.publish(to: "other/x", string: "ready", qos: .atMostOnce)
-                try await Task.sleep(for: .milliseconds(100))
-            }
+            try await client.publish(MQTTMessage(topic: "other/x", string: "ready", qos: .atLeastOnce, retain: true))
+            #expect(await printedSomething(sub))
             let pub = try await run(tool("mqtt-pub"), ["-t", "cfg/b"], environment: env)
             #expect(pub.status == 0, "\(pub)")
             let r = await sub.wait()

@@ -99,15 +99,17 @@ struct ClientFeatureTests {
             // A different filter: streams that share a filter share one broker subscription and its options.
             let plain = try await me.subscribe([Subscription("opt/+")])
             let noRetained = try await me.subscribe([Subscription("opt/retained", retainHandling: .never)])
-            try await me.publish(MQTTMessage(topic: "opt/chat", string: "mine"))
-            try await other.publish(MQTTMessage(topic: "opt/chat", string: "theirs"))
-            try await other.publish(MQTTMessage(topic: "opt/flag", string: "f", retain: true))
-            try await other.publish(MQTTMessage(topic: "opt/retained", string: "new"))
-            #expect(try await collect(noLocal, count: 2, timeout: .seconds(1)).map(\.string) == ["theirs"])
+            // "mine" is acknowledged before "theirs" is sent, so the broker would deliver it first if no-local failed:
+            // each check reads up to a message that is sure to come after the unwanted one, with no fixed wait.
+            try await me.publish(MQTTMessage(topic: "opt/chat", string: "mine", qos: .atLeastOnce))
+            try await other.publish(MQTTMessage(topic: "opt/chat", string: "theirs", qos: .atLeastOnce))
+            try await other.publish(MQTTMessage(topic: "opt/flag", string: "f", qos: .atLeastOnce, retain: true))
+            try await other.publish(MQTTMessage(topic: "opt/retained", string: "new", qos: .atLeastOnce))
+            #expect(try await collect(noLocal, until: { $0.string == "theirs" }).map(\.string) == ["theirs"])
             #expect(try await collect(asPublished, count: 1).map(\.retain) == [true])
-            let plainFlags = try await collect(plain, count: 4, timeout: .seconds(1)).filter { $0.topic == "opt/flag" }
+            let plainFlags = try await collect(plain, until: { $0.topic == "opt/flag" }).filter { $0.topic == "opt/flag" }
             #expect(plainFlags.map(\.retain) == [false])
-            #expect(try await collect(noRetained, count: 2, timeout: .seconds(1)).map(\.string) == ["new"])
+            #expect(try await collect(noRetained, until: { $0.string == "new" }).map(\.string) == ["new"])
             // The same options on MQTT 3.1.1 are refused before anything is sent.
             let old = try await connected(broker, version: .v3_1_1)
             await #expect(throws: MQTTError.self) { _ = try await old.subscribe([Subscription("opt/chat", noLocal: true)]) }
