@@ -70,11 +70,15 @@ func runDemo(_ broker: Example.Broker) async throws {
     try await monitor.connect()
     let stream = try await monitor.subscribe("sensors/#", qos: .atLeastOnce)
     print("Monitor subscribed to sensors/#")
+    let reporting = Locked<Set<String>>([])   // devices that have sent a reading
     let live = Task { () -> [String: [MQTTMessage]] in
         var byTopic: [String: [MQTTMessage]] = [:]
         var shown = 0
         for try await m in stream where !m.retain {
             byTopic[m.topic, default: []].append(m)
+            if !m.topic.hasSuffix("/status"), let device = m.topic.split(separator: "/").dropFirst().first {
+                reporting.withLock { _ = $0.insert(String(device)) }
+            }
             if m.topic.hasSuffix("/status") {
                 let will = m.topic == "sensors/garage/status" && m.string == "offline" ? "   <- its will, published by the broker" : ""
                 print("  \(pad(m.topic, 28)) \(m.string ?? "")\(will)")
@@ -97,6 +101,8 @@ func runDemo(_ broker: Example.Broker) async throws {
         children[d] = try ChildProgram(me, ["--broker", broker.address, "--device", d, "--seconds", d == "garage" ? "3600" : "3"])
     }
     try await Task.sleep(for: .seconds(2))
+    // On a busy machine a process can take longer to start: the garage must be up (its will registered) first.
+    _ = await eventually(timeout: .seconds(30)) { reporting.withLock { $0.contains("garage") } }
     print("  … (printing only the first readings)")
     print("Killing the garage device with SIGKILL: no DISCONNECT, so the broker publishes its will")
     kill(children["garage"]!.pid, SIGKILL)
