@@ -363,6 +363,14 @@ final class ClientCore: @unchecked Sendable {
         _ = sendDisconnect(mosq, reason: reason, properties: properties)
         let deadline = ContinuousClock.now + .seconds(2)
         while mosquitto_socket(mosq) != -1 && ContinuousClock.now < deadline {
+            // Write before reading: mosquitto_loop reads first and returns on a read error (a broker reply such
+            // as an UNSUBACK arriving as the connection winds down) without writing the queued DISCONNECT.
+            // libmosquitto closes the socket once DISCONNECT is written.
+            // (If the socket takes only part of it, mosquitto_loop below waits until it is writable.)
+            if mosquitto_want_write(mosq) {
+                if mosquitto_loop_write(mosq, 1) != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(mosq) == -1 { break }
+                if !mosquitto_want_write(mosq) { continue }
+            }
             if mosquitto_loop(mosq, 100, 1) != MOSQ_ERR_SUCCESS.rawValue { break }
         }
     }
