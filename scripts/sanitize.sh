@@ -38,6 +38,9 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"
 swift build --build-tests --sanitize="$kind" --scratch-path ".build-$kind"
 swift_test --skip-build --sanitize="$kind" --scratch-path ".build-$kind" "$@"
 if [ -n "$alone" ]; then
-    # The connect-cycle test counts the whole process's descriptors, so it runs in a process of its own.
-    MOSQUITTO_PROCESS_ALONE=1 swift_test --skip-build --sanitize="$kind" --scratch-path ".build-$kind" --filter connectCycles
+    # The tests that count the whole process's descriptors, time an idle timeout, or keep both cores busy run in a
+    # process of their own (as in scripts/test.sh; the select()-limit test runs in the normal suite only).
+    for alone in connectCycles millionQoS1 idleTimeout; do
+        MOSQUITTO_PROCESS_ALONE=1 swift_test --skip-build --sanitize="$kind" --scratch-path ".build-$kind" --filter "$alone"
+    done
 fi

@@ -7,7 +7,10 @@ source scripts/bootstrap.sh
 swift build --build-tests
 swift_test --skip-build "$@"
 if [ $# -eq 0 ]; then
-    # These tests measure the whole process (descriptor numbers and counts, memory), so they run in a process
-    # of their own, one after the other.
-    MOSQUITTO_PROCESS_ALONE=1 swift_test --skip-build --filter "descriptorsBeyondSelect|connectCycles"
+    # These tests measure the whole process (descriptor numbers and counts, memory) or time (the bridge's idle
+    # timeout), or keep both cores busy for long (the million-message test), so they run in a process of their
+    # own, one after the other.
+    for alone in "descriptorsBeyondSelect|connectCycles" millionQoS1 idleTimeout; do
+        MOSQUITTO_PROCESS_ALONE=1 swift_test --skip-build --filter "$alone"
+    done
 fi

@@ -266,3 +266,6 @@ func bridgeExecutable() -> String? {
 /// Sanitizer runs are 5-15x slower: scripts/sanitize.sh sets MOSQUITTO_TEST_TIME_SCALE so that waits for
 /// something to happen stretch accordingly (the conditions themselves stay as strict).
 let testTimeScale: Int = Int(ProcessInfo.processInfo.environment["MOSQUITTO_TEST_TIME_SCALE"] ?? "") ?? 1
+
+/// Set by scripts/test.sh and scripts/sanitize.sh for the tests that need a `swift test` process of their own.
+let processAlone = ProcessInfo.processInfo.environment["MOSQUITTO_PROCESS_ALONE"] == "1"
