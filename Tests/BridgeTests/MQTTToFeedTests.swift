@@ -24,7 +24,8 @@ struct MQTTToFeedTests {
                 let port = try #require(bridge.port(ofRoute: "out"))
                 let fast = try await FeedPeer.connect(port: port)
                 let slow = try await FeedPeer.connect(port: port, autoRead: false, receiveBuffer: 4096)
-                #expect(await eventually { bridge.metrics.route("out").openConnectionCount == 2 && bridge.metrics.route("out").isSubscribed })
+                let m = bridge.metrics.route("out")
+                #expect(await eventually { m.openConnectionCount == 2 && m.isSubscribed })
                 let pub = try await connected(broker)
                 let count = 6000
                 let filler = String(repeating: "z", count: 2000)
@@ -35,13 +36,11 @@ struct MQTTToFeedTests {
                     // reader reads nothing at all, so it still overflows its bound.
                     if i % 200 == 199 {
                         let target = i + 1
-                        let m = bridge.metrics.route("out")
                         #expect(await eventually(timeout: .seconds(60)) { lines(fast.received).count >= target },
                                 "fast reader: \(lines(fast.received).count) of \(target) lines; slow-reader drops \(m.dropped(.slowReader)), queued \(m.queuedByteCount) bytes, received from MQTT \(m.messagesReceived.value)")
                     }
                 }
                 await pub.waitUntilAllPublished()
-                let m = bridge.metrics.route("out")
                 // The fast reader gets everything, in order, while the slow one is stuck.
                 #expect(await eventually(timeout: .seconds(60)) { lines(fast.received).count >= count })
                 let fastLines = lines(fast.received)

@@ -41,6 +41,20 @@ func connected(_ broker: MosquittoBroker, id: String? = nil, version: MQTTProtoc
 /// Reads from `stream` until `count` messages arrived or `timeout` passed; returns what arrived.
 /// The stream is finished afterwards when the timeout hit.
 func collect(_ stream: MessageStream, count: Int, timeout: Duration = .seconds(10)) async throws -> [MQTTMessage] {
+    try await collect(stream, timeout: timeout) { received, _ in received >= count }
+}
+
+/// Reads from `stream` up to and including the first message that satisfies `last`, or until `timeout` passed;
+/// returns what arrived. Negative checks use it with a sentinel message that is sure to come after any unwanted
+/// one, instead of waiting a fixed time.
+func collect(_ stream: MessageStream, until last: @escaping @Sendable (MQTTMessage) -> Bool,
+             timeout: Duration = .seconds(10)) async throws -> [MQTTMessage] {
+    try await collect(stream, timeout: timeout) { _, message in last(message) }
+}
+
+/// Reads from `stream` until `done(messages read so far, last message)` holds or `timeout` passed.
+private func collect(_ stream: MessageStream, timeout: Duration,
+                     done: @escaping @Sendable (Int, MQTTMessage) -> Bool) async throws -> [MQTTMessage] {
     let box = Locked<[MQTTMessage]>([])
     await withTaskGroup(of: Void.self) { group in
         group.addTask {
@@ -49,29 +63,7 @@ func collect(_ stream: MessageStream, count: Int, timeout: Duration = .seconds(1
                 for try await m in stream {
                     box.withLock { $0.append(m) }
                     n += 1
-                    if n >= count { break }
-                }
-            } catch {}
-        }
-        group.addTask { try? await Task.sleep(for: timeout * testTimeScale) }
-        await group.next()
-        group.cancelAll()
-    }
-    return box.value
-}
-
-/// Reads from `stream` up to and including the first message that satisfies `last`, or until `timeout` passed;
-/// returns what arrived. Negative checks use it with a sentinel message that is sure to come after any unwanted
-/// one, instead of waiting a fixed time.
-func collect(_ stream: MessageStream, until last: @escaping @Sendable (MQTTMessage) -> Bool,
-             timeout: Duration = .seconds(10)) async throws -> [MQTTMessage] {
-    let box = Locked<[MQTTMessage]>([])
-    await withTaskGroup(of: Void.self) { group in
-        group.addTask {
-            do {
-                for try await m in stream {
-                    box.withLock { $0.append(m) }
-                    if last(m) { break }
+                    if done(n, m) { break }
                 }
             } catch {}
         }
