@@ -218,7 +218,7 @@ extension ClientCore {
             s.messagesReceived += 1
             return (targets, request)
         }
-        for t in targets where t.push(message, deferWake: true) == nil {
+        for t in targets where t.push(message, deferWake: true, jobs: executor) == nil {
             pendingWakes.append(t)
         }
         request?.resume(returning: message)

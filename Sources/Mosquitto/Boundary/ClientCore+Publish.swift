@@ -20,7 +20,7 @@ extension ClientCore {
     }
 
     /// Waits until a queue slot is handed to this publisher (the slow path of `publish`).
-    private func waitForSlot() async throws {
+    nonisolated(nonsending) private func waitForSlot() async throws {
         let limit = config.maximumQueuedMessages
         let id = state.withLock { $0.nextID() }
         try await withTaskCancellationHandler {
@@ -61,7 +61,7 @@ extension ClientCore {
         case failed(SlotRelease)
     }
 
-    func publish(_ message: MQTTMessage, completion: PublishCompletion, onComplete: PublishCallback? = nil) async throws -> PublishReceipt {
+    nonisolated(nonsending) func publish(_ message: MQTTMessage, completion: PublishCompletion, onComplete: PublishCallback? = nil) async throws -> PublishReceipt {
         try MQTTTopic.validateName(message.topic)
         try checkDepth(message.topic, what: "topic")
         if message.payload.count > 268_435_455 {
@@ -136,6 +136,7 @@ extension ClientCore {
             }
             return .needsWaiter
         }
+        executor.wakeIfSleeping()
         switch outcome {
         case .failed(let release):
             release.resume()

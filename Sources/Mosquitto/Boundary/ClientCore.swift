@@ -27,6 +27,10 @@ import Logging
 ///    for `on_log`, inside gated calls made by a thread that holds a reference.
 /// 5. No callback setter, `loop_stop` or `destroy` is ever called from a callback. The client never uses
 ///    `mosquitto_loop_start`; it owns its network thread and its reconnect loop.
+/// 6. Tasks that prefer ``executor`` run on the network thread between loop passes (and, while a subscription
+///    buffer is full, from inside `on_message`); they call libmosquitto like any other thread. Once the executor is
+///    in use, the connected loop polls the socket itself, so every C call that queues a packet from another thread
+///    is followed by `executor.wakeIfSleeping()` (in `leaveGate` and `publish`).
 final class ClientCore: @unchecked Sendable {
     let mosq: OpaquePointer
     let config: MQTTConfiguration
@@ -46,6 +50,10 @@ final class ClientCore: @unchecked Sendable {
     var sessionUp = false
     /// The last received topic (see `receivedTopic(_:)`). Network thread only.
     var lastTopic = ""
+    /// Runs tasks on the network thread (see ``MQTTClient/executor``).
+    let executor = NetworkExecutor()
+    /// When ``pollPass(wakeFD:)`` next calls `mosquitto_loop_misc` (keepalive). Network thread only.
+    var nextHousekeeping = ContinuousClock.now
     /// The most packets read in one pass after `mosquitto_loop` (see ``drainReadable()``).
     static let readBatch = 256
 
@@ -187,6 +195,8 @@ final class ClientCore: @unchecked Sendable {
 
     func leaveGate() {
         state.withLock { $0.activeCalls -= 1 }
+        // A packet queued from this thread must not wait for the poll loop's timeout.
+        executor.wakeIfSleeping()
     }
 
     /// Runs `body` with the handle if it is still open; returns nil otherwise.
@@ -261,10 +271,17 @@ final class ClientCore: @unchecked Sendable {
             var loopError: MQTTError?
             if rc == MOSQ_ERR_SUCCESS.rawValue {
                 while true {
-                    var lrc = mosquitto_loop(mosq, 1000, 1)
-                    if lrc == MOSQ_ERR_SUCCESS.rawValue { lrc = drainReadable() }
-                    flushWakes()
+                    var lrc: Int32
+                    if sessionUp, let wakeFD = executor.beginPolling() {
+                        // Someone runs tasks on this thread: poll the socket and the executor's wake pipe.
+                        lrc = pollPass(wakeFD: wakeFD)
+                    } else {
+                        lrc = mosquitto_loop(mosq, 1000, 1)
+                        if lrc == MOSQ_ERR_SUCCESS.rawValue { lrc = drainReadable() }
+                        flushWakes()
+                    }
                     if state.withLock({ $0.shutdownRequested }) {
+                        executor.endPolling()
                         finishGracefully()
                         flushWakes()
                         break outer
@@ -281,6 +298,7 @@ final class ClientCore: @unchecked Sendable {
                         break
                     }
                 }
+                executor.endPolling()
             } else {
                 loopError = MQTTError.fromLibrary(rc, context: "Connecting to \(config.endpoint)")
             }
@@ -349,6 +367,47 @@ final class ClientCore: @unchecked Sendable {
         return MOSQ_ERR_SUCCESS.rawValue
     }
 
+    /// One pass of the connected loop while ``executor`` is in use, in place of `mosquitto_loop`: `poll` on the
+    /// socket and the executor's wake pipe (no `FD_SETSIZE` limit), read what arrived, write what is queued, wake
+    /// the consumers, run the tasks' jobs queued on this thread, and write what they queued.
+    private func pollPass(wakeFD: Int32) -> Int32 {
+        let fd = mosquitto_socket(mosq)
+        if fd < 0 { return MOSQ_ERR_NO_CONN.rawValue }
+        // Order matters (see NetworkExecutor, invariant 3): declare the sleep, then look for output.
+        let mayWait = executor.prepareToSleep()
+        var socketEvents = Int16(POLLIN)
+        if mosquitto_want_write(mosq) { socketEvents |= Int16(POLLOUT) }
+        let now = ContinuousClock.now
+        if now >= nextHousekeeping {
+            // Keepalive: PINGREQ when due, and the end of a connection whose PINGRESP never came.
+            nextHousekeeping = now + .seconds(1)
+            let rc = mosquitto_loop_misc(mosq)
+            if rc != MOSQ_ERR_SUCCESS.rawValue { executor.awake(pipeReadable: false, readFD: wakeFD); return rc }
+        }
+        var fds = (pollfd(fd: fd, events: socketEvents, revents: 0), pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0))
+        let n = withUnsafeMutableBytes(of: &fds) { raw in
+            poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), 2, mayWait ? 1000 : 0)
+        }
+        let pollErrno = errno
+        executor.awake(pipeReadable: n > 0 && fds.1.revents != 0, readFD: wakeFD)
+        if n < 0 {
+            return pollErrno == EINTR ? MOSQ_ERR_SUCCESS.rawValue : MOSQ_ERR_ERRNO.rawValue
+        }
+        var rc = MOSQ_ERR_SUCCESS.rawValue
+        if fds.0.revents != 0 {
+            rc = drainReadable()
+        }
+        if rc == MOSQ_ERR_SUCCESS.rawValue && mosquitto_want_write(mosq) {
+            rc = mosquitto_loop_write(mosq, 1)
+        }
+        flushWakes()
+        if executor.runJobs() && rc == MOSQ_ERR_SUCCESS.rawValue && mosquitto_want_write(mosq) {
+            // What the jobs published goes out now, not after another poll.
+            rc = mosquitto_loop_write(mosq, 1)
+        }
+        return rc
+    }
+
     /// Wakes the consumers of the messages the last loop pass delivered (one wake per stream per pass).
     private func flushWakes() {
         guard !pendingWakes.isEmpty else { return }
@@ -378,6 +437,7 @@ final class ClientCore: @unchecked Sendable {
     /// Fails everything, destroys the handle and wakes the joiners. Runs on the network thread at its end.
     private func teardown(error: MQTTError?) {
         flushWakes()
+        executor.endPolling()
         // Close the gate and wait for other threads' C calls to leave it.
         state.withLock { $0.handleClosed = true }
         while state.withLock({ $0.activeCalls }) > 0 { usleep(1000) }

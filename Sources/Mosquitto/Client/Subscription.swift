@@ -116,8 +116,11 @@ final class MessageBuffer: @unchecked Sendable {
     /// With `deferWake`, a waiting consumer is not resumed here: the message is queued and the caller must
     /// call ``wakeConsumer()`` later (the network thread does so once per pass of its loop, so a burst of
     /// messages costs one task wake-up instead of one per message). Returns `nil` in that case.
+    ///
+    /// While the buffer is full, `jobs` (the network thread's executor) runs its queued tasks before the thread
+    /// waits: a consumer that runs on the network thread can only make room that way.
     @discardableResult
-    func push(_ message: MQTTMessage, deferWake: Bool = false) -> Bool? {
+    func push(_ message: MQTTMessage, deferWake: Bool = false, jobs: NetworkExecutor? = nil) -> Bool? {
         var deadline: DispatchTime?
         while true {
             let step: PushStep = inner.withLock { s in
@@ -164,6 +167,7 @@ final class MessageBuffer: @unchecked Sendable {
             case .wait:
                 // A consumer parked on an earlier deferred message must be woken before we wait for room.
                 wakeConsumer()
+                if let jobs, jobs.runJobs() { continue }
                 if deadline == nil, case .backpressure(let maxWait) = policy.overflow {
                     let ns = UInt64(max(0, maxWait / .nanoseconds(1)))
                     deadline = .now() + .nanoseconds(Int(min(ns, UInt64(Int.max))))
@@ -191,7 +195,7 @@ final class MessageBuffer: @unchecked Sendable {
     }
 
     /// Takes the next message, or nil when the stream ended.
-    func next() async throws(MQTTError) -> MQTTMessage? {
+    nonisolated(nonsending) func next() async throws(MQTTError) -> MQTTMessage? {
         // Fast path: a queued message is taken without suspending (no continuation, no cancellation record).
         let queued: (MQTTMessage, Bool)? = inner.withLock { s in
             guard let m = s.queue.popFirst() else { return nil }
