@@ -237,22 +237,26 @@ extension ClientCore {
 
 // MARK: - C callbacks: the single entry point from libmosquitto into Swift
 
+/// Calls `body` with the client whose `userdata` libmosquitto passed, without retaining it: the network thread
+/// (or, for `on_log`, the gated caller) holds a strong reference for as long as a callback can run (invariant 4).
+/// A retain here is not free: the weak references that streams keep to the core give it a side table, which
+/// makes every retain and release of it take the slow path, twice per message.
 @inline(__always)
-private func core(_ obj: UnsafeMutableRawPointer?) -> ClientCore? {
-    guard let obj else { return nil }
-    return Unmanaged<ClientCore>.fromOpaque(obj).takeUnretainedValue()
+private func withCore(_ obj: UnsafeMutableRawPointer?, _ body: (ClientCore) -> Void) {
+    guard let obj else { return }
+    Unmanaged<ClientCore>.fromOpaque(obj)._withUnsafeGuaranteedRef(body)
 }
 
 private let onConnectTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, Int32, OpaquePointer?) -> Void = { _, obj, rc, flags, props in
-    core(obj)?.handleConnect(rc: rc, flags: flags, props: props)
+    withCore(obj) { $0.handleConnect(rc: rc, flags: flags, props: props) }
 }
 
 private let onDisconnectTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, OpaquePointer?) -> Void = { _, obj, rc, _ in
-    core(obj)?.handleDisconnect(rc: rc)
+    withCore(obj) { $0.handleDisconnect(rc: rc) }
 }
 
 private let onPublishTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, Int32, OpaquePointer?) -> Void = { _, obj, mid, reason, _ in
-    core(obj)?.handlePublished(mid: mid, reason: reason)
+    withCore(obj) { $0.handlePublished(mid: mid, reason: reason) }
 }
 
 private let onSubscribeTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, Int32, UnsafePointer<Int32>?, OpaquePointer?) -> Void = { _, obj, mid, count, granted, _ in
@@ -260,41 +264,45 @@ private let onSubscribeTrampoline: @convention(c) (OpaquePointer?, UnsafeMutable
     if let granted, count > 0 {
         codes = (0..<Int(count)).map { UInt8(truncatingIfNeeded: granted[$0]) }
     }
-    core(obj)?.handleSubscribed(mid: mid, codes: codes)
+    withCore(obj) { $0.handleSubscribed(mid: mid, codes: codes) }
 }
 
 private let onUnsubscribeTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, OpaquePointer?) -> Void = { _, obj, mid, _ in
-    core(obj)?.handleUnsubscribed(mid: mid)
+    withCore(obj) { $0.handleUnsubscribed(mid: mid) }
 }
 
 private let onMessageTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, UnsafePointer<mosquitto_message>?, OpaquePointer?) -> Void = { _, obj, msg, props in
-    guard let c = core(obj), let m = msg?.pointee else { return }
-    // Copy everything out of C memory now: it is freed when this callback returns.
-    let topic = m.topic.map { c.receivedTopic($0) } ?? ""
-    let payload: [UInt8]
-    if let source = m.payload, m.payloadlen > 0 {
-        let count = Int(m.payloadlen)
-        payload = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-            memcpy(buffer.baseAddress!, source, count)
-            initialized = count
+    guard let m = msg?.pointee else { return }
+    withCore(obj) { c in
+        // Copy everything out of C memory now: it is freed when this callback returns.
+        let topic = m.topic.map { c.receivedTopic($0) } ?? ""
+        let payload: [UInt8]
+        if let source = m.payload, m.payloadlen > 0 {
+            let count = Int(m.payloadlen)
+            payload = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+                memcpy(buffer.baseAddress!, source, count)
+                initialized = count
+            }
+        } else {
+            payload = []
         }
-    } else {
-        payload = []
+        let properties = props == nil ? MessageProperties() : PropertyReader.messageProperties(props)
+        var message = MQTTMessage(topic: topic, payload: payload, qos: QoS(rawValue: UInt8(clamping: m.qos)) ?? .atMostOnce,
+                                  retain: m.retain, properties: properties)
+        message.messageID = UInt16(truncatingIfNeeded: m.mid)
+        c.handleMessage(message)
     }
-    let properties = props == nil ? MessageProperties() : PropertyReader.messageProperties(props)
-    var message = MQTTMessage(topic: topic, payload: payload, qos: QoS(rawValue: UInt8(clamping: m.qos)) ?? .atMostOnce,
-                              retain: m.retain, properties: properties)
-    message.messageID = UInt16(truncatingIfNeeded: m.mid)
-    c.handleMessage(message)
 }
 
 private let onLogTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, UnsafePointer<CChar>?) -> Void = { _, obj, level, text in
-    guard let c = core(obj), let text else { return }
+    guard let text else { return }
     let line = String(cString: text)
-    if level == MOSQ_LOG_DEBUG {
-        c.logger.trace("libmosquitto: \(line)")
-    } else {
-        c.logger.debug("libmosquitto: \(line)")
+    withCore(obj) { c in
+        if level == MOSQ_LOG_DEBUG {
+            c.logger.trace("libmosquitto: \(line)")
+        } else {
+            c.logger.debug("libmosquitto: \(line)")
+        }
     }
 }
 
