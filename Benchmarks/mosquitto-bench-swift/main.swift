@@ -6,7 +6,11 @@
 // Like the C program it uses only the library and the C runtime (no Foundation), so the peak memory compares
 // the two libraries, not their programs' extras.
 //
-//   mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311]
+//   mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311] [network|pool]
+//
+// By default the publishing task and the counting task run on their client's network thread
+// (`Task(executorPreference: client.executor)`), where the C program's callbacks run; "pool" runs them on the
+// global concurrent executor instead, as plain `Task { }` does.
 //
 // Prints one line of JSON: {"impl":"swift","qos":Q,"messages":N,"received":R,"seconds":S,"rate":R/S,"peak_rss_kb":K}
 import Mosquitto
@@ -45,11 +49,14 @@ func seconds(_ d: Duration) -> Double {
 nonisolated func run(_ args: [String]) async -> Int32 {
     guard args.count >= 6, let port = Int(args[2]), let qosValue = UInt8(args[3]), let level = QoS(rawValue: qosValue),
           let count = Int(args[4]), let size = Int(args[5]) else {
-        printError("usage: mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311]")
+        printError("usage: mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311] [network|pool]")
         return 1
     }
     let host = args[1]
     let version: MQTTProtocolVersion = args.count > 6 && args[6] == "311" ? .v3_1_1 : .v5
+    // Where the publishing and the counting tasks run: on each client's network thread (`client.executor`), as
+    // the C program's callbacks do, or on Swift's global concurrent executor ("pool").
+    let onNetworkThread = !(args.count > 7 && args[7] == "pool")
     let topic = "bench/swift/\(getpid())/\(qosValue)"
     do {
         let sub = try MQTTClient(configuration: .init(host: host, port: port, clientID: "bench-swift-sub", protocolVersion: version))
@@ -63,7 +70,7 @@ nonisolated func run(_ args: [String]) async -> Int32 {
 
         let clock = ContinuousClock()
         let start = clock.now
-        let reader = Task { () -> (Int, ContinuousClock.Instant) in
+        let reader = Task(executorPreference: onNetworkThread ? sub.executor : nil) { () -> (Int, ContinuousClock.Instant) in
             var got = 0
             for try await _ in stream {
                 got += 1
@@ -72,10 +79,13 @@ nonisolated func run(_ args: [String]) async -> Int32 {
             return (got, clock.now)
         }
         let payload = [UInt8](repeating: UInt8(ascii: "x"), count: size)
-        for _ in 0..<count {
-            try await pub.publish(MQTTMessage(topic: topic, payload: payload, qos: level), completion: .enqueued)
+        let publisher = Task(executorPreference: onNetworkThread ? pub.executor : nil) {
+            for _ in 0..<count {
+                try await pub.publish(MQTTMessage(topic: topic, payload: payload, qos: level), completion: .enqueued)
+            }
+            return seconds(clock.now - start)
         }
-        let published = seconds(clock.now - start)
+        let published = try await publisher.value
         // Wait for the last message, or 60 s without completion.
         let timeout = Task {
             try await Task.sleep(for: .seconds(60))
@@ -84,7 +94,7 @@ nonisolated func run(_ args: [String]) async -> Int32 {
         let (got, last) = try await reader.value
         timeout.cancel()
         let elapsed = got == count ? seconds(last - start) : seconds(clock.now - start)
-        print("{\"impl\":\"swift\",\"qos\":\(qosValue),\"messages\":\(count),\"received\":\(got),\"seconds\":\(elapsed),\"publish_seconds\":\(published),\"rate\":\(Double(got) / elapsed),\"peak_rss_kb\":\(peakResidentKiB())}")
+        print("{\"impl\":\"\(onNetworkThread ? "swift" : "swift-pool")\",\"qos\":\(qosValue),\"messages\":\(count),\"received\":\(got),\"seconds\":\(elapsed),\"publish_seconds\":\(published),\"rate\":\(Double(got) / elapsed),\"peak_rss_kb\":\(peakResidentKiB())}")
         await pub.shutdown()
         await sub.shutdown()
         return got >= count ? 0 : 2

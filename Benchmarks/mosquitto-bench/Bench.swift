@@ -14,7 +14,10 @@ struct Bench: AsyncParsableCommand {
         Starts a private mosquitto, then for each QoS alternates runs of the C reference program
         (mosquitto-bench-c) and the same program written with the Swift library (mosquitto-bench-swift),
         both built by this package, each in its own process: one publisher and one subscriber, N messages
-        of SIZE bytes. Reports the median rate, the ratio Swift/C and each process's peak resident memory.
+        of SIZE bytes. The Swift program runs twice per round: with its publishing and counting tasks on each
+        client's network thread (client.executor, where the C program's callbacks run), and with them on
+        Swift's global concurrent executor. Reports the median rates, the ratios Swift/C and each process's
+        peak resident memory.
 
         Example (release build, Swift runtime linked statically as a deployed Linux binary would be):
           swift build -c release --static-swift-stdlib --product mosquitto-bench
@@ -65,29 +68,35 @@ struct Throughput: AsyncParsableCommand {
             for q in qos {
                 var c: [Result] = []
                 var s: [Result] = []
+                var p: [Result] = []
                 for i in 1...self.repeat {
-                    let args = [broker.host, "\(broker.port)", "\(q)", "\(messages)", "\(size)"]
-                    for (impl, path) in [("c", cPath), ("swift", swiftPath)] {
-                        let out = try await MosquittoBroker.runCommand(path, args, timeout: .seconds(180))
+                    let args = [broker.host, "\(broker.port)", "\(q)", "\(messages)", "\(size)", "5"]
+                    for (impl, path, mode) in [("c", cPath, []), ("swift", swiftPath, ["network"]), ("swift-pool", swiftPath, ["pool"])] {
+                        let out = try await MosquittoBroker.runCommand(path, args + mode, timeout: .seconds(180))
                         guard let line = out.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
                               let r = try? JSONDecoder().decode(Result.self, from: Data(line.utf8)) else {
                             throw ValidationError("\(impl) run failed: \(out.output)")
                         }
                         FileHandle.standardError.write(Data("qos \(q) run \(i) \(impl): \(Int(r.rate)) msg/s, \(r.received)/\(r.messages) received, peak RSS \(r.peak_rss_kb) KiB\n".utf8))
-                        if impl == "c" { c.append(r) } else { s.append(r) }
+                        switch impl {
+                        case "c": c.append(r)
+                        case "swift": s.append(r)
+                        default: p.append(r)
+                        }
                     }
                 }
-                let mc = median(c.map(\.rate)), ms = median(s.map(\.rate))
-                let rc = c.map(\.peak_rss_kb).max() ?? 0, rs = s.map(\.peak_rss_kb).max() ?? 0
-                rows.append("| \(q) | \(Int(mc)) | \(Int(ms)) | **\(String(format: "%.2f", ms / mc))** | \(rc / 1024) MiB | \(rs / 1024) MiB | \(c.allSatisfy { $0.received == $0.messages } && s.allSatisfy { $0.received == $0.messages } ? "all" : "LOSS") |")
+                let mc = median(c.map(\.rate)), ms = median(s.map(\.rate)), mp = median(p.map(\.rate))
+                let rc = c.map(\.peak_rss_kb).max() ?? 0, rs = (s + p).map(\.peak_rss_kb).max() ?? 0
+                let all = (c + s + p).allSatisfy { $0.received == $0.messages }
+                rows.append("| \(q) | \(Int(mc)) | \(Int(ms)) | **\(String(format: "%.2f", ms / mc))** | \(Int(mp)) | \(String(format: "%.2f", mp / mc)) | \(rc / 1024) MiB | \(rs / 1024) MiB | \(all ? "all" : "LOSS") |")
             }
         } catch {
             await broker.shutdown()
             throw error
         }
         await broker.shutdown()
-        print("| QoS | C msg/s (median of \(self.repeat)) | Swift msg/s | Swift/C | C peak RSS | Swift peak RSS | delivered |")
-        print("|---|---|---|---|---|---|---|")
+        print("| QoS | C msg/s (median of \(self.repeat)) | Swift msg/s, tasks on `client.executor` | Swift/C | Swift msg/s, tasks on the global executor | Swift/C | C peak RSS | Swift peak RSS | delivered |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in rows { print(r) }
         print("\n\(messages) messages of \(size) bytes, one publisher and one subscriber per process, private mosquitto \(MQTTClient.libraryVersion) on loopback.")
     }
