@@ -91,13 +91,42 @@ struct ExecutorTests {
         }
     }
 
-    @Test("Publishing and subscribing from other tasks wakes the polling network thread")
-    func otherThreadsWakeThePollingLoop() async throws {
+    @Test("A full buffer still drops after maxWait while another task keeps the network thread's executor busy")
+    func backpressureDeadlineWithBusyExecutor() async throws {
         try await withBroker { broker in
             let client = try await connected(broker)
             #expect(await eventually { await runsOnNetworkThread(client) })
-            // Now the connected loop sleeps in poll(), with a one-second timeout. A publish or subscribe from a pool
-            // thread that failed to wake it would wait for that timeout: 30 of them, at least 30 s.
+            // Nobody reads this stream: after two messages its buffer is full and each further message waits
+            // maxWait, then is dropped, as the policy promises.
+            let stalled = try await client.subscribe([Subscription("stall/x", qos: .atLeastOnce)],
+                                                     buffer: .init(capacity: 2, overflow: .backpressure(maxWait: .milliseconds(300))))
+            // A task that always has another job queued on the network thread (a ticker that yields).
+            let ticker = Task(executorPreference: client.executor) { () -> Int in
+                var ticks = 0
+                while !Task.isCancelled {
+                    ticks += 1
+                    await Task.yield()
+                }
+                return ticks
+            }
+            for i in 0..<5 {
+                try await client.publish(MQTTMessage(topic: "stall/x", payload: payload(i), qos: .atLeastOnce), completion: .enqueued)
+            }
+            #expect(await eventually { stalled.droppedCount == 3 }, "the wait for room ends after maxWait although jobs keep coming")
+            ticker.cancel()
+            #expect(await ticker.value > 0)
+            await client.shutdown()
+        }
+    }
+
+    @Test("Publishing and subscribing from other tasks wakes the polling network thread")
+    func otherThreadsWakeThePollingLoop() async throws {
+        try await withBroker { broker in
+            // The connected loop sleeps in poll() for up to a minute here (instead of a second), so a publish or
+            // subscribe from a pool thread that failed to wake it waits a minute: far beyond the bound below even on
+            // a slow machine or under a sanitizer, where the 31 calls take up to about 20 s.
+            let client = try await connected(broker) { $0.pollIdleTimeoutMilliseconds = 60_000 }
+            #expect(await eventually { await runsOnNetworkThread(client) })
             let started = ContinuousClock.now
             let stream = try await client.subscribe("wake/#", qos: .atLeastOnce)
             for i in 0..<30 {
@@ -106,7 +135,7 @@ struct ExecutorTests {
             }
             let got = try await collect(stream, count: 30)
             #expect(got.count == 30)
-            #expect(ContinuousClock.now - started < .seconds(15), "each call woke the network thread")
+            #expect(ContinuousClock.now - started < .seconds(55), "each call woke the network thread")
             await client.shutdown()
         }
     }

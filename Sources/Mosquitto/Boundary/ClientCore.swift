@@ -370,23 +370,29 @@ final class ClientCore: @unchecked Sendable {
     /// One pass of the connected loop while ``executor`` is in use, in place of `mosquitto_loop`: `poll` on the
     /// socket and the executor's wake pipe (no `FD_SETSIZE` limit), read what arrived, write what is queued, wake
     /// the consumers, run the tasks' jobs queued on this thread, and write what they queued.
+    ///
+    /// libmosquitto still writes a byte to its internal socket pair for every packet it queues; nothing reads it
+    /// in this mode, so it fills (its writes then fail with `EAGAIN`, as libmosquitto expects of a full pair).
+    /// The next `connect` replaces the pair; until then `mosquitto_loop` (in `finishGracefully`) finds it readable
+    /// and returns at once, which only makes that short loop spin.
     private func pollPass(wakeFD: Int32) -> Int32 {
         let fd = mosquitto_socket(mosq)
         if fd < 0 { return MOSQ_ERR_NO_CONN.rawValue }
+        let now = ContinuousClock.now
+        if now >= nextHousekeeping {
+            // Keepalive: PINGREQ when due (written in this pass: it is queued before POLLOUT is decided), and the
+            // end of a connection whose PINGRESP never came.
+            nextHousekeeping = now + .seconds(1)
+            let rc = mosquitto_loop_misc(mosq)
+            if rc != MOSQ_ERR_SUCCESS.rawValue { return rc }
+        }
         // Order matters (see NetworkExecutor, invariant 3): declare the sleep, then look for output.
         let mayWait = executor.prepareToSleep()
         var socketEvents = Int16(POLLIN)
         if mosquitto_want_write(mosq) { socketEvents |= Int16(POLLOUT) }
-        let now = ContinuousClock.now
-        if now >= nextHousekeeping {
-            // Keepalive: PINGREQ when due, and the end of a connection whose PINGRESP never came.
-            nextHousekeeping = now + .seconds(1)
-            let rc = mosquitto_loop_misc(mosq)
-            if rc != MOSQ_ERR_SUCCESS.rawValue { executor.awake(pipeReadable: false, readFD: wakeFD); return rc }
-        }
         var fds = (pollfd(fd: fd, events: socketEvents, revents: 0), pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0))
         let n = withUnsafeMutableBytes(of: &fds) { raw in
-            poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), 2, mayWait ? 1000 : 0)
+            poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), 2, mayWait ? config.pollIdleTimeoutMilliseconds : 0)
         }
         let pollErrno = errno
         executor.awake(pipeReadable: n > 0 && fds.1.revents != 0, readFD: wakeFD)

@@ -138,12 +138,17 @@ final class NetworkExecutor: TaskExecutor, @unchecked Sendable {
     /// Declares that the network thread is about to sleep in `poll`. Returns false when jobs are queued (poll
     /// without waiting). After this returns true, check libmosquitto for pending output, then poll.
     func prepareToSleep() -> Bool {
-        state.withLock { s in
+        let sleeping = state.withLock { s in
             if !s.jobs.isEmpty { return false }
             s.sleeping = true
             sleepingHint.store(true, ordering: .sequentiallyConsistent)
             return true
         }
+        // `mosquitto_want_write`, which the caller checks next, reads libmosquitto's queue without a lock. Without a
+        // full fence a weakly ordered CPU (arm64) could perform that read before the hint is visible to a publisher,
+        // which would then skip the wake-up while the packet waits for the poll timeout.
+        if sleeping { atomicMemoryFence(ordering: .sequentiallyConsistent) }
+        return sleeping
     }
 
     /// After `poll` returned: no longer sleeping; empties the pipe when it was poked.

@@ -258,6 +258,10 @@ public struct MQTTConfiguration: Sendable {
     public var connectProperties = ConnectProperties()
     /// Prefix of the private response topic used by ``MQTTClient/request(_:timeout:)``.
     public var responseTopicPrefix: String = "responses"
+    /// How long the network thread's own poll loop (see ``MQTTClient/executor``) sleeps when nothing happens, in
+    /// milliseconds; it also bounds how late a keepalive PINGREQ goes out. Tests stretch it so that a missed
+    /// wake-up cannot hide behind a short timeout.
+    var pollIdleTimeoutMilliseconds: Int32 = 1000
     /// Where the client logs. libmosquitto's own log lines are forwarded at `.debug`/`.trace` when that level is on.
     public var logger: Logger = Logger(label: "mosquitto.client")
 

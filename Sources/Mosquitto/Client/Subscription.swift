@@ -167,11 +167,13 @@ final class MessageBuffer: @unchecked Sendable {
             case .wait:
                 // A consumer parked on an earlier deferred message must be woken before we wait for room.
                 wakeConsumer()
-                if let jobs, jobs.runJobs() { continue }
                 if deadline == nil, case .backpressure(let maxWait) = policy.overflow {
                     let ns = UInt64(max(0, maxWait / .nanoseconds(1)))
                     deadline = .now() + .nanoseconds(Int(min(ns, UInt64(Int.max))))
                 }
+                // Jobs that ran may have made room; try again (the deadline above still bounds the whole wait, even
+                // when other tasks on the executor keep queueing jobs).
+                if let jobs, jobs.runJobs() { continue }
                 _ = room.wait(timeout: min(deadline!, .now() + .milliseconds(100)))
             }
         }
