@@ -395,7 +395,7 @@ final class ClientCore: @unchecked Sendable {
             poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), 2, mayWait ? config.pollIdleTimeoutMilliseconds : 0)
         }
         let pollErrno = errno
-        executor.awake(pipeReadable: n > 0 && fds.1.revents != 0, readFD: wakeFD)
+        executor.awake(wasSleeping: mayWait, pipeReadable: n > 0 && fds.1.revents != 0, readFD: wakeFD)
         if n < 0 {
             return pollErrno == EINTR ? MOSQ_ERR_SUCCESS.rawValue : MOSQ_ERR_ERRNO.rawValue
         }

@@ -151,11 +151,14 @@ final class NetworkExecutor: TaskExecutor, @unchecked Sendable {
         return sleeping
     }
 
-    /// After `poll` returned: no longer sleeping; empties the pipe when it was poked.
-    func awake(pipeReadable: Bool, readFD: Int32) {
-        state.withLock { s in
-            s.sleeping = false
-            sleepingHint.store(false, ordering: .sequentiallyConsistent)
+    /// After `poll` returned: no longer sleeping (when ``prepareToSleep()`` said so; otherwise nothing was set, and
+    /// the lock is not taken); empties the pipe when it was poked.
+    func awake(wasSleeping: Bool, pipeReadable: Bool, readFD: Int32) {
+        if wasSleeping {
+            state.withLock { s in
+                s.sleeping = false
+                sleepingHint.store(false, ordering: .sequentiallyConsistent)
+            }
         }
         guard pipeReadable else { return }
         var buffer = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
