@@ -337,11 +337,19 @@ public struct MessageStream: AsyncSequence, Sendable {
         let iteration: IterationToken
         var token: Token { iteration.token }
         /// The next message; nil once the stream ended (cancelled, unsubscribed, or the client shut down).
-        public mutating func next() async throws(MQTTError) -> MQTTMessage? {
+        ///
+        /// Runs on the caller's executor (`nonisolated(nonsending)`): taking a queued message costs no hop.
+        public nonisolated(nonsending) mutating func next() async throws(MQTTError) -> MQTTMessage? {
             try await token.buffer.next()
         }
-        /// The next message, awaited on the caller's actor; see ``next()``.
-        public mutating func next(isolation actor: isolated (any Actor)?) async throws(MQTTError) -> MQTTMessage? {
+        /// The next message, awaited on the caller's actor; see ``next()``. This is what a `for try await` loop
+        /// calls.
+        ///
+        /// `nonisolated(nonsending)` rather than an `isolated` parameter: both run on the caller's actor, but a
+        /// function with an `isolated` parameter switches to that actor on entry and the caller switches back on
+        /// return. Those two runtime switches per message look up a task's executor preference under a lock,
+        /// which cost the network thread about 3% of its time at QoS 0.
+        public nonisolated(nonsending) mutating func next(isolation actor: (any Actor)?) async throws(MQTTError) -> MQTTMessage? {
             try await token.buffer.next()
         }
     }
