@@ -38,6 +38,13 @@ struct HardeningTests {
                 #expect(e.message.contains("250 levels"))
             }
             await #expect(throws: MQTTError.self) { _ = try await c.subscribe(deep) }
+            // The boundary: 200 slashes are 200 bytes and 201 (empty) levels, one more than mosquitto takes.
+            do {
+                try await c.publish(MQTTMessage(topic: String(repeating: "/", count: 200), string: "x"))
+                Issue.record("a 201-level topic must be refused")
+            } catch let e as MQTTError {
+                #expect(e.code == .invalidTopic && e.message.contains("201 levels"), "\(e.code): \(e.message)")
+            }
             // Still usable, and still the same connection: nothing reached the broker.
             try await c.publish(MQTTMessage(topic: "after/limits", string: "fine"))
             let got = try await collect(everything, count: 1)

@@ -176,6 +176,8 @@ extension ClientCore {
 
     /// Refuses topics deeper than the broker accepts (see ``MQTTConfiguration/maximumTopicLevels``).
     func checkDepth(_ topic: String, what: String) throws(MQTTError) {
+        // A topic of n bytes has at most n + 1 levels: short topics (nearly all) need no count.
+        if topic.utf8.count < config.maximumTopicLevels { return }
         let levels = MQTTTopic.levelCount(topic)
         if levels > config.maximumTopicLevels {
             throw MQTTError(what == "topic" ? .invalidTopic : .invalidFilter,
