@@ -7,11 +7,13 @@
  *
  *   mosquitto-bench-c HOST PORT QOS COUNT SIZE [PROTOCOL(5|311)]
  *
- * Prints one line of JSON: {"impl":"c","qos":Q,"messages":N,"received":R,"seconds":S,"rate":R/S,"peak_rss_kb":K}
+ * Prints one line of JSON: {"impl":"c","qos":Q,"messages":N,"received":R,"seconds":S,"rate":R/S,"peak_rss_kb":K,
+ * "cpu_ms":T}, T being the process's CPU time (user + system, all threads, connecting included).
  */
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +41,13 @@ static long peak_rss_kb(void) {
     }
     fclose(f);
     return kb;
+}
+
+/* CPU time (user + system) of the whole process so far, in milliseconds. */
+static double cpu_ms(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return -1;
+    return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
 }
 
 static double now(void) {
@@ -138,8 +147,8 @@ int main(int argc, char **argv) {
         : now() - start;
 
     long got = atomic_load(&received);
-    printf("{\"impl\":\"c\",\"qos\":%d,\"messages\":%ld,\"received\":%ld,\"seconds\":%.6f,\"publish_seconds\":%.6f,\"rate\":%.1f,\"peak_rss_kb\":%ld}\n",
-           qos, expected, got, seconds, published, (double)got / seconds, peak_rss_kb());
+    printf("{\"impl\":\"c\",\"qos\":%d,\"messages\":%ld,\"received\":%ld,\"seconds\":%.6f,\"publish_seconds\":%.6f,\"rate\":%.1f,\"peak_rss_kb\":%ld,\"cpu_ms\":%.1f}\n",
+           qos, expected, got, seconds, published, (double)got / seconds, peak_rss_kb(), cpu_ms());
     fflush(stdout);
 
     mosquitto_disconnect(pub);

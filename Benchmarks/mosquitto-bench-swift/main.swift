@@ -12,7 +12,8 @@
 // (`Task(executorPreference: client.executor)`), where the C program's callbacks run; "pool" runs them on the
 // global concurrent executor instead, as plain `Task { }` does.
 //
-// Prints one line of JSON: {"impl":"swift","qos":Q,"messages":N,"received":R,"seconds":S,"rate":R/S,"peak_rss_kb":K}
+// Prints one line of JSON: {"impl":"swift","qos":Q,"messages":N,"received":R,"seconds":S,"rate":R/S,"peak_rss_kb":K,
+// "cpu_ms":T}, T being the process's CPU time (user + system, all threads, connecting included).
 import Mosquitto
 #if canImport(Glibc)
 import Glibc
@@ -33,6 +34,18 @@ func peakResidentKiB() -> Int {
         }
     }
     return -1
+}
+
+/// CPU time (user + system) of the whole process so far, in milliseconds, read as the C program reads it.
+func cpuMilliseconds() -> Double {
+    var ru = rusage()
+    #if canImport(Glibc)
+    let who = __rusage_who_t(RUSAGE_SELF.rawValue)
+    #else
+    let who = RUSAGE_SELF
+    #endif
+    guard getrusage(who, &ru) == 0 else { return -1 }
+    return Double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 + Double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3
 }
 
 func printError(_ text: String) {
@@ -94,7 +107,7 @@ nonisolated func run(_ args: [String]) async -> Int32 {
         let (got, last) = try await reader.value
         timeout.cancel()
         let elapsed = got == count ? seconds(last - start) : seconds(clock.now - start)
-        print("{\"impl\":\"\(onNetworkThread ? "swift" : "swift-pool")\",\"qos\":\(qosValue),\"messages\":\(count),\"received\":\(got),\"seconds\":\(elapsed),\"publish_seconds\":\(published),\"rate\":\(Double(got) / elapsed),\"peak_rss_kb\":\(peakResidentKiB())}")
+        print("{\"impl\":\"\(onNetworkThread ? "swift" : "swift-pool")\",\"qos\":\(qosValue),\"messages\":\(count),\"received\":\(got),\"seconds\":\(elapsed),\"publish_seconds\":\(published),\"rate\":\(Double(got) / elapsed),\"peak_rss_kb\":\(peakResidentKiB()),\"cpu_ms\":\(cpuMilliseconds())}")
         await pub.shutdown()
         await sub.shutdown()
         return got >= count ? 0 : 2

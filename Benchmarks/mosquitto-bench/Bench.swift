@@ -16,14 +16,16 @@ struct Bench: AsyncParsableCommand {
         both built by this package, each in its own process: one publisher and one subscriber, N messages
         of SIZE bytes. The Swift program runs twice per round: with its publishing and counting tasks on each
         client's network thread (client.executor, where the C program's callbacks run), and with them on
-        Swift's global concurrent executor. Reports the median rates, the ratios Swift/C and each process's
-        peak resident memory.
+        Swift's global concurrent executor; every other round runs them in the opposite order. Reports the
+        median rates, the ratios Swift/C (of the medians, and within each round: median and middle half),
+        each process's CPU time and its peak resident memory. Single rounds spread widely on a small machine:
+        use 15 rounds or more.
 
         Example (release build, Swift runtime linked statically as a deployed Linux binary would be):
           swift build -c release --static-swift-stdlib --product mosquitto-bench
           swift build -c release --static-swift-stdlib --product mosquitto-bench-c
           swift build -c release --static-swift-stdlib --product mosquitto-bench-swift
-          .build/release/mosquitto-bench throughput --messages 100000 --size 64 --repeat 5
+          .build/release/mosquitto-bench throughput --messages 100000 --size 64 --repeat 15
         """,
         subcommands: [Throughput.self],
         defaultSubcommand: Throughput.self
@@ -38,6 +40,8 @@ struct Result: Codable {
     var seconds: Double
     var rate: Double
     var peak_rss_kb: Int
+    /// CPU time of the whole process (user + system), absent from older builds of the programs.
+    var cpu_ms: Double?
 }
 
 struct Throughput: AsyncParsableCommand {
@@ -71,7 +75,10 @@ struct Throughput: AsyncParsableCommand {
                 var p: [Result] = []
                 for i in 1...self.repeat {
                     let args = [broker.host, "\(broker.port)", "\(q)", "\(messages)", "\(size)", "5"]
-                    for (impl, path, mode) in [("c", cPath, []), ("swift", swiftPath, ["network"]), ("swift-pool", swiftPath, ["pool"])] {
+                    // Every other round runs in the opposite order, so that no implementation always runs right
+                    // after the same one (the broker may still be freeing the previous run's memory).
+                    let order = [("c", cPath, [String]()), ("swift", swiftPath, ["network"]), ("swift-pool", swiftPath, ["pool"])]
+                    for (impl, path, mode) in i % 2 == 1 ? order : order.reversed() {
                         let out = try await MosquittoBroker.runCommand(path, args + mode, timeout: .seconds(180))
                         guard let line = out.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
                               let r = try? JSONDecoder().decode(Result.self, from: Data(line.utf8)) else {
@@ -86,23 +93,31 @@ struct Throughput: AsyncParsableCommand {
                     }
                 }
                 let mc = median(c.map(\.rate)), ms = median(s.map(\.rate)), mp = median(p.map(\.rate))
+                // The ratio within each round (same minute, same broker state), then its median and middle half.
+                let paired = quartiles(zip(s, c).map { $0.rate / $1.rate })
+                let cpuC = median(c.compactMap(\.cpu_ms)), cpuS = median(s.compactMap(\.cpu_ms))
                 let rc = c.map(\.peak_rss_kb).max() ?? 0, rs = (s + p).map(\.peak_rss_kb).max() ?? 0
                 let all = (c + s + p).allSatisfy { $0.received == $0.messages }
-                rows.append("| \(q) | \(Int(mc)) | \(Int(ms)) | **\(String(format: "%.2f", ms / mc))** | \(Int(mp)) | \(String(format: "%.2f", mp / mc)) | \(rc / 1024) MiB | \(rs / 1024) MiB | \(all ? "all" : "LOSS") |")
+                let f = { (x: Double) in String(format: "%.2f", x) }
+                rows.append("| \(q) | \(Int(mc)) | \(Int(ms)) | **\(f(ms / mc))** | \(f(paired.median)) (\(f(paired.low))-\(f(paired.high))) | \(Int(mp)) | \(f(mp / mc)) | \(Int(cpuC)) / \(Int(cpuS)) | \(rc / 1024) / \(rs / 1024) MiB | \(all ? "all" : "LOSS") |")
             }
         } catch {
             await broker.shutdown()
             throw error
         }
         await broker.shutdown()
-        print("| QoS | C msg/s (median of \(self.repeat)) | Swift msg/s, tasks on `client.executor` | Swift/C | Swift msg/s, tasks on the global executor | Swift/C | C peak RSS | Swift peak RSS | delivered |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| QoS | C msg/s (median of \(self.repeat)) | Swift msg/s, tasks on `client.executor` | Swift/C | Swift/C per round: median (middle half) | Swift msg/s, tasks on the global executor | Swift/C | CPU ms per run, C / Swift | peak RSS, C / Swift | delivered |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows { print(r) }
         print("\n\(messages) messages of \(size) bytes, one publisher and one subscriber per process, private mosquitto \(MQTTClient.libraryVersion) on loopback.")
     }
 
-    func median(_ v: [Double]) -> Double {
+    func median(_ v: [Double]) -> Double { quartiles(v).median }
+
+    /// The median and the quartiles around it (nearest rank), so a reader sees how far single rounds spread.
+    func quartiles(_ v: [Double]) -> (low: Double, median: Double, high: Double) {
         let s = v.sorted()
-        return s.isEmpty ? 0 : s[s.count / 2]
+        guard !s.isEmpty else { return (0, 0, 0) }
+        return (s[(s.count - 1) / 4], s[s.count / 2], s[(3 * (s.count - 1) + 3) / 4])
     }
 }
