@@ -142,7 +142,7 @@ let package = Package(
         // The examples: one runnable program per messaging pattern (Examples/README.md), and their smoke tests.
         .target(
             name: "ExampleSupport",
-            dependencies: ["Mosquitto", "MosquittoBroker", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Mosquitto", "MosquittoBroker", "MosquittoSync", .product(name: "Logging", package: "swift-log")],
             path: "Examples/Support"
         ),
         .executableTarget(name: "example-telemetry", dependencies: exampleDependencies, path: "Examples/Telemetry"),

@@ -7,12 +7,14 @@ import Darwin
 #endif
 
 import Foundation
+import MosquittoSync
 
 /// A program the example starts (`mqtt-bridge`, `mqtt-rr`, or the example itself in a worker role).
 ///
-/// It is spawned with `posix_spawn`, an empty signal mask and default signal actions. A program started
-/// with Foundation's `Process` from async code inherits the signal mask of a Swift concurrency thread,
-/// where SIGTERM and SIGINT are blocked, and would then ignore ``terminate(grace:)``.
+/// It is started with `spawnChild` (`MosquittoSync`): an empty signal mask, default signal actions and no
+/// inherited descriptors. A program started with Foundation's `Process` from async code inherits the signal
+/// mask of a Swift concurrency thread, where SIGTERM and SIGINT are blocked, and would then ignore
+/// ``terminate(grace:)``.
 /// Standard output and standard error go, interleaved, to a temporary file: ``output``.
 public final class ChildProgram: @unchecked Sendable {
     // `pid` and `outputPath` never change; `status` is only touched under `lock`.
@@ -26,31 +28,11 @@ public final class ChildProgram: @unchecked Sendable {
     public init(_ executable: String, _ arguments: [String]) throws {
         name = (executable as NSString).lastPathComponent
         outputPath = NSTemporaryDirectory() + "example-\(name)-\(UUID().uuidString.prefix(8)).out"
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for s in [SIGINT, SIGTERM, SIGALRM, SIGPIPE, SIGHUP] { sigaddset(&defaults, s) }
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
-        defer { for p in argv { free(p) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executable, &actions, &attr, argv, environ)
-        guard rc == 0 else {
-            throw CheckFailed("cannot start \(executable): \(String(cString: strerror(rc)))")
+        do {
+            pid = try spawnChild(executable, arguments, standardOutput: outputPath)
+        } catch {
+            throw CheckFailed("\(error)")
         }
-        self.pid = pid
     }
 
     deinit {

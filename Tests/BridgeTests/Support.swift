@@ -206,35 +206,13 @@ func metricValue(_ text: String, _ name: String, route: String) -> Double? {
     return nil
 }
 
-/// A child process launched with an empty signal mask (Foundation's Process inherits the async thread's blocked
-/// SIGTERM), so that SIGTERM and SIGKILL behave as they would from a shell.
+/// A child process started with `spawnChild`: an empty signal mask (Foundation's Process inherits the async thread's
+/// blocked SIGTERM) and no inherited descriptors, so that SIGTERM and SIGKILL behave as they would from a shell.
 final class Child: Sendable {
     let pid: pid_t
 
     init(_ path: String, _ arguments: [String], output: String) throws {
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for s in [SIGTERM, SIGINT, SIGHUP, SIGPIPE] { sigaddset(&defaults, s) }
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        let argv = ([path] + arguments).map { strdup($0) } + [nil]
-        defer { for a in argv { free(a) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, path, &actions, &attr, argv, environ)
-        guard rc == 0 else { throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EINVAL) }
-        self.pid = pid
+        pid = try spawnChild(path, arguments, standardOutput: output, appendOutput: true)
     }
 
     func signal(_ s: Int32) { kill(pid, s) }

@@ -14,7 +14,7 @@ struct FeatureTests {
             let directory = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: directory) }
             let file = directory + "/pw"
-            FileManager.default.createFile(atPath: file, contents: Data((Self.password + "\n").utf8))
+            try Data((Self.password + "\n").utf8).write(to: URL(fileURLWithPath: file))
             var env = ProcessInfo.processInfo.environment
             env["CLI_TEST_PASSWORD"] = Self.password
             let listener = try await run(tool("mqtt-sub"), at(broker) + ["-u", "alice", "--password-file", file, "-t", "pw/#", "-E", "-d"])
@@ -28,7 +28,7 @@ struct FeatureTests {
             }
             // A wrong password: refused with the CONNACK code, as mosquitto_pub (5 on MQTT 3.1.1, 135 on MQTT 5: mosquitto answers "not authorised").
             let wrongFile = directory + "/wrong"
-            FileManager.default.createFile(atPath: wrongFile, contents: Data("not-\(Self.password)\n".utf8))
+            try Data("not-\(Self.password)\n".utf8).write(to: URL(fileURLWithPath: wrongFile))
             for (version, code) in [("mqttv311", Int32(5)), ("mqttv5", Int32(135))] {
                 let bad = try await run(tool("mqtt-pub"), at(broker) + ["-V", version, "-u", "alice", "--password-file", wrongFile, "-t", "a", "-m", "x", "-d"])
                 #expect(bad.status == code, "\(version): \(bad)")

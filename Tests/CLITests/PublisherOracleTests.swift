@@ -26,9 +26,9 @@ struct PublisherOracleTests {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let binary = directory + "/binary"
-        FileManager.default.createFile(atPath: binary, contents: Data([0, 1, 2, 0xFF, 10, 13]))
+        try Data([0, 1, 2, 0xFF, 10, 13]).write(to: URL(fileURLWithPath: binary))
         let empty = directory + "/empty"
-        FileManager.default.createFile(atPath: empty, contents: Data())
+        try Data().write(to: URL(fileURLWithPath: empty))
         let commands: [([String], [UInt8]?)] = [
             (["-t", "p/m", "-m", "hello", "-q", "1"], nil),
             (["-t", "p/q1", "-m", "qos one", "-q", "1"], nil),

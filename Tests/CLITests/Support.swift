@@ -66,8 +66,9 @@ struct RunResult: CustomStringConvertible {
     var description: String { "status \(status)\(signalled ? " (signal)" : ""), stdout: \(out.prefix(500)), stderr: \(stderr.prefix(500))" }
 }
 
-/// A running child process, started with an empty signal mask and default signal actions (unlike `Process`
-/// started from a Swift concurrency thread, whose blocked SIGTERM/SIGINT/SIGALRM the child would inherit).
+/// A running child process, started with `spawnChild`: an empty signal mask, default signal actions and no inherited
+/// descriptors (unlike `Process` started from a Swift concurrency thread, whose blocked SIGTERM/SIGINT/SIGALRM the
+/// child would inherit).
 final class Child: @unchecked Sendable {
     let pid: pid_t
     let directory: String
@@ -75,33 +76,12 @@ final class Child: @unchecked Sendable {
 
     init(_ executable: String, _ arguments: [String], stdinPath: String? = nil, environment: [String: String]? = nil) throws {
         directory = temporaryDirectory()
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, stdinPath ?? "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, directory + "/stdout", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_addopen(&actions, 2, directory + "/stderr", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for s in [SIGINT, SIGTERM, SIGALRM, SIGPIPE, SIGHUP] { sigaddset(&defaults, s) }
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
-        defer { for p in argv { free(p) } }
         var env = environment ?? ProcessInfo.processInfo.environment
         env["TZ"] = env["TZ"] ?? "UTC"
-        let envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { for p in envp { free(p) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executable, &actions, &attr, argv, envp)
-        guard rc == 0 else { throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EINVAL) }
-        self.pid = pid
+        pid = try spawnChild(
+            executable, arguments, environment: env, standardInput: stdinPath ?? "/dev/null",
+            standardOutput: directory + "/stdout", standardError: directory + "/stderr"
+        )
     }
 
     /// Sends a signal.
@@ -143,7 +123,7 @@ func run(_ executable: String, _ arguments: [String], stdin: [UInt8]? = nil, std
     if let stdin {
         let dir = temporaryDirectory()
         path = dir + "/stdin"
-        FileManager.default.createFile(atPath: path!, contents: Data(stdin))
+        try Data(stdin).write(to: URL(fileURLWithPath: path!))
         cleanup = dir
     }
     defer { if let cleanup { try? FileManager.default.removeItem(atPath: cleanup) } }

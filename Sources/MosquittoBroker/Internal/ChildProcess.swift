@@ -163,7 +163,7 @@ final class ChildProcess: @unchecked Sendable {
                 )
             }
             do {
-                try process.run()
+                try launchSerially(process)
             } catch {
                 watchdog?.childExited()
                 throw MosquittoBrokerError(
@@ -234,7 +234,7 @@ final class Watchdog: Sendable {
         process.standardInput = input
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
-        let launched = (try? process.run()) != nil
+        let launched = (try? launchSerially(process)) != nil
         try? input.close()
         guard launched else {
             close(writeEnd)
@@ -265,6 +265,20 @@ final class Watchdog: Sendable {
             close(writeEnd)
         }
     }
+}
+
+/// Held while Foundation launches a process; see ``launchSerially(_:)``.
+private let foundationLaunchLock = LockedValue(())
+
+/// Runs `process`, one launch at a time in this process.
+///
+/// Foundation's `Process.run()` creates a socket pair without `O_CLOEXEC` and learns that the child exited
+/// when the child's end reaches end-of-file. In the new child it closes the descriptors that were open when
+/// it listed them; a socket pair that another thread creates in the meantime stays open in that child. A broker
+/// started at the same moment as another could hold the other's end, and when the other was killed, it would go
+/// unreaped until the first one ended. A launch takes about a millisecond, so taking turns costs little.
+private func launchSerially(_ process: Process) throws {
+    try foundationLaunchLock.withLock { _ in try process.run() }
 }
 
 /// Runs `body` on a new thread whose signal mask is empty and returns its result.

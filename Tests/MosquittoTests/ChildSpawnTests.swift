@@ -1,0 +1,59 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+import Foundation
+import MosquittoSync
+import Testing
+
+/// `spawnChild` starts the CLIs, the bridge and the examples' programs in the tests and the examples.
+/// A child must not keep this process's sockets and pipes open: while one held a copy of the socket pair
+/// through which Foundation's `Process` learns that mosquitto exited, a killed broker went unreaped.
+@Suite("spawnChild: a child starts as from a shell", .timeLimit(.minutes(1)))
+struct ChildSpawnTests {
+    @Test("the child inherits no descriptor above 2, though this process holds some without O_CLOEXEC")
+    func noInheritedDescriptors() async throws {
+        var ends: [Int32] = [-1, -1]
+        #expect(pipe(&ends) == 0)
+        defer { close(ends[0]); close(ends[1]) }
+        #expect(fcntl(ends[1], F_GETFD) & FD_CLOEXEC == 0, "the pipe is inheritable")
+
+        let output = NSTemporaryDirectory() + "spawn-\(UUID().uuidString).out"
+        defer { unlink(output) }
+        let pid = try spawnChild("/bin/sleep", ["30"], standardOutput: output)
+        defer { kill(pid, SIGKILL); _ = waitpid(pid, nil, 0) }
+
+        let descriptors = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").sorted()
+        #expect(descriptors == ["0", "1", "2"])
+    }
+
+    @Test("spawned from a concurrency thread, the child still dies of SIGTERM and writes where it is told")
+    func signalsAndOutput() async throws {
+        let output = NSTemporaryDirectory() + "spawn-\(UUID().uuidString).out"
+        defer { unlink(output) }
+        let pid = try spawnChild("/bin/sh", ["-c", "echo out; echo err >&2; exec sleep 30"], standardOutput: output)
+        let printed = await eventually { (try? String(contentsOfFile: output, encoding: .utf8)) == "out\nerr\n" }
+        #expect(printed, "standard output and standard error both go to the output file")
+        #expect(kill(pid, SIGTERM) == 0)
+
+        var status: Int32 = 0
+        _ = await eventually { waitpid(pid, &status, WNOHANG) == pid }
+        let signalled = status & 0x7F
+        if signalled == 0 { kill(pid, SIGKILL); _ = waitpid(pid, nil, 0) }
+        #expect(signalled == SIGTERM, "wait status \(status)")
+    }
+
+    @Test("a program that cannot be started is a thrown error naming it")
+    func missingProgram() {
+        #expect {
+            _ = try spawnChild("/nonexistent/mqtt-pub", [], standardOutput: "/dev/null")
+        } throws: { error in
+            "\(error)" == "cannot start /nonexistent/mqtt-pub: No such file or directory"
+        }
+    }
+
+}
