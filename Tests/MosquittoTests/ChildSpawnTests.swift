@@ -27,8 +27,23 @@ struct ChildSpawnTests {
         let pid = try spawnChild("/bin/sleep", ["30"], standardOutput: output)
         defer { kill(pid, SIGKILL); _ = waitpid(pid, nil, 0) }
 
-        let descriptors = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").sorted()
-        #expect(descriptors == ["0", "1", "2"])
+        // The child may have a file of its own open for a moment (sleep reads its locale at start), so look for
+        // what it must not have rather than for an exact list: this process's pipe, or any of its sockets.
+        func targets(_ pid: String) -> [String: String] {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+            var result: [String: String] = [:]
+            for name in names {
+                result[name] = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(name)")
+            }
+            return result
+        }
+        let ours = targets("self")
+        let pipeEnd = try #require(ours["\(ends[1])"])
+        let inheritable = Set(ours.values.filter { $0.hasPrefix("pipe:") || $0.hasPrefix("socket:") })
+        #expect(inheritable.contains(pipeEnd))
+        let child = targets("\(pid)")
+        #expect(Set(child.keys).isSuperset(of: ["0", "1", "2"]))
+        #expect(child.values.filter { inheritable.contains($0) }.isEmpty, "the child holds \(child)")
     }
 
     @Test("spawned from a concurrency thread, the child still dies of SIGTERM and writes where it is told")
