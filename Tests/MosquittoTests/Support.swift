@@ -126,6 +126,27 @@ func openFileDescriptors() -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 0
 }
 
+/// The descriptors of this process's TCP connections to 127.0.0.1:`port` (Linux /proc).
+func tcpDescriptors(toPort port: Int) -> [Int32] {
+    // /proc/self/net/tcp: "sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...",
+    // addresses as hex "0100007F:075B". Established connections (st 01) to the port give socket inodes.
+    // Read to the end: String(contentsOfFile:) stops after the first 4 KiB of a /proc file.
+    let data = FileHandle(forReadingAtPath: "/proc/self/net/tcp")?.readDataToEndOfFile() ?? Data()
+    let table = String(decoding: data, as: UTF8.self)
+    let remote = String(format: "0100007F:%04X", port)
+    var inodes: Set<String> = []
+    for line in table.split(separator: "\n").dropFirst() {
+        let fields = line.split(separator: " ")
+        if fields.count > 9, fields[2] == remote, fields[3] == "01" { inodes.insert(String(fields[9])) }
+    }
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+    return names.compactMap { name in
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + name),
+              target.hasPrefix("socket:["), inodes.contains(String(target.dropFirst(8).dropLast())) else { return nil }
+        return Int32(name)
+    }.sorted()
+}
+
 /// A log handler that keeps every line, to check what the library logs.
 struct CapturingLogHandler: LogHandler {
     let lines: Locked<[String]>

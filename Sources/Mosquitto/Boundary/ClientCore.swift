@@ -28,9 +28,11 @@ import Logging
 /// 5. No callback setter, `loop_stop` or `destroy` is ever called from a callback. The client never uses
 ///    `mosquitto_loop_start`; it owns its network thread and its reconnect loop.
 /// 6. Tasks that prefer ``executor`` run on the network thread between loop passes (and, while a subscription
-///    buffer is full, from inside `on_message`); they call libmosquitto like any other thread. Once the executor is
-///    in use, the connected loop polls the socket itself, so every C call that queues a packet from another thread
-///    is followed by `executor.wakeIfSleeping()` (in `leaveGate` and `publish`).
+///    buffer is full, from inside `on_message`); they call libmosquitto like any other thread.
+/// 7. The network thread never calls `mosquitto_loop`, whose `pselect` cannot watch a descriptor numbered 1024 or
+///    more: it polls the socket and the executor's wake pipe itself (``pollPass(wakeFD:)``). libmosquitto only
+///    pokes its internal socket pair, which nothing watches, so every C call that queues a packet from another
+///    thread is followed by `executor.wakeIfSleeping()` (in `leaveGate` and `publish`).
 final class ClientCore: @unchecked Sendable {
     let mosq: OpaquePointer
     let config: MQTTConfiguration
@@ -54,7 +56,7 @@ final class ClientCore: @unchecked Sendable {
     let executor = NetworkExecutor()
     /// When ``pollPass(wakeFD:)`` next calls `mosquitto_loop_misc` (keepalive). Network thread only.
     var nextHousekeeping = ContinuousClock.now
-    /// The most packets read in one pass after `mosquitto_loop` (see ``drainReadable()``).
+    /// The most packets read in one pass (see ``drainReadable()``).
     static let readBatch = 256
 
     init(configuration: MQTTConfiguration) throws(MQTTError) {
@@ -73,6 +75,9 @@ final class ClientCore: @unchecked Sendable {
         self.mosq = handle
         // On failure the object is fully initialised, so deinit runs and destroys the handle.
         try configureHandle()
+        guard executor.enable() else {
+            throw MQTTError(.system, "Could not create the MQTT client's wake-up pipe: \(String(cString: strerror(errno))). The process may have too many open files: close some, or raise the limit (ulimit -n).")
+        }
         mosquitto_user_data_set(handle, Unmanaged.passUnretained(self).toOpaque())
         installCallbacks()
     }
@@ -271,27 +276,16 @@ final class ClientCore: @unchecked Sendable {
             var loopError: MQTTError?
             if rc == MOSQ_ERR_SUCCESS.rawValue {
                 while true {
-                    var lrc: Int32
-                    if sessionUp, let wakeFD = executor.beginPolling() {
-                        // Someone runs tasks on this thread: poll the socket and the executor's wake pipe.
-                        lrc = pollPass(wakeFD: wakeFD)
-                    } else {
-                        lrc = mosquitto_loop(mosq, 1000, 1)
-                        if lrc == MOSQ_ERR_SUCCESS.rawValue { lrc = drainReadable() }
-                        flushWakes()
-                    }
+                    // Tasks that prefer the executor run here only once the session is up (invariant 1 of
+                    // NetworkExecutor); until then the pass only drives the handshake.
+                    let wakeFD = sessionUp ? executor.beginPolling() : executor.wakeDescriptor
+                    guard let wakeFD else { preconditionFailure("the executor's pipe is made in init") }
+                    let lrc = pollPass(wakeFD: wakeFD)
                     if state.withLock({ $0.shutdownRequested }) {
                         executor.endPolling()
                         finishGracefully()
                         flushWakes()
                         break outer
-                    }
-                    if lrc == MOSQ_ERR_INVAL.rawValue {
-                        // mosquitto_loop uses pselect, which cannot watch a descriptor >= FD_SETSIZE (1024). A new
-                        // socket after reconnecting gets the lowest free number, so retrying can help.
-                        loopError = MQTTError(.connectionLost, "Connection to \(config.endpoint): libmosquitto cannot poll socket \(mosquitto_socket(mosq)) (descriptors from 1024 up are beyond select()); reconnecting. Keep fewer files and sockets open in this process.")
-                        _ = mosquitto_disconnect(mosq)
-                        break
                     }
                     if lrc != MOSQ_ERR_SUCCESS.rawValue {
                         loopError = MQTTError.fromLibrary(lrc, context: "Connection to \(config.endpoint)")
@@ -343,10 +337,10 @@ final class ClientCore: @unchecked Sendable {
 
     /// Reads the packets already waiting on the socket, up to ``readBatch``.
     ///
-    /// `mosquitto_loop` reads only as many packets as libmosquitto has QoS 1/2 messages queued (one at QoS 0),
-    /// then goes back to `pselect`: a stream of QoS 0 messages costs a `pselect` and a consumer wake-up each.
-    /// Reading on while data is there (a read that finds none ends with `EAGAIN`) lets one wake-up deliver a
-    /// burst. Only while the session is up (before CONNACK the socket may still be connecting).
+    /// `mosquitto_loop_read` reads only as many packets as libmosquitto has QoS 1/2 messages queued (one at QoS 0):
+    /// a stream of QoS 0 messages would cost a `poll` and a consumer wake-up each. Reading on while data is there
+    /// (a read that finds none ends with `EAGAIN`) lets one wake-up deliver a burst. Only while the session is up
+    /// (before CONNACK, reads drive the TLS handshake, where `EAGAIN` says nothing about the socket).
     private func drainReadable() -> Int32 {
         var n = 0
         while sessionUp && n < Self.readBatch && mosquitto_socket(mosq) != -1 {
@@ -356,7 +350,7 @@ final class ClientCore: @unchecked Sendable {
             if errno == EAGAIN || errno == EWOULDBLOCK { break }
             // Something to send (a PUBACK or PUBREC for what was just read, or the next queued PUBLISH that an
             // acknowledgement released): write it now, before waking any consumer, so that the broker's in-flight
-            // window keeps moving, and read on. A socket that takes no more stays for mosquitto_loop's
+            // window keeps moving, and read on. A socket that takes no more waits for the next poll's
             // writability check.
             if mosquitto_want_write(mosq) {
                 let wrc = mosquitto_loop_write(mosq, 1)
@@ -367,14 +361,17 @@ final class ClientCore: @unchecked Sendable {
         return MOSQ_ERR_SUCCESS.rawValue
     }
 
-    /// One pass of the connected loop while ``executor`` is in use, in place of `mosquitto_loop`: `poll` on the
-    /// socket and the executor's wake pipe (no `FD_SETSIZE` limit), read what arrived, write what is queued, wake
-    /// the consumers, run the tasks' jobs queued on this thread, and write what they queued.
+    /// One pass of the connected loop, in place of `mosquitto_loop`: `poll` on the socket and the executor's wake
+    /// pipe (no `FD_SETSIZE` limit), read what arrived, write what is queued, wake the consumers, run the tasks'
+    /// jobs queued on this thread, and write what they queued.
     ///
-    /// libmosquitto still writes a byte to its internal socket pair for every packet it queues; nothing reads it
-    /// in this mode, so it fills (its writes then fail with `EAGAIN`, as libmosquitto expects of a full pair).
-    /// The next `connect` replaces the pair; until then `mosquitto_loop` (in `finishGracefully`) finds it readable
-    /// and returns at once, which only makes that short loop spin.
+    /// Before CONNACK a socket event gets one `mosquitto_loop_read`, readable or writable: in libmosquitto 2.0.11
+    /// the TLS handshake advances from there (`mosquitto_loop_write` returns early until it is done), and so do
+    /// the SOCKS5 exchange and the CONNACK itself.
+    ///
+    /// libmosquitto still writes a byte to its internal socket pair for every packet it queues; nothing reads it,
+    /// so it fills (its writes then fail with `EAGAIN`, as libmosquitto expects of a full pair). The next
+    /// `connect` replaces the pair.
     private func pollPass(wakeFD: Int32) -> Int32 {
         let fd = mosquitto_socket(mosq)
         if fd < 0 { return MOSQ_ERR_NO_CONN.rawValue }
@@ -401,7 +398,7 @@ final class ClientCore: @unchecked Sendable {
         }
         var rc = MOSQ_ERR_SUCCESS.rawValue
         if fds.0.revents != 0 {
-            rc = drainReadable()
+            rc = sessionUp ? drainReadable() : mosquitto_loop_read(mosq, 1)
         }
         if rc == MOSQ_ERR_SUCCESS.rawValue && mosquitto_want_write(mosq) {
             rc = mosquitto_loop_write(mosq, 1)
@@ -428,15 +425,24 @@ final class ClientCore: @unchecked Sendable {
         _ = sendDisconnect(mosq, reason: reason, properties: properties)
         let deadline = ContinuousClock.now + .seconds(2)
         while mosquitto_socket(mosq) != -1 && ContinuousClock.now < deadline {
-            // Write before reading: mosquitto_loop reads first and returns on a read error (a broker reply such
-            // as an UNSUBACK arriving as the connection winds down) without writing the queued DISCONNECT.
-            // libmosquitto closes the socket once DISCONNECT is written.
-            // (If the socket takes only part of it, mosquitto_loop below waits until it is writable.)
+            // Write before reading: a read error (a broker reply such as an UNSUBACK arriving as the connection
+            // winds down) would end the loop without writing the queued DISCONNECT. libmosquitto closes the socket
+            // once DISCONNECT is written.
             if mosquitto_want_write(mosq) {
                 if mosquitto_loop_write(mosq, 1) != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(mosq) == -1 { break }
                 if !mosquitto_want_write(mosq) { continue }
             }
-            if mosquitto_loop(mosq, 100, 1) != MOSQ_ERR_SUCCESS.rawValue { break }
+            // The socket took only part of what is queued (or the handshake is not over): wait until it takes
+            // more or the broker says something.
+            var events = Int16(POLLIN)
+            if mosquitto_want_write(mosq) { events |= Int16(POLLOUT) }
+            var socket = pollfd(fd: mosquitto_socket(mosq), events: events, revents: 0)
+            let n = poll(&socket, 1, 100)
+            if n < 0 && errno != EINTR { break }
+            if n > 0 && socket.revents & Int16(POLLIN | POLLERR | POLLHUP) != 0,
+               mosquitto_loop_read(mosq, 1) != MOSQ_ERR_SUCCESS.rawValue {
+                break
+            }
         }
     }
 

@@ -47,8 +47,8 @@ final class NetworkExecutor: TaskExecutor, @unchecked Sendable {
         }
     }
 
-    /// Makes the executor usable (creates its wake pipe once). Returns false when no pipe could be made; the
-    /// executor then passes every job to the global concurrent executor.
+    /// Creates the wake pipe, once: ``ClientCore`` calls this in its `init` and fails without a pipe, because its
+    /// network thread sleeps in `poll` on that pipe. Returns false when no pipe could be made.
     @discardableResult
     func enable() -> Bool {
         if enabled.load(ordering: .acquiring) { return true }
@@ -111,8 +111,14 @@ final class NetworkExecutor: TaskExecutor, @unchecked Sendable {
 
     // MARK: Network thread
 
-    /// Starts keeping jobs, if the executor is enabled. Returns the pipe's read end for `poll`, or nil when the
-    /// network thread should keep using `mosquitto_loop`.
+    /// The wake pipe's read end, for `poll`; nil before ``enable()``.
+    var wakeDescriptor: Int32? {
+        guard enabled.load(ordering: .acquiring) else { return nil }
+        return state.withLock { $0.pipe?.read }
+    }
+
+    /// Starts keeping jobs, if the executor is enabled. Returns the pipe's read end for `poll`, or nil before
+    /// ``enable()``.
     func beginPolling() -> Int32? {
         guard enabled.load(ordering: .acquiring) else { return nil }
         return state.withLock { s in

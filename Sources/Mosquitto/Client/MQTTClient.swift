@@ -80,11 +80,9 @@ public final class MQTTClient: Sendable {
     ///
     /// Keep such work short and non-blocking (count, parse, forward, publish): while a job runs, the connection
     /// is not served, keepalive included. Actor-isolated code still runs on its actor. While the client is not
-    /// connected, and after it shut down, the jobs run on the global concurrent executor instead. Using the
-    /// executor once makes the connected loop watch the socket with `poll` instead of `mosquitto_loop`.
+    /// connected, and after it shut down, the jobs run on the global concurrent executor instead.
     public var executor: any TaskExecutor {
-        core.executor.enable()
-        return core.executor
+        core.executor
     }
 
     /// Where the connection stands now.
