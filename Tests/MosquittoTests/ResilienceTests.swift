@@ -142,4 +142,36 @@ struct ResilienceTests {
             await sub.shutdown()
         }
     }
+
+    @Test("After a reconnect to a broker that lost the session, a publish made on .connected reaches the client's own subscription")
+    func resubscribeBeforeConnectedEvent() async throws {
+        try await withBroker(.init(persistence: false)) { broker in
+            let client = try await connected(broker, id: "own-echo") { c in
+                c.reconnect.initialDelay = .milliseconds(20)
+                c.reconnect.maximumDelay = .milliseconds(50)
+            }
+            let events = client.events
+            let rounds = 8
+            let stream = try await client.subscribe("echo/#", qos: .atLeastOnce)
+            let received = Task { try await collect(stream, count: rounds, timeout: .seconds(120)).map(\.string) }
+            var iterator = events.makeAsyncIterator()
+            for round in 0..<rounds {
+                await broker.kill()
+                try await broker.start()
+                // Publish the moment the client says it is connected: its re-SUBSCRIBE must already be queued
+                // ahead of this PUBLISH, or the broker, which has no session for it, drops the message.
+                while let e = await iterator.next() {
+                    if case .connected(let ack) = e {
+                        #expect(!ack.sessionPresent)
+                        break
+                    }
+                }
+                try await client.publish(MQTTMessage(topic: "echo/\(round)", string: "\(round)", qos: .atLeastOnce))
+                #expect(await eventually(timeout: .seconds(10)) { stream.receivedCount == round + 1 }, "round \(round) lost")
+            }
+            #expect(try await received.value == (0..<rounds).map { "\($0)" })
+            await client.shutdown()
+        }
+    }
 }
+

@@ -49,9 +49,10 @@ extension ClientCore {
             return (w, resend)
         }
         logger.info("Connected to \(config.endpoint) (session present: \(ack.sessionPresent))")
-        for w in waiters { w.resume(returning: ack) }
-        emit(.connected(ack))
         // Re-subscribe: libmosquitto never does it, and subscribe calls made while offline were not queued.
+        // Before anyone hears of the connection: a task that publishes once it is connected must find the
+        // SUBSCRIBE ahead of its PUBLISH in libmosquitto's queue, or the broker would not route the message
+        // back to this client's own subscription.
         for entry in resend {
             var mid: Int32 = 0
             let rc = sendSubscribe(mosq, entry: entry, mid: &mid)
@@ -61,6 +62,8 @@ extension ClientCore {
                 logger.error("Re-subscribing to '\(entry.filter)' failed: \(MQTTError.libraryText(rc))")
             }
         }
+        for w in waiters { w.resume(returning: ack) }
+        emit(.connected(ack))
     }
 
     func handleDisconnect(rc: Int32) {
