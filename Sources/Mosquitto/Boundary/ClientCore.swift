@@ -505,7 +505,7 @@ final class ClientCore: @unchecked Sendable {
         }
         if running {
             if !alreadyRequested {
-                // Wakes mosquitto_loop (libmosquitto pokes its internal socketpair) and queues DISCONNECT.
+                // Queues DISCONNECT; leaving the gate wakes the network thread if it sleeps in poll.
                 _ = try? withHandle { h in sendDisconnect(h, reason: disconnectReason, properties: properties) }
             }
             wakeup.signal()
