@@ -137,10 +137,10 @@ struct BrokerTests {
 
     @Test("a broker dropped while running is killed and its directory removed")
     func deinitKillsBroker() async throws {
-        let (port, directory, pid) = try await startAndForget()
+        let (directory, pid) = try await startAndForget()
         // kill(pid, 0) succeeds until the child is reaped, so this also checks that Foundation saw the exit.
+        // (Not whether the port still answers: in a parallel run another test's broker may take the freed port.)
         #expect(try await pollUntil { !processExists(pid) }, "mosquitto (pid \(pid)) is still running or not reaped")
-        #expect(!canConnect(port: port))
         #expect(!FileManager.default.fileExists(atPath: directory))
     }
 
@@ -384,10 +384,10 @@ private func withUnstartedBroker(
 }
 
 /// Starts a broker and drops the last reference to it. Returns where it was.
-private func startAndForget() async throws -> (port: Int, directory: String, pid: Int32) {
+private func startAndForget() async throws -> (directory: String, pid: Int32) {
     let broker = try MosquittoBroker()
     try await broker.start()
-    return (broker.port, broker.directory, try #require(broker.processIdentifier))
+    return (broker.directory, try #require(broker.processIdentifier))
 }
 
 private func processExists(_ pid: Int32) -> Bool {
