@@ -36,11 +36,14 @@ let package = Package(
         ),
         // A pthread-based lock that ThreadSanitizer understands, shared by every module.
         .target(name: "MosquittoSync"),
+        // Batched socket I/O under libmosquitto (Sources/CMosquittoIO/mosquitto_io.c says how and why).
+        .target(name: "CMosquittoIO", linkerSettings: [.linkedLibrary("dl")]),
         // The client library.
         .target(
             name: "Mosquitto",
             dependencies: [
                 "CMosquitto",
+                "CMosquittoIO",
                 "MosquittoSync",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),

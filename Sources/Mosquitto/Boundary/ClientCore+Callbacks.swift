@@ -1,4 +1,5 @@
 import CMosquitto
+import CMosquittoIO
 import DequeModule
 import Dispatch
 #if canImport(Glibc)
@@ -35,6 +36,8 @@ extension ClientCore {
         }
         let ack = PropertyReader.connAck(flags: flags, props)
         sessionUp = true
+        // TLS reads and writes go through OpenSSL, which the batching does not see.
+        if let io, config.tls == nil { _ = mosq_io_attach(io) }
         if !ack.sessionPresent { qos2Deduplicator.reset() }
         let (waiters, resend) = state.withLock { s -> ([CheckedContinuation<ConnAck, any Error>], [CoreState.FilterEntry]) in
             s.connectedThisAttempt = true

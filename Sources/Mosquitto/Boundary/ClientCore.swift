@@ -1,4 +1,5 @@
 import CMosquitto
+import CMosquittoIO
 import MosquittoSync
 import DequeModule
 import Dispatch
@@ -33,6 +34,10 @@ import Logging
 ///    more: it polls the socket and the executor's wake pipe itself (``pollPass(wakeFD:)``). libmosquitto only
 ///    pokes its internal socket pair, which nothing watches, so every C call that queues a packet from another
 ///    thread is followed by `executor.wakeIfSleeping()` (in `leaveGate` and `publish`).
+/// 8. `io` (batched socket I/O, `Sources/CMosquittoIO`) is bound to the network thread for its whole life and used
+///    only there: libmosquitto's reads and writes of the connection go through its buffers once CONNACK arrived
+///    (plain TCP and Unix sockets; not TLS). The loop flushes the output buffer after every pass's reads, jobs and
+///    writes, polls for POLLOUT while output is buffered, and does not sleep while input is buffered.
 final class ClientCore: @unchecked Sendable {
     let mosq: OpaquePointer
     let config: MQTTConfiguration
@@ -58,6 +63,9 @@ final class ClientCore: @unchecked Sendable {
     var nextHousekeeping = ContinuousClock.now
     /// The most packets read in one pass (see ``drainReadable()``).
     static let readBatch = 256
+    /// Buffers for libmosquitto's socket reads and writes (see invariant 8); nil when batching is off or
+    /// unavailable.
+    let io: OpaquePointer?
 
     init(configuration: MQTTConfiguration) throws(MQTTError) {
         try configuration.validate()
@@ -73,6 +81,7 @@ final class ClientCore: @unchecked Sendable {
             throw MQTTError(.invalidArgument, "Could not create the MQTT client: \(String(cString: strerror(errno))).")
         }
         self.mosq = handle
+        self.io = configuration.batchesSocketIO && SocketBatching.isAvailable ? mosq_io_create() : nil
         // On failure the object is fully initialised, so deinit runs and destroys the handle.
         try configureHandle()
         guard executor.enable() else {
@@ -90,6 +99,7 @@ final class ClientCore: @unchecked Sendable {
             return true
         }
         if needsDestroy { mosquitto_destroy(mosq) }
+        if let io { mosq_io_destroy(io) }
     }
 
     // MARK: Configuration of the handle (before any thread exists)
@@ -260,6 +270,8 @@ final class ClientCore: @unchecked Sendable {
 
     private func networkMain() {
         cmosquitto_set_thread_name("mosquitto-net")
+        if let io { mosq_io_bind_thread(io) }
+        defer { mosq_io_bind_thread(nil) }
         let tid = cmosquitto_thread_id()
         state.withLock { $0.networkThreadID = tid }
         var attempt = 0
@@ -273,6 +285,7 @@ final class ClientCore: @unchecked Sendable {
                 s.lastRefusal = nil
             }
             let rc = connectOnce()
+            if let io { mosq_io_set_connection(io, mosquitto_socket(mosq)) }
             var loopError: MQTTError?
             if rc == MOSQ_ERR_SUCCESS.rawValue {
                 while true {
@@ -384,12 +397,13 @@ final class ClientCore: @unchecked Sendable {
             if rc != MOSQ_ERR_SUCCESS.rawValue { return rc }
         }
         // Order matters (see NetworkExecutor, invariant 3): declare the sleep, then look for output.
+        let bufferedInput = io.map { mosq_io_pending_input($0) > 0 } ?? false
         let mayWait = executor.prepareToSleep()
         var socketEvents = Int16(POLLIN)
-        if mosquitto_want_write(mosq) { socketEvents |= Int16(POLLOUT) }
+        if mosquitto_want_write(mosq) || hasBufferedOutput { socketEvents |= Int16(POLLOUT) }
         var fds = (pollfd(fd: fd, events: socketEvents, revents: 0), pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0))
         let n = withUnsafeMutableBytes(of: &fds) { raw in
-            poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), 2, mayWait ? config.pollIdleTimeoutMilliseconds : 0)
+            poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), 2, mayWait && !bufferedInput ? config.pollIdleTimeoutMilliseconds : 0)
         }
         let pollErrno = errno
         executor.awake(wasSleeping: mayWait, pipeReadable: n > 0 && fds.1.revents != 0, readFD: wakeFD)
@@ -397,18 +411,43 @@ final class ClientCore: @unchecked Sendable {
             return pollErrno == EINTR ? MOSQ_ERR_SUCCESS.rawValue : MOSQ_ERR_ERRNO.rawValue
         }
         var rc = MOSQ_ERR_SUCCESS.rawValue
-        if fds.0.revents != 0 {
+        if fds.0.revents != 0 || bufferedInput {
             rc = sessionUp ? drainReadable() : mosquitto_loop_read(mosq, 1)
         }
-        if rc == MOSQ_ERR_SUCCESS.rawValue && mosquitto_want_write(mosq) {
-            rc = mosquitto_loop_write(mosq, 1)
+        if rc == MOSQ_ERR_SUCCESS.rawValue {
+            rc = writeQueued()
         }
         flushWakes()
-        if executor.runJobs() && rc == MOSQ_ERR_SUCCESS.rawValue && mosquitto_want_write(mosq) {
+        if executor.runJobs() && rc == MOSQ_ERR_SUCCESS.rawValue {
             // What the jobs published goes out now, not after another poll.
-            rc = mosquitto_loop_write(mosq, 1)
+            rc = writeQueued()
         }
         return rc
+    }
+
+    /// What the batching saved so far (tests): nil when batching is off.
+    var socketIOCounters: (wakeupsSkipped: UInt64, socketReads: UInt64, socketSends: UInt64)? {
+        guard let io else { return nil }
+        let c = mosq_io_get_counters(io)
+        return (UInt64(c.wakeups_skipped), UInt64(c.socket_reads), UInt64(c.socket_sends))
+    }
+
+    /// True when batched output waits for the socket (see invariant 8).
+    private var hasBufferedOutput: Bool {
+        io.map { mosq_io_pending_output($0) > 0 } ?? false
+    }
+
+    /// Hands libmosquitto's queued packets to the socket: with batching, into the output buffer and then to the
+    /// socket in one `send`.
+    private func writeQueued() -> Int32 {
+        if mosquitto_want_write(mosq) {
+            let rc = mosquitto_loop_write(mosq, 1)
+            if rc != MOSQ_ERR_SUCCESS.rawValue { return rc }
+        }
+        if let io, mosq_io_flush(io) < 0 {
+            return MOSQ_ERR_CONN_LOST.rawValue
+        }
+        return MOSQ_ERR_SUCCESS.rawValue
     }
 
     /// Wakes the consumers of the messages the last loop pass delivered (one wake per stream per pass).
@@ -422,20 +461,23 @@ final class ClientCore: @unchecked Sendable {
     /// After a shutdown request: send DISCONNECT and let libmosquitto write it before closing.
     private func finishGracefully() {
         let (reason, properties) = state.withLock { ($0.disconnectReason, $0.disconnectProperties) }
+        // libmosquitto closes the socket as soon as DISCONNECT is written, with batching into the output buffer:
+        // let that close wait for the buffer to leave.
+        if let io { mosq_io_set_linger(io, 2000) }
         _ = sendDisconnect(mosq, reason: reason, properties: properties)
         let deadline = ContinuousClock.now + .seconds(2)
         while mosquitto_socket(mosq) != -1 && ContinuousClock.now < deadline {
             // Write before reading: a read error (a broker reply such as an UNSUBACK arriving as the connection
             // winds down) would end the loop without writing the queued DISCONNECT. libmosquitto closes the socket
             // once DISCONNECT is written.
-            if mosquitto_want_write(mosq) {
-                if mosquitto_loop_write(mosq, 1) != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(mosq) == -1 { break }
-                if !mosquitto_want_write(mosq) { continue }
+            if mosquitto_want_write(mosq) || hasBufferedOutput {
+                if writeQueued() != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(mosq) == -1 { break }
+                if !mosquitto_want_write(mosq) && !hasBufferedOutput { continue }
             }
             // The socket took only part of what is queued (or the handshake is not over): wait until it takes
             // more or the broker says something.
             var events = Int16(POLLIN)
-            if mosquitto_want_write(mosq) { events |= Int16(POLLOUT) }
+            if mosquitto_want_write(mosq) || hasBufferedOutput { events |= Int16(POLLOUT) }
             var socket = pollfd(fd: mosquitto_socket(mosq), events: events, revents: 0)
             let n = poll(&socket, 1, 100)
             if n < 0 && errno != EINTR { break }
@@ -582,6 +624,18 @@ final class ClientCore: @unchecked Sendable {
         }
         return stream
     }
+}
+
+// MARK: - Batched socket I/O
+
+enum SocketBatching {
+    /// Whether libmosquitto's reads and writes can go through the client's buffers in this process: the
+    /// redirection (`mosq_io_install`) worked, and `MOSQUITTO_SWIFT_SOCKET_BATCHING` is not `0` (a switch for
+    /// comparisons and for ruling the batching out when chasing a problem).
+    static let isAvailable: Bool = {
+        if let v = getenv("MOSQUITTO_SWIFT_SOCKET_BATCHING"), String(cString: v) == "0" { return false }
+        return mosq_io_install() == 0
+    }()
 }
 
 // MARK: - Library initialisation

@@ -251,6 +251,16 @@ public struct MQTTConfiguration: Sendable {
     public var bindAddress: String?
     /// Disable Nagle's algorithm.
     public var tcpNoDelay: Bool = false
+    /// Batch the connection's socket reads and writes (plain TCP and Unix sockets, once connected).
+    ///
+    /// libmosquitto reads each packet with at least three `read` calls and writes each with its own `write`, plus
+    /// a wake-up byte to an internal socket pair. With batching on, its reads are served from a 64 KiB buffer
+    /// filled by one `read`, and the packets one pass of the network thread produces leave in one `send`. The
+    /// bytes on the wire and their order are unchanged. It works by pointing libmosquitto's own calls of `read`,
+    /// `write` and `close` at the client's buffers (on Linux with libmosquitto as a shared library); where that is
+    /// not possible, or with the environment variable `MOSQUITTO_SWIFT_SOCKET_BATCHING=0`, the client uses
+    /// libmosquitto's I/O unchanged. TLS connections always do.
+    public var batchesSocketIO: Bool = true
     /// MQTT 5 user properties sent in CONNECT.
     public var connectUserProperties: [UserProperty] = []
     /// Further MQTT 5 CONNECT properties (packet size limit, topic aliases, problem/response information,
