@@ -6,11 +6,12 @@
 // Like the C program it uses only the library and the C runtime (no Foundation), so the peak memory compares
 // the two libraries, not their programs' extras.
 //
-//   mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311] [network|pool]
+//   mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311] [network|pool|unbatched]
 //
 // By default the publishing task and the counting task run on their client's network thread
 // (`Task(executorPreference: client.executor)`), where the C program's callbacks run; "pool" runs them on the
-// global concurrent executor instead, as plain `Task { }` does.
+// global concurrent executor instead, as plain `Task { }` does; "unbatched" runs them on the network thread with
+// the library's socket batching off (`batchesSocketIO = false`: libmosquitto's own reads and writes).
 //
 // Prints one line of JSON: {"impl":"swift","qos":Q,"messages":N,"received":R,"seconds":S,"rate":R/S,"peak_rss_kb":K,
 // "cpu_ms":T}, T being the process's CPU time (user + system, all threads, connecting included).
@@ -62,22 +63,27 @@ func seconds(_ d: Duration) -> Double {
 nonisolated func run(_ args: [String]) async -> Int32 {
     guard args.count >= 6, let port = Int(args[2]), let qosValue = UInt8(args[3]), let level = QoS(rawValue: qosValue),
           let count = Int(args[4]), let size = Int(args[5]) else {
-        printError("usage: mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311] [network|pool]")
+        printError("usage: mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311] [network|pool|unbatched]")
         return 1
     }
     let host = args[1]
     let version: MQTTProtocolVersion = args.count > 6 && args[6] == "311" ? .v3_1_1 : .v5
     // Where the publishing and the counting tasks run: on each client's network thread (`client.executor`), as
     // the C program's callbacks do, or on Swift's global concurrent executor ("pool").
-    let onNetworkThread = !(args.count > 7 && args[7] == "pool")
+    let mode = args.count > 7 ? args[7] : "network"
+    let onNetworkThread = mode != "pool"
+    let batched = mode != "unbatched"
     let topic = "bench/swift/\(getpid())/\(qosValue)"
     do {
-        let sub = try MQTTClient(configuration: .init(host: host, port: port, clientID: "bench-swift-sub", protocolVersion: version))
+        var sc = MQTTConfiguration(host: host, port: port, clientID: "bench-swift-sub", protocolVersion: version)
+        sc.batchesSocketIO = batched
+        let sub = try MQTTClient(configuration: sc)
         try await sub.connect()
         let stream = try await sub.subscribe([Subscription(topic, qos: level)],
                                              buffer: .init(capacity: 10_000, overflow: .backpressure(maxWait: .seconds(30))))
         var pc = MQTTConfiguration(host: host, port: port, clientID: "bench-swift-pub", protocolVersion: version)
         pc.maximumQueuedMessages = 1000
+        pc.batchesSocketIO = batched
         let pub = try MQTTClient(configuration: pc)
         try await pub.connect()
 
@@ -107,7 +113,7 @@ nonisolated func run(_ args: [String]) async -> Int32 {
         let (got, last) = try await reader.value
         timeout.cancel()
         let elapsed = got == count ? seconds(last - start) : seconds(clock.now - start)
-        print("{\"impl\":\"\(onNetworkThread ? "swift" : "swift-pool")\",\"qos\":\(qosValue),\"messages\":\(count),\"received\":\(got),\"seconds\":\(elapsed),\"publish_seconds\":\(published),\"rate\":\(Double(got) / elapsed),\"peak_rss_kb\":\(peakResidentKiB()),\"cpu_ms\":\(cpuMilliseconds())}")
+        print("{\"impl\":\"\(mode == "pool" ? "swift-pool" : mode == "unbatched" ? "swift-unbatched" : "swift")\",\"qos\":\(qosValue),\"messages\":\(count),\"received\":\(got),\"seconds\":\(elapsed),\"publish_seconds\":\(published),\"rate\":\(Double(got) / elapsed),\"peak_rss_kb\":\(peakResidentKiB()),\"cpu_ms\":\(cpuMilliseconds())}")
         await pub.shutdown()
         await sub.shutdown()
         return got >= count ? 0 : 2

@@ -53,6 +53,8 @@ struct Throughput: AsyncParsableCommand {
     @Option(help: "Runs per implementation and QoS; the median is reported.") var `repeat` = 3
     @Option(help: "Path of the C reference program (default: next to this executable).") var cProgram: String?
     @Option(help: "Path of the Swift program (default: next to this executable).") var swiftProgram: String?
+    @Flag(help: "Also run the Swift program with the library's socket batching off (batchesSocketIO = false).")
+    var unbatched = false
 
     func run() async throws {
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
@@ -73,11 +75,13 @@ struct Throughput: AsyncParsableCommand {
                 var c: [Result] = []
                 var s: [Result] = []
                 var p: [Result] = []
+                var u: [Result] = []
                 for i in 1...self.repeat {
                     let args = [broker.host, "\(broker.port)", "\(q)", "\(messages)", "\(size)", "5"]
                     // Every other round runs in the opposite order, so that no implementation always runs right
                     // after the same one (the broker may still be freeing the previous run's memory).
                     let order = [("c", cPath, [String]()), ("swift", swiftPath, ["network"]), ("swift-pool", swiftPath, ["pool"])]
+                        + (unbatched ? [("swift-unbatched", swiftPath, ["unbatched"])] : [])
                     for (impl, path, mode) in i % 2 == 1 ? order : order.reversed() {
                         let out = try await MosquittoBroker.runCommand(path, args + mode, timeout: .seconds(180))
                         guard let line = out.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
@@ -88,6 +92,7 @@ struct Throughput: AsyncParsableCommand {
                         switch impl {
                         case "c": c.append(r)
                         case "swift": s.append(r)
+                        case "swift-unbatched": u.append(r)
                         default: p.append(r)
                         }
                     }
@@ -97,17 +102,20 @@ struct Throughput: AsyncParsableCommand {
                 let paired = quartiles(zip(s, c).map { $0.rate / $1.rate })
                 let cpuC = median(c.compactMap(\.cpu_ms)), cpuS = median(s.compactMap(\.cpu_ms))
                 let rc = c.map(\.peak_rss_kb).max() ?? 0, rs = (s + p).map(\.peak_rss_kb).max() ?? 0
-                let all = (c + s + p).allSatisfy { $0.received == $0.messages }
+                let all = (c + s + p + u).allSatisfy { $0.received == $0.messages }
                 let f = { (x: Double) in String(format: "%.2f", x) }
-                rows.append("| \(q) | \(Int(mc)) | \(Int(ms)) | **\(f(ms / mc))** | \(f(paired.median)) (\(f(paired.low))-\(f(paired.high))) | \(Int(mp)) | \(f(mp / mc)) | \(Int(cpuC)) / \(Int(cpuS)) | \(rc / 1024) / \(rs / 1024) MiB | \(all ? "all" : "LOSS") |")
+                let mu = median(u.map(\.rate)), cpuU = median(u.compactMap(\.cpu_ms))
+                let extra = unbatched ? " \(Int(mu)) | \(f(mu / mc)) | \(Int(cpuU)) |" : ""
+                rows.append("| \(q) | \(Int(mc)) | \(Int(ms)) | **\(f(ms / mc))** | \(f(paired.median)) (\(f(paired.low))-\(f(paired.high))) | \(Int(mp)) | \(f(mp / mc)) | \(Int(cpuC)) / \(Int(cpuS)) | \(rc / 1024) / \(rs / 1024) MiB | \(all ? "all" : "LOSS") |" + extra)
             }
         } catch {
             await broker.shutdown()
             throw error
         }
         await broker.shutdown()
-        print("| QoS | C msg/s (median of \(self.repeat)) | Swift msg/s, tasks on `client.executor` | Swift/C | Swift/C per round: median (middle half) | Swift msg/s, tasks on the global executor | Swift/C | CPU ms per run, C / Swift | peak RSS, C / Swift | delivered |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        let extraHeader = unbatched ? " Swift msg/s, `client.executor`, socket batching off | Swift/C | its CPU ms |" : ""
+        print("| QoS | C msg/s (median of \(self.repeat)) | Swift msg/s, tasks on `client.executor` | Swift/C | Swift/C per round: median (middle half) | Swift msg/s, tasks on the global executor | Swift/C | CPU ms per run, C / Swift | peak RSS, C / Swift | delivered |" + extraHeader)
+        print("|---|---|---|---|---|---|---|---|---|---|" + (unbatched ? "---|---|---|" : ""))
         for r in rows { print(r) }
         print("\n\(messages) messages of \(size) bytes, one publisher and one subscriber per process, private mosquitto \(MQTTClient.libraryVersion) on loopback.")
     }
