@@ -363,8 +363,9 @@ final class ClientCore: @unchecked Sendable {
             if errno == EAGAIN || errno == EWOULDBLOCK { break }
             // Something to send (a PUBACK or PUBREC for what was just read, or the next queued PUBLISH that an
             // acknowledgement released): write it now, before waking any consumer, so that the broker's in-flight
-            // window keeps moving, and read on. A socket that takes no more waits for the next poll's
-            // writability check.
+            // window keeps moving, and read on. With batching this fills the output buffer, which `writeQueued`
+            // sends right after the drain, still before any consumer is woken. A socket that takes no more waits
+            // for the next poll's writability check.
             if mosquitto_want_write(mosq) {
                 let wrc = mosquitto_loop_write(mosq, 1)
                 if wrc != MOSQ_ERR_SUCCESS.rawValue { return wrc }
