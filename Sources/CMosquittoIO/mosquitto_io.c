@@ -20,7 +20,9 @@
 // 5. The socket pair: libmosquitto writes one byte to it for every packet it queues, to wake `mosquitto_loop`'s
 //    select. This client never calls mosquitto_loop or loop_start, so nothing reads the pair; on the network
 //    thread the byte is dropped once the descriptor is confirmed to be a Unix stream socket other than the
-//    connection. (Other threads still write it; it then fails with EAGAIN once the pair is full, as before.)
+//    connection, and the descriptor is remembered process-wide so that other threads drop it too. libmosquitto's
+//    `close` of the descriptor forgets it first. Pairs of libmosquitto handles that are not this client's are never
+//    learnt, so their bytes are written as usual.
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -62,6 +64,47 @@ struct mosq_io {
 
 static __thread mosq_io *bound_io;
 
+// Socket-pair write ends confirmed by the network threads, so that a packet queued on another thread (a publish
+// from a task on the cooperative pool) skips the wake-up byte too: `pair_owner[fd]` is the client whose pair `fd`
+// is (for its counters), NULL for any other descriptor. Allocated at the first pair; descriptors from
+// PAIR_TABLE_SIZE up are not remembered (their byte is written, as without batching). An entry is cleared by
+// libmosquitto's `close` of that descriptor, before the descriptor is released. The client outlives its entry:
+// libmosquitto closes the pair in mosquitto_destroy, and the client destroys the handle only once no other thread
+// is inside a libmosquitto call (ClientCore's gate).
+enum { PAIR_TABLE_SIZE = 65536 };
+static mosq_io **pair_owner;
+
+static void remember_pair(int fd, mosq_io *io) {
+    if (fd < 0 || fd >= PAIR_TABLE_SIZE) return;
+    mosq_io **table = __atomic_load_n(&pair_owner, __ATOMIC_ACQUIRE);
+    if (!table) {
+        mosq_io **fresh = calloc(PAIR_TABLE_SIZE, sizeof(mosq_io *));  // untouched pages cost no memory
+        if (!fresh) return;
+        mosq_io **expected = NULL;
+        if (__atomic_compare_exchange_n(&pair_owner, &expected, fresh, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            table = fresh;
+        } else {
+            free(fresh);
+            table = expected;
+        }
+    }
+    __atomic_store_n(&table[fd], io, __ATOMIC_SEQ_CST);
+}
+
+static void forget_pair(int fd) {
+    mosq_io **table = __atomic_load_n(&pair_owner, __ATOMIC_ACQUIRE);
+    if (table && fd >= 0 && fd < PAIR_TABLE_SIZE && __atomic_load_n(&table[fd], __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(&table[fd], NULL, __ATOMIC_SEQ_CST);
+    }
+}
+
+/// The client whose socket pair `fd` is, or NULL.
+static mosq_io *known_pair_owner(int fd) {
+    mosq_io **table = __atomic_load_n(&pair_owner, __ATOMIC_ACQUIRE);
+    if (!table || fd < 0 || fd >= PAIR_TABLE_SIZE) return NULL;
+    return __atomic_load_n(&table[fd], __ATOMIC_SEQ_CST);
+}
+
 mosq_io *mosq_io_create(void) {
     mosq_io *io = malloc(sizeof(mosq_io));
     if (!io) return NULL;
@@ -75,7 +118,16 @@ mosq_io *mosq_io_create(void) {
     return io;
 }
 
-void mosq_io_destroy(mosq_io *io) { free(io); }
+void mosq_io_destroy(mosq_io *io) {
+    // libmosquitto's close of the pair has cleared its entry already; this only guards against a pair closed some
+    // other way.
+    mosq_io **table = __atomic_load_n(&pair_owner, __ATOMIC_ACQUIRE);
+    if (table && io->pair_fd >= 0 && io->pair_fd < PAIR_TABLE_SIZE) {
+        mosq_io *expected = io;
+        __atomic_compare_exchange_n(&table[io->pair_fd], &expected, NULL, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    }
+    free(io);
+}
 
 void mosq_io_bind_thread(mosq_io *io) { bound_io = io; }
 
@@ -190,7 +242,15 @@ static int is_unix_stream_socket(int fd) {
 
 static ssize_t mosq_io_write(int fd, const void *buf, size_t count) {
     mosq_io *io = bound_io;
-    if (!io) return write(fd, buf, count);
+    if (!io) {
+        // Another thread: only a known socket pair's wake-up byte is skipped.
+        mosq_io *owner = count == 1 ? known_pair_owner(fd) : NULL;
+        if (owner) {
+            __atomic_fetch_add(&owner->counters.wakeups_skipped, 1, __ATOMIC_RELAXED);
+            return 1;
+        }
+        return write(fd, buf, count);
+    }
     if (fd == io->conn_fd) {
         if (!io->attached) return write(fd, buf, count);
         size_t space = IO_BUFFER - io->out_len;
@@ -220,6 +280,7 @@ static ssize_t mosq_io_write(int fd, const void *buf, size_t count) {
         }
         if (io->pair_fd < 0 && is_unix_stream_socket(fd)) {
             io->pair_fd = fd;
+            remember_pair(fd, io);
             __atomic_fetch_add(&io->counters.wakeups_skipped, 1, __ATOMIC_RELAXED);
             return 1;
         }
@@ -228,6 +289,7 @@ static ssize_t mosq_io_write(int fd, const void *buf, size_t count) {
 }
 
 static int mosq_io_close(int fd) {
+    forget_pair(fd);
     mosq_io *io = bound_io;
     if (io) {
         if (fd == io->conn_fd) {

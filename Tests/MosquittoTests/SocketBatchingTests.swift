@@ -82,6 +82,25 @@ struct SocketBatchingTests {
         }
     }
 
+    @Test("A publisher on the cooperative pool skips libmosquitto's socket-pair write as well")
+    func poolPublisherSkipsWakeups() async throws {
+        try await withBroker { broker in
+            let pub = try await connected(broker)
+            let count = 2_000
+            // A plain task: each QoS 0 publish queues its packet from a pool thread, where libmosquitto writes the
+            // wake-up byte itself (on the network thread the batching skips it anyway).
+            try await Task {
+                for i in 0..<count {
+                    try await pub.publish(MQTTMessage(topic: "batch/pool", payload: payload(i), qos: .atMostOnce), completion: .enqueued)
+                }
+                await pub.waitUntilAllPublished()
+            }.value
+            let p = try #require(pub.core.socketIOCounters)
+            #expect(p.wakeupsSkipped >= UInt64(count), "\(p.wakeupsSkipped) socket-pair writes skipped for \(count) publishes")
+            await pub.shutdown()
+        }
+    }
+
     @Test("A backlog of QoS 0 messages published just before shutdown still leaves before DISCONNECT")
     func backlogBeforeShutdown() async throws {
         try await withBroker { broker in
