@@ -11,7 +11,8 @@
 //    loop_misc, connect, destroy) only there, and it sets threaded mode (`mosquitto_threaded_set`), so a packet
 //    queued on another thread is never written by that thread.
 // 2. On a thread with no bound `mosq_io`, and for any descriptor other than the bound one's connection and
-//    socket pair, the interceptors call the real functions: nothing changes for other libmosquitto users.
+//    socket pair, the interceptors call the real functions (apart from skipping a known socket pair's byte, 5):
+//    nothing changes for other libmosquitto users.
 // 3. Reads are buffered only while attached (between CONNACK and the end of the connection). A read served from
 //    the buffer leaves errno alone, as libmosquitto's loop_read expects of a successful read.
 // 4. Writes are buffered only while attached. The network thread sends the buffer at the end of each pass and
