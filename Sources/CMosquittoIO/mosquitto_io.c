@@ -167,11 +167,7 @@ mosq_io_counters mosq_io_get_counters(const mosq_io *io) {
 }
 
 int mosq_io_flush(mosq_io *io) {
-    if (io->out_len == 0) return 0;
-    if (!io->attached) {
-        io->out_len = 0;
-        return 0;
-    }
+    if (io->out_len == 0) return 0;  // always the case while detached (detaching empties the buffers)
     for (;;) {
         ssize_t n = send(io->conn_fd, io->out, io->out_len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n >= 0) {
@@ -217,12 +213,9 @@ static ssize_t mosq_io_read(int fd, void *buf, size_t count) {
         if (io->in_pos == io->in_len) io->in_pos = io->in_len = 0;
         return (ssize_t)n;
     }
-    // A large body goes straight to libmosquitto's buffer.
-    if (count >= IO_BUFFER) {
-        __atomic_fetch_add(&io->counters.socket_reads, 1, __ATOMIC_RELAXED);
-        return read(fd, buf, count);
-    }
     __atomic_fetch_add(&io->counters.socket_reads, 1, __ATOMIC_RELAXED);
+    // A large body goes straight to libmosquitto's buffer.
+    if (count >= IO_BUFFER) return read(fd, buf, count);
     ssize_t n = read(fd, io->in, IO_BUFFER);
     if (n <= 0) return n;
     size_t give = (size_t)n < count ? (size_t)n : count;

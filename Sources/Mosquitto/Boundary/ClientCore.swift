@@ -383,9 +383,9 @@ final class ClientCore: @unchecked Sendable {
     /// the TLS handshake advances from there (`mosquitto_loop_write` returns early until it is done), and so do
     /// the SOCKS5 exchange and the CONNACK itself.
     ///
-    /// libmosquitto still writes a byte to its internal socket pair for every packet it queues; nothing reads it,
-    /// so it fills (its writes then fail with `EAGAIN`, as libmosquitto expects of a full pair). The next
-    /// `connect` replaces the pair.
+    /// libmosquitto writes a byte to its internal socket pair for every packet it queues, which nothing reads here.
+    /// With batching (invariant 8) the byte is skipped; without it the pair fills and the writes fail with `EAGAIN`,
+    /// as libmosquitto expects of a full pair, until the next `connect` replaces the pair.
     private func pollPass(wakeFD: Int32) -> Int32 {
         let fd = mosquitto_socket(mosq)
         if fd < 0 { return MOSQ_ERR_NO_CONN.rawValue }
@@ -401,7 +401,7 @@ final class ClientCore: @unchecked Sendable {
         let bufferedInput = io.map { mosq_io_pending_input($0) > 0 } ?? false
         let mayWait = executor.prepareToSleep()
         var socketEvents = Int16(POLLIN)
-        if mosquitto_want_write(mosq) || hasBufferedOutput { socketEvents |= Int16(POLLOUT) }
+        if hasPendingOutput { socketEvents |= Int16(POLLOUT) }
         var fds = (pollfd(fd: fd, events: socketEvents, revents: 0), pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0))
         let n = withUnsafeMutableBytes(of: &fds) { raw in
             poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), 2, mayWait && !bufferedInput ? config.pollIdleTimeoutMilliseconds : 0)
@@ -433,9 +433,10 @@ final class ClientCore: @unchecked Sendable {
         return (UInt64(c.wakeups_skipped), UInt64(c.socket_reads), UInt64(c.socket_sends))
     }
 
-    /// True when batched output waits for the socket (see invariant 8).
-    private var hasBufferedOutput: Bool {
-        io.map { mosq_io_pending_output($0) > 0 } ?? false
+    /// True when output waits for the socket: packets queued in libmosquitto, or bytes in the batching's buffer
+    /// (invariant 8).
+    private var hasPendingOutput: Bool {
+        mosquitto_want_write(mosq) || (io.map { mosq_io_pending_output($0) > 0 } ?? false)
     }
 
     /// Hands libmosquitto's queued packets to the socket: with batching, into the output buffer and then to the
@@ -471,14 +472,14 @@ final class ClientCore: @unchecked Sendable {
             // Write before reading: a read error (a broker reply such as an UNSUBACK arriving as the connection
             // winds down) would end the loop without writing the queued DISCONNECT. libmosquitto closes the socket
             // once DISCONNECT is written.
-            if mosquitto_want_write(mosq) || hasBufferedOutput {
+            if hasPendingOutput {
                 if writeQueued() != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(mosq) == -1 { break }
-                if !mosquitto_want_write(mosq) && !hasBufferedOutput { continue }
+                if !hasPendingOutput { continue }
             }
             // The socket took only part of what is queued (or the handshake is not over): wait until it takes
             // more or the broker says something.
             var events = Int16(POLLIN)
-            if mosquitto_want_write(mosq) || hasBufferedOutput { events |= Int16(POLLOUT) }
+            if hasPendingOutput { events |= Int16(POLLOUT) }
             var socket = pollfd(fd: mosquitto_socket(mosq), events: events, revents: 0)
             let n = poll(&socket, 1, 100)
             if n < 0 && errno != EINTR { break }
