@@ -119,9 +119,14 @@ public struct SpoolRecord: Sendable, Hashable {
 ///
 /// Each record is `[length u32 LE][crc32 u32 LE][sequence u64 LE][flags u8][qos u8][topic length u16 LE][topic][payload]`,
 /// with the CRC over everything after it. The done watermark (every record up to it was acknowledged by the broker)
-/// is kept in a small `done` file replaced atomically. On open, the spool checks every record and truncates a torn
-/// tail at the first bad checksum, so it survives `kill -9` (and, with ``SpoolConfiguration/FsyncPolicy/always``,
-/// power loss) without losing an appended record.
+/// is kept in a small `done` file of two slots `[sequence u64 LE][crc32 u32 LE]`, written in place, alternately, so
+/// that recording acknowledgements never needs new disk space: a full disk cannot stop the spool from freeing
+/// delivered segments. On open, the larger valid slot wins (a 12-byte file of one slot, the earlier format, reads as
+/// is), every record is checked, and a torn tail is truncated at the first bad checksum, so the spool survives
+/// `kill -9` (and, with ``SpoolConfiguration/FsyncPolicy/always``, power loss) without losing an appended record.
+///
+/// A failed append (a full disk, most often) leaves nothing behind: the segment is truncated back to its last whole
+/// record, so records the caller was told were not stored never reappear on a later open.
 ///
 /// Appends come from event-loop threads, reads and acknowledgements from the route's publisher task; one lock
 /// protects the state. The lock is never held across an `await`.
@@ -142,6 +147,8 @@ public final class Spool: Sendable {
         var size: Int
         var segmentFirst: UInt64
         var offset: Int
+        /// When the record was appended (when the spool was opened, for a recovered record).
+        var appendedAt: ContinuousClock.Instant
     }
 
     struct State {
@@ -167,6 +174,10 @@ public final class Spool: Sendable {
         var recovered = 0
         /// The watermark moved since the `done` file was last written.
         var doneDirty = false
+        /// The `done` file's descriptor, kept open so the watermark is overwritten in place.
+        var doneFD: Int32 = -1
+        /// The slot (0 or 1) of the `done` file the next write goes to (never the one holding the last watermark).
+        var doneSlot = 0
         /// The last topic decoded, so records of one topic share one string.
         var lastTopicBytes: [UInt8] = []
         var lastTopic = ""
@@ -181,6 +192,9 @@ public final class Spool: Sendable {
     let logger: Logger
     private let donePath: String
 
+    /// Bytes of one `done` slot: `[sequence u64 LE][crc32 u32 LE]`.
+    static let doneSlotBytes = 12
+
     /// Opens (or creates) the spool, checking every record and truncating a torn tail.
     public init(configuration: SpoolConfiguration, logger: Logger = Logger(label: "mqtt-bridge.spool")) throws {
         self.configuration = configuration
@@ -189,12 +203,36 @@ public final class Spool: Sendable {
         donePath = dir + "/done"
         try Self.makeDirectory(dir)
         var s = State()
-        // Done watermark.
-        if let data = Self.readFile(donePath), data.count == 12 {
-            let seq = data.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt64.self).littleEndian }
-            let crc = data.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian }
-            if CRC32.checksum(Array(data[0..<8])) == crc { s.done = seq }
+        // Done watermark: the larger valid slot. A leftover `done.tmp` is from the earlier rename-based format.
+        unlink(dir + "/done.tmp")
+        let doneFD = open(donePath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard doneFD >= 0 else { throw SpoolError("Cannot open the spool's watermark file \(donePath)", errno: errno) }
+        _ = fchmod(doneFD, 0o600)
+        var slots = [UInt8](repeating: 0, count: 2 * Self.doneSlotBytes)
+        let slotBytes = Self.pread(doneFD, &slots, 0)
+        var newest: (slot: Int, sequence: UInt64)?
+        for slot in 0..<2 where (slot + 1) * Self.doneSlotBytes <= slotBytes {
+            let at = slot * Self.doneSlotBytes
+            let seq = slots.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt64.self).littleEndian }
+            let crc = slots.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at + 8, as: UInt32.self).littleEndian }
+            if CRC32.checksum(Array(slots[at..<at + 8])) == crc, seq >= (newest?.sequence ?? 0) { newest = (slot, seq) }
         }
+        s.done = newest?.sequence ?? 0
+        s.doneSlot = newest.map { 1 - $0.slot } ?? 0
+        s.doneFD = doneFD
+        if slotBytes < 2 * Self.doneSlotBytes {
+            // A new spool, or the one-slot format: give the file both slots now (a few bytes in a block the
+            // file already has, or its first block), so later writes only overwrite.
+            let have = max(0, slotBytes)
+            let zero = [UInt8](repeating: 0, count: 2 * Self.doneSlotBytes - have)
+            if Self.pwrite(doneFD, zero, have) != zero.count {
+                let e = errno
+                closeFile(doneFD)
+                throw SpoolError("Cannot prepare the spool's watermark file \(donePath)", errno: e)
+            }
+            if newest == nil { s.doneSlot = 0 }
+        }
+        let openedAt = ContinuousClock.now
         // Segments.
         var names: [(UInt64, String)] = []
         if let d = opendir(dir) {
@@ -237,7 +275,7 @@ public final class Spool: Sendable {
                     }
                     s.pendingBytes += 8 + length
                     s.pendingCount += 1
-                    s.sizes.append(Pending(sequence: seq, size: 8 + length, segmentFirst: first, offset: offset))
+                    s.sizes.append(Pending(sequence: seq, size: 8 + length, segmentFirst: first, offset: offset, appendedAt: openedAt))
                 }
                 lastSeq = max(lastSeq, seq)
                 offset += 8 + length
@@ -253,8 +291,10 @@ public final class Spool: Sendable {
         s.nextSequence = lastSeq + 1
         s.recovered = s.pendingCount
         if !foundRead {
-            s.readSegment = s.segments.count
-            s.readOffset = 0
+            // Every record is acknowledged: the next record read is the next one appended, which goes at the end
+            // of the last segment (appends keep filling it until it is full).
+            s.readSegment = max(0, s.segments.count - 1)
+            s.readOffset = s.segments.last?.size ?? 0
             s.readSequence = s.nextSequence
         }
         state = LockedValue(s)
@@ -268,6 +308,8 @@ public final class Spool: Sendable {
         state.withLock { s in
             for seg in s.segments { closeFile(seg.fd) }
             s.segments.removeAll()
+            if s.doneFD >= 0 { closeFile(s.doneFD) }
+            s.doneFD = -1
         }
     }
 
@@ -286,19 +328,24 @@ public final class Spool: Sendable {
             var seq = s.nextSequence
             var sizes: [Pending] = []
             sizes.reserveCapacity(records.count)
+            let now = ContinuousClock.now
             for r in records {
                 let before = bytes.count
                 Self.encode(r, sequence: seq, into: &bytes)
-                sizes.append(Pending(sequence: seq, size: bytes.count - before, segmentFirst: 0, offset: before))
+                sizes.append(Pending(sequence: seq, size: bytes.count - before, segmentFirst: 0, offset: before, appendedAt: now))
                 seq += 1
             }
             try self.rollIfNeeded(&s, adding: bytes.count)
-            let seg = s.segments[s.segments.count - 1]
-            for i in sizes.indices {
-                sizes[i].segmentFirst = seg.first
-                sizes[i].offset += seg.size
+            do {
+                try self.writeRecords(bytes, sizes: &sizes, into: &s)
+            } catch {
+                // A full disk, most often. If the last segment holds only acknowledged records, start a new one
+                // and delete it: on a disk the spool filled while the broker was away, that frees the space.
+                guard s.pendingCount == 0, let last = s.segments.last, last.size > 0 else { throw error }
+                try self.startSegment(&s)
+                try self.deleteDoneSegments(&s)
+                try self.writeRecords(bytes, sizes: &sizes, into: &s)
             }
-            try Self.writeAll(seg.fd, bytes)
             s.segments[s.segments.count - 1].size += bytes.count
             s.nextSequence = seq
             s.pendingBytes += bytes.count
@@ -313,6 +360,9 @@ public final class Spool: Sendable {
         waiter?.resume()
         return full
     }
+
+    /// Whether ``close()`` was called.
+    public var isClosed: Bool { state.withLock { $0.closed } }
 
     /// Whether the spool holds at least ``SpoolConfiguration/maxBytes`` of unacknowledged records.
     public var isFull: Bool { state.withLock { $0.pendingBytes >= configuration.maxBytes } }
@@ -334,6 +384,14 @@ public final class Spool: Sendable {
 
     /// The sequence number of the oldest unacknowledged record (the next one when every record is acknowledged).
     public var firstUnacknowledged: UInt64 { state.withLock { $0.done + 1 } }
+
+    /// How long the oldest unacknowledged record has waited (since it was appended, or since the spool was opened
+    /// for a recovered record); nil when every record is acknowledged.
+    public var oldestUnacknowledgedAge: Duration? {
+        state.withLock { s in
+            s.sizesHead < s.sizes.count ? ContinuousClock.now - s.sizes[s.sizesHead].appendedAt : nil
+        }
+    }
 
     /// Records found unacknowledged when the spool was opened.
     public var recoveredRecords: Int { state.withLock { $0.recovered } }
@@ -451,14 +509,24 @@ public final class Spool: Sendable {
         for w in wake { w() }
     }
 
-    /// Writes the acknowledged watermark to the `done` file (atomically, by rename) if it moved, and deletes
-    /// segments that hold only acknowledged records.
+    /// Writes the acknowledged watermark to the `done` file (in place) if it moved, and deletes segments that hold
+    /// only acknowledged records.
+    ///
+    /// Segments are deleted even when the watermark cannot be written: a record in a deleted segment was
+    /// acknowledged, and an older watermark on disk only means some acknowledged records of later segments are
+    /// sent again after a crash (duplicates, never a loss). Deleting is what frees space on a full disk.
     public func flushDone() throws {
         try state.withLock { s in
             guard s.doneDirty, !s.closed else { return }
-            try self.writeDone(s.done)
-            s.doneDirty = false
+            var failure: (any Error)?
+            do {
+                try self.writeDone(&s)
+                s.doneDirty = false
+            } catch {
+                failure = error
+            }
             try self.deleteDoneSegments(&s)
+            if let failure { throw failure }
         }
     }
 
@@ -510,10 +578,14 @@ public final class Spool: Sendable {
     public func close() {
         let (w, spaces) = state.withLock { s -> (CheckedContinuation<Void, Never>?, [@Sendable () -> Void]) in
             if s.doneDirty && !s.closed {
-                try? self.writeDone(s.done)
-                s.doneDirty = false
+                if (try? self.writeDone(&s)) != nil { s.doneDirty = false }
             }
             syncIfDue(&s, force: true)
+            if s.doneFD >= 0 {
+                if configuration.fsync != .never { _ = fdatasync(s.doneFD) }
+                closeFile(s.doneFD)
+                s.doneFD = -1
+            }
             s.closed = true
             let w = s.recordsWaiter
             s.recordsWaiter = nil
@@ -542,8 +614,33 @@ public final class Spool: Sendable {
         }
     }
 
+    /// Writes encoded records at the end of the last segment. On failure the segment is truncated back to its
+    /// last whole record: part of the batch may have reached the disk as whole records, and nothing the caller is
+    /// told was not stored may come back when the spool is reopened.
+    private func writeRecords(_ bytes: [UInt8], sizes: inout [Pending], into s: inout State) throws {
+        let seg = s.segments[s.segments.count - 1]
+        do {
+            try Self.writeAll(seg.fd, bytes)
+        } catch {
+            _ = ftruncate(seg.fd, off_t(seg.size))
+            throw error
+        }
+        var offset = seg.size
+        for i in sizes.indices {
+            sizes[i].segmentFirst = seg.first
+            sizes[i].offset = offset
+            offset += sizes[i].size
+        }
+    }
+
     private func rollIfNeeded(_ s: inout State, adding: Int) throws {
         if let last = s.segments.last, last.size == 0 || last.size + adding <= configuration.segmentBytes { return }
+        try startSegment(&s)
+    }
+
+    /// Starts a new segment for the next record (the current one, if any, is complete).
+    private func startSegment(_ s: inout State) throws {
+        if let last = s.segments.last, last.size == 0 { return }
         // The previous segment is complete: make it durable before starting the next one.
         if let last = s.segments.last, configuration.fsync != .never { _ = fdatasync(last.fd) }
         let name = "seg-" + String(s.nextSequence).leftPadded(20) + ".log"
@@ -551,6 +648,11 @@ public final class Spool: Sendable {
         let fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SpoolError("Cannot create spool segment \(path)", errno: errno) }
         s.segments.append(Segment(first: s.nextSequence, path: path, fd: fd, size: 0))
+        if s.readSequence == s.nextSequence {
+            // Every record was handed out: the next read is the first record of the new segment.
+            s.readSegment = s.segments.count - 1
+            s.readOffset = 0
+        }
         Self.syncDirectory(configuration.directory)
     }
 
@@ -564,19 +666,19 @@ public final class Spool: Sendable {
         }
     }
 
-    private func writeDone(_ sequence: UInt64) throws {
+    /// Overwrites the older of the `done` file's two slots with the watermark. A torn write can only spoil that
+    /// slot, so the other still holds the previous watermark (a crash then resends, never loses).
+    private func writeDone(_ s: inout State) throws {
         var data = [UInt8]()
-        withUnsafeBytes(of: sequence.littleEndian) { data.append(contentsOf: $0) }
+        withUnsafeBytes(of: s.done.littleEndian) { data.append(contentsOf: $0) }
         let crc = CRC32.checksum(data)
         withUnsafeBytes(of: crc.littleEndian) { data.append(contentsOf: $0) }
-        let tmp = donePath + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw SpoolError("Cannot write \(tmp)", errno: errno) }
-        defer { closeFile(fd) }
-        _ = fchmod(fd, 0o600)
-        try Self.writeAll(fd, data)
-        if configuration.fsync == .always { _ = fdatasync(fd) }
-        guard rename(tmp, donePath) == 0 else { throw SpoolError("Cannot rename \(tmp)", errno: errno) }
+        guard s.doneFD >= 0 else { throw SpoolError("The spool is closed.") }
+        guard Self.pwrite(s.doneFD, data, s.doneSlot * Self.doneSlotBytes) == data.count else {
+            throw SpoolError("Cannot record acknowledgements in \(donePath)", errno: errno)
+        }
+        if configuration.fsync == .always { _ = fdatasync(s.doneFD) }
+        s.doneSlot = 1 - s.doneSlot
     }
 
     static func encode(_ r: SpoolRecord, sequence: UInt64, into out: inout [UInt8]) {
@@ -641,13 +743,22 @@ public final class Spool: Sendable {
         }
     }
 
-    static func readFile(_ path: String) -> [UInt8]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { closeFile(fd) }
-        var out = [UInt8](repeating: 0, count: 64)
-        let n = pread(fd, &out, 0)
-        return n >= 0 ? Array(out[0..<n]) : nil
+    /// `pwrite(2)` of all of `bytes` at `offset` (retrying on EINTR); returns the bytes written.
+    static func pwrite(_ fd: Int32, _ bytes: [UInt8], _ offset: Int) -> Int {
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { p in
+                #if canImport(Darwin)
+                Darwin.pwrite(fd, p.baseAddress! + done, bytes.count - done, off_t(offset + done))
+                #else
+                Glibc.pwrite(fd, p.baseAddress! + done, bytes.count - done, off_t(offset + done))
+                #endif
+            }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            done += n
+        }
+        return done
     }
 
     static func pread(_ fd: Int32, into p: UnsafeMutableRawBufferPointer, _ offset: Int) -> Int {
