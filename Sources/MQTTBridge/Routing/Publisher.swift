@@ -90,6 +90,9 @@ final class Publisher: Sendable {
         }
         defer { ticker.cancel() }
         var lastFlush = ContinuousClock.now
+        // Spool errors repeat every flush while they last: the first is logged, then one line per interval per spool.
+        var lastErrorLog: [String: ContinuousClock.Instant] = [:]
+        var suppressed: [String: Int] = [:]
         while !Task.isCancelled {
             let current = entries.withLock { Array($0.values) }.sorted { $0.name < $1.name }
             var progressed = false
@@ -104,13 +107,26 @@ final class Publisher: Sendable {
             if now - lastFlush >= flushInterval {
                 lastFlush = now
                 for e in current {
-                    do { try e.spool.flushDone() } catch { logger.error("Spool \(e.name): cannot record acknowledgements: \(error)") }
+                    do {
+                        try e.spool.flushDone()
+                    } catch {
+                        if let last = lastErrorLog[e.name], now - last < Self.errorLogInterval {
+                            suppressed[e.name, default: 0] += 1
+                        } else {
+                            let more = suppressed.removeValue(forKey: e.name).map { " (\($0) more since the last report)" } ?? ""
+                            logger.error("Spool \(e.name): cannot record acknowledgements: \(error)\(more). Delivered segments are still freed; after a crash the records acknowledged since the last recorded watermark are sent again.")
+                            lastErrorLog[e.name] = now
+                        }
+                    }
                     e.spool.syncIfDue()
                 }
             }
             if !progressed { await doorbell.wait() }
         }
     }
+
+    /// How often a repeating spool error is logged.
+    static let errorLogInterval: Duration = .seconds(30)
 
     enum PumpResult { case stop, progressed, idle }
 

@@ -75,6 +75,38 @@ final class RouteRuntime: Sendable {
     private let state = LockedValue(State())
     private let encoder: FrameEncoder
 
+    /// Frames read from the feed that the spool could not store yet (a full disk, most often), oldest first.
+    ///
+    /// While it is not empty the route's readers stay paused, new frames queue behind it (so order holds), and a
+    /// retry task stores it as soon as the spool takes writes again. Nothing read from a feed is dropped for a
+    /// spool write error; each reader holds at most one read's frames here before it pauses.
+    private struct Backlog {
+        var records: [SpoolRecord] = []
+        var waiters: [@Sendable () -> Void] = []
+        var retrying: Task<Void, Never>?
+        var since: ContinuousClock.Instant?
+        var lastLog: ContinuousClock.Instant?
+        var failures = 0
+        /// Episodes (the spool refusing writes, then taking them again) are logged at most once per interval:
+        /// a disk that fills again as soon as the broker frees it would otherwise log twice per cycle.
+        var lastEpisodeLog: ContinuousClock.Instant?
+        var episodesNotLogged = 0
+
+        /// Clears the backlog after it was stored, keeping the log's rate limit.
+        mutating func reset() {
+            let last = lastEpisodeLog
+            let notLogged = episodesNotLogged
+            self = Backlog()
+            lastEpisodeLog = last
+            episodesNotLogged = notLogged
+        }
+    }
+    private let backlog = LockedValue(Backlog())
+    /// How often a blocked spool write is retried.
+    static let spoolRetryInterval: Duration = .milliseconds(250)
+    /// How often the "still cannot write" line repeats.
+    static let spoolErrorLogInterval: Duration = .seconds(30)
+
     init(config: RouteConfiguration, metrics: RouteMetrics, registry: PrometheusCollectorRegistry, spool: Spool?,
          spoolFull: SpoolConfiguration.FullPolicy, statePrefix: String, doorbell: Doorbell, logger: Logger) {
         self.config = config
@@ -168,30 +200,134 @@ final class RouteRuntime: Sendable {
         }
     }
 
-    /// Appends records to the spool. Returns whether the reader should pause (spool full, policy block).
+    /// Appends records to the spool. Returns whether the reader should pause (spool full with policy block, or
+    /// a spool that cannot be written: the records then wait in memory and the reader stays paused until they are
+    /// stored).
+    ///
+    /// The backlog lock is held across the spool write, so records of concurrent readers reach the spool in the
+    /// order they were taken in, and none overtakes the backlog.
     func ingest(_ records: [SpoolRecord]) -> Bool {
-        guard let spool else { return false }
+        guard let spool, !records.isEmpty else { return false }
         if spoolFull == .dropNewest && spool.isFull {
             metrics.drops[.spoolFull]!.add(records.count)
             return false
         }
-        do {
-            let full = try spool.append(records)
-            var bytes = 0
-            for r in records { bytes += r.payload.count }
-            metrics.framesIn.add(records.count)
-            metrics.bytesIn.add(bytes)
+        enum Outcome { case stored(full: Bool), queued, startRetry(any Error, log: Bool, episodes: Int), closed(any Error) }
+        let outcome = backlog.withLock { b -> Outcome in
+            if !b.records.isEmpty {
+                b.records.append(contentsOf: records)
+                return .queued
+            }
+            do {
+                return .stored(full: try spool.append(records))
+            } catch {
+                if spool.isClosed { return .closed(error) }
+                let now = ContinuousClock.now
+                b.records = records
+                b.since = now
+                b.lastLog = now
+                b.failures = 1
+                let log = b.lastEpisodeLog.map { now - $0 >= Self.spoolErrorLogInterval } ?? true
+                let episodes = b.episodesNotLogged
+                if log {
+                    b.lastEpisodeLog = now
+                    b.episodesNotLogged = 0
+                } else {
+                    b.episodesNotLogged += 1
+                }
+                return .startRetry(error, log: log, episodes: episodes)
+            }
+        }
+        switch outcome {
+        case .stored(let full):
+            countIn(records)
             doorbell.ring()
             return full && spoolFull == .block
-        } catch {
-            logger.error("Route \(config.name): spool write failed: \(error)")
-            metrics.drops[.spoolError]!.add(records.count)
+        case .queued:
             return true
+        case .startRetry(let error, let log, let episodes):
+            let earlier = episodes > 0 ? " (\(episodes) more times since the last report)" : ""
+            if log {
+                logger.error("Route \(config.name): the spool cannot store frames: \(error)\(earlier). Reading from the feed is paused; nothing read is dropped, and storing is retried until the spool takes writes again (free space in \(spool.configuration.directory)).")
+            }
+            let task = Task { [weak self] in _ = await self?.retryBacklog() }
+            backlog.withLock { $0.retrying = task }
+            return true
+        case .closed(let error):
+            logger.error("Route \(config.name): \(records.count) frames arrived after the spool closed and are dropped: \(error)")
+            metrics.drops[.spoolError]!.add(records.count)
+            return false
+        }
+    }
+
+    private func countIn(_ records: [SpoolRecord]) {
+        var bytes = 0
+        for r in records { bytes += r.payload.count }
+        metrics.framesIn.add(records.count)
+        metrics.bytesIn.add(bytes)
+    }
+
+    /// Whether frames are waiting for the spool to take writes again.
+    var isSpoolBlocked: Bool { backlog.withLock { !$0.records.isEmpty } }
+
+    /// Retries the backlog until the spool stores it, then lets the paused readers go on.
+    private func retryBacklog() async {
+        guard let spool else { return }
+        while true {
+            try? await Task.sleep(for: Self.spoolRetryInterval)
+            enum Step { case stored([SpoolRecord], [@Sendable () -> Void], Duration, log: Bool), failed(any Error, log: Bool, waiting: Int), gone([SpoolRecord]) }
+            let step = backlog.withLock { b -> Step in
+                do {
+                    _ = try spool.append(b.records)
+                    let stored = b.records
+                    let waiters = b.waiters
+                    let blocked = ContinuousClock.now - (b.since ?? .now)
+                    let log = b.episodesNotLogged == 0
+                    b.reset()
+                    return .stored(stored, waiters, blocked, log: log)
+                } catch {
+                    if spool.isClosed || isStopping {
+                        // Stopping: the paused readers are being closed, so their waiters are dropped.
+                        let lost = b.records
+                        b.reset()
+                        return .gone(lost)
+                    }
+                    b.failures += 1
+                    let now = ContinuousClock.now
+                    let log = now - (b.lastLog ?? now) >= Self.spoolErrorLogInterval
+                    if log { b.lastLog = now }
+                    return .failed(error, log: log, waiting: b.records.count)
+                }
+            }
+            switch step {
+            case .stored(let records, let waiters, let blocked, let log):
+                countIn(records)
+                doorbell.ring()
+                if log { logger.notice("Route \(config.name): the spool takes writes again after \(blocked); \(records.count) waiting frames stored, reading resumes.") }
+                for w in waiters { spool.whenSpaceAvailable(w) }
+                return
+            case .failed(let error, let log, let waiting):
+                if log {
+                    logger.error("Route \(config.name): the spool still cannot store frames (\(waiting) waiting, reading paused): \(error)")
+                }
+            case .gone(let lost):
+                if !lost.isEmpty {
+                    logger.error("Route \(config.name): stopping while the spool cannot be written: \(lost.count) frames read from the feed could not be stored and are lost.")
+                    metrics.drops[.spoolError]!.add(lost.count)
+                }
+                return
+            }
         }
     }
 
     func whenSpaceAvailable(_ body: @escaping @Sendable () -> Void) {
-        if let spool { spool.whenSpaceAvailable(body) } else { body() }
+        guard let spool else { return body() }
+        let queued = backlog.withLock { b -> Bool in
+            guard !b.records.isEmpty else { return false }
+            b.waiters.append(body)
+            return true
+        }
+        if !queued { spool.whenSpaceAvailable(body) }
     }
 
     // MARK: MQTT → feed
@@ -224,6 +360,7 @@ final class RouteRuntime: Sendable {
             return (s.listener, s.clientChannel, Array(s.connections.values), [s.clientTask, s.fanOutTask])
         }
         for t in tasks { t?.cancel() }
+        defer { backlog.withLock { $0.retrying }?.cancel() }
         try? await listener?.close()
         try? await client?.close()
         for c in conns where c.target == nil { try? await c.channel.close() }

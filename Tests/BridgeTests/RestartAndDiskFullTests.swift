@@ -1,0 +1,220 @@
+import Foundation
+import Mosquitto
+import MosquittoBroker
+import MQTTBridge
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Mounts a tmpfs of `size` at `path` for the duration of `body` (root only: the tests using it are enabled as root,
+/// which CI is).
+func withSmallFilesystem<T>(at path: String, size: String, _ body: () async throws -> T) async throws -> T {
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    func run(_ arguments: [String]) throws -> Int32 {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/" + arguments[0])
+        p.arguments = Array(arguments.dropFirst())
+        try p.run()
+        p.waitUntilExit()
+        return p.terminationStatus
+    }
+    let status = try run(["mount", "-t", "tmpfs", "-o", "size=\(size),mode=0700", "tmpfs", path])
+    try #require(status == 0, "mount -t tmpfs failed (exit \(status))")
+    do {
+        let r = try await body()
+        _ = try run(["umount", "-l", path])
+        return r
+    } catch {
+        _ = try? run(["umount", "-l", path])
+        throw error
+    }
+}
+
+let isRoot = getuid() == 0
+
+/// Line `n` of the full-disk feed: 49 bytes.
+func diskFullLine(_ n: Int) -> String { "n\(pad6(n)) " + String(repeating: "p", count: 40) + "\n" }
+
+/// `n` as six digits.
+func pad6(_ n: Int) -> String { String(format: "%06d", n) }
+
+/// The routine operations the bridge must keep delivering through: restarts on the same spool (the blocker of
+/// issue #13: records spooled after a restart on a fully acknowledged spool were never published), and a full disk.
+@Suite("Restarts and a full disk", .serialized)
+struct RestartAndDiskFullTests {
+    /// Runs `mqtt-bridge` with the reproduction's flags against `broker`, stopping it with `signals` in turn; every
+    /// round's 100 lines must arrive before the next stop.
+    func restartRounds(broker: MosquittoBroker, extraConfig: String?, signals: [Int32]) async throws {
+        let executable = try #require(bridgeExecutable(), "build the mqtt-bridge executable first (swift build)")
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let feedPort = freePort()
+        let httpPort = freePort()
+        var arguments = ["-h", broker.host, "-p", String(broker.port), "-i", "restart-\(UUID().uuidString.prefix(6))",
+                         "--tcp-listen", "127.0.0.1:\(feedPort)", "--topic", "x", "--spool-dir", dir + "/sp",
+                         "--metrics", "127.0.0.1:\(httpPort)", "--log-level", "info"]
+        if let extraConfig {
+            let file = dir + "/bridge.conf"
+            try """
+            address \(broker.host):\(broker.port)
+            remote_clientid restart-\(UUID().uuidString.prefix(6))
+            spool_dir \(dir)/sp
+            metrics_listen 127.0.0.1:\(httpPort)
+            \(extraConfig)
+
+            route feed
+            direction to_mqtt
+            mode tcp_server
+            address 127.0.0.1:\(feedPort)
+            topic x
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+            arguments = ["--config", file, "--log-level", "info"]
+        }
+        let sub = try await connected(broker)
+        let recorder = Recorder(try await sub.subscribe("x", qos: .atLeastOnce))
+        let log = dir + "/bridge.log"
+        func logText() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+        var sent = 0
+        for (round, signal) in (signals + [SIGTERM]).enumerated() {
+            let child = try Child(executable, arguments, output: log)
+            #expect(await eventually { (try? await httpGet(port: httpPort, path: "/readyz"))?.0 == 200 },
+                    "round \(round): the bridge did not become ready:\n\(logText())")
+            let peer = try await FeedPeer.connect(port: feedPort)
+            // 100 lines of 60 bytes: more than a 4 KiB segment, so the rolling variant rolls every round.
+            try await peer.write(Array((sent..<sent + 100).map { "round \(round) line \(pad6($0)) " + String(repeating: "x", count: 30) + "\n" }.joined().utf8))
+            sent += 100
+            await peer.close()
+            let arrived = await eventually(timeout: .seconds(30)) { Set(recorder.strings).count >= sent }
+            #expect(arrived, "round \(round): \(Set(recorder.strings).count) of \(sent) lines arrived after \(round) restarts:\n\(logText())")
+            // Idle: every record acknowledged. Let the watermark reach the disk before a kill.
+            try await Task.sleep(for: .milliseconds(200))
+            let started = ContinuousClock.now
+            child.signal(signal)
+            let status = await child.wait(timeout: .seconds(30))
+            #expect(status != nil, "round \(round): the bridge did not stop")
+            if signal == SIGTERM {
+                #expect(ContinuousClock.now - started < .seconds(8) * testTimeScale, "an idle bridge should stop at once")
+            }
+            if !arrived { break }
+        }
+        let text = logText()
+        #expect(!text.contains("Stopping with records still in the spool"), "\(text)")
+        let expected = Set((0..<sent).map { pad6($0) })
+        let got = Set(recorder.strings.compactMap { $0.split(separator: " ").dropFirst(3).first.map(String.init) })
+        #expect(got == expected, "missing: \(expected.subtracting(got).sorted().prefix(10))")
+        recorder.stop()
+        await sub.shutdown()
+    }
+
+    @Test("mqtt-bridge stopped while idle (SIGTERM, kill -9) and restarted on the same spool keeps publishing, restart after restart")
+    func idleRestarts() async throws {
+        try await withBroker { broker in
+            try await restartRounds(broker: broker, extraConfig: nil, signals: [SIGTERM, SIGKILL, SIGTERM, SIGKILL])
+        }
+    }
+
+    @Test("the same with 4 KiB segments, so every round rolls a segment: nothing spooled after a restart is lost")
+    func idleRestartsWithSegmentRolls() async throws {
+        try await withBroker { broker in
+            try await restartRounds(broker: broker, extraConfig: "spool_segment_bytes 4096", signals: [SIGTERM, SIGTERM, SIGKILL])
+        }
+    }
+
+    @Test("a spool on a full filesystem: failed appends leave nothing behind, acknowledgements are still recorded, delivered segments are freed",
+          .enabled(if: isRoot, "mounting a small tmpfs needs root"))
+    func spoolOnAFullDisk() async throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try await withSmallFilesystem(at: dir + "/fs", size: "256k") {
+            let configuration = SpoolConfiguration(directory: dir + "/fs/spool", segmentBytes: 64 << 10, fsync: .never)
+            var spool = try Spool(configuration: configuration, logger: quietLogger())
+            // Fill the disk. Batches of 20 records of 1,000 bytes: the last one fails part-way.
+            var stored = 0
+            var failure: (any Error)?
+            while failure == nil {
+                do {
+                    try spool.append((0..<20).map { SpoolRecord(topic: "t", payload: Array(String(format: "%06d", stored + $0).utf8) + [UInt8](repeating: 0x61, count: 994), qos: .atLeastOnce) })
+                    stored += 20
+                } catch {
+                    failure = error
+                }
+            }
+            let message = failure.map { String(describing: $0) } ?? ""
+            #expect(message.contains("No space left on device"), "\(message)")
+            #expect(spool.depth.records == stored)
+            // A failed batch comes back neither now nor after a reopen (it was reported as not stored).
+            spool.close()
+            spool = try Spool(configuration: configuration, logger: quietLogger())
+            #expect(spool.depth.records == stored, "a reopen found \(spool.depth.records) records, \(stored) were stored")
+            let all = try spool.readBatch(maxRecords: Int.max)
+            #expect(all.count == stored)
+            #expect(all.map { String(decoding: $0.payload.prefix(6), as: UTF8.self) } == (0..<stored).map { String(format: "%06d", $0) })
+            // On the still-full disk: acknowledging and recording the watermark works and frees delivered segments.
+            try spool.markDone(through: all[all.count / 2].sequence)
+            try spool.markDone(through: all.last!.sequence)
+            let leftovers = try FileManager.default.contentsOfDirectory(atPath: configuration.directory)
+            #expect(!leftovers.contains("done.tmp"))
+            // Space is back: new records are stored and read, and nothing acknowledged comes back.
+            try spool.append([SpoolRecord(topic: "t", payload: Array("after".utf8), qos: .atLeastOnce)])
+            #expect(try spool.readBatch(maxRecords: 10).map { String(decoding: $0.payload, as: UTF8.self) } == ["after"])
+            spool.close()
+            spool = try Spool(configuration: configuration, logger: quietLogger())
+            #expect(spool.depth.records == 1)
+            spool.close()
+        }
+    }
+
+    @Test("the bridge on a full disk with the broker down: the feed is paused (backpressure), nothing read is lost, and delivery resumes",
+          .enabled(if: isRoot, "mounting a small tmpfs needs root"))
+    func bridgeOnAFullDisk() async throws {
+        var brokerConfig = MosquittoBroker.Configuration(persistence: true)
+        brokerConfig.maxQueuedMessages = 0
+        try await withBroker(brokerConfig) { broker in
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let sub = try await connected(broker, id: "diskfull-sub", persistent: true)
+            let recorder = Recorder(try await sub.subscribe("d/#", qos: .atLeastOnce))
+            try await withSmallFilesystem(at: dir + "/fs", size: "512k") {
+                await broker.stop()
+                // The default 16 MiB segments: the only segment fills the disk, so space comes back only when the
+                // spool starts a new segment once everything in the full one is acknowledged.
+                let config = bridgeConfig(broker, spool: dir + "/fs/spool", routes: [try serverRoute("d", topic: "d/x")], id: "diskfull-bridge")
+                try await withBridge(config) { bridge in
+                    let peer = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "d")))
+                    let total = 40000
+                    let writer = Task {
+                        for chunk in stride(from: 0, to: total, by: 500) {
+                            try await peer.write(Array((chunk..<chunk + 500).map(diskFullLine).joined().utf8))
+                        }
+                    }
+                    // The disk fills (about 2 MB of lines for 512 KiB); the bridge stops reading, so the writer blocks.
+                    let m = bridge.metrics.route("d")
+                    var last = -1
+                    let stalled = await eventually(timeout: .seconds(30)) {
+                        let now = m.framesIn.value
+                        defer { last = now }
+                        return now > 0 && now == last && now < total
+                    }
+                    try await Task.sleep(for: .seconds(1))
+                    #expect(stalled && m.framesIn.value < total, "the spool should have filled the disk")
+                    let inAtStall = m.framesIn.value
+                    #expect(m.totalDropped == 0, "nothing read may be dropped: \(m.totalDropped)")
+                    // The broker comes back: the spool drains, frees its segment, takes the waiting frames, and reads on.
+                    try await broker.restart()
+                    try await writer.value
+                    let all = await eventually(timeout: .seconds(120)) { Set(recorder.strings).count >= total }
+                    let distinct = Set(recorder.strings)
+                    let missing = Set((0..<total).map { diskFullLine($0).dropLast() }.map(String.init)).subtracting(distinct)
+                    #expect(all && missing.isEmpty, "\(missing.count) of \(total) lines missing, e.g. \(missing.sorted().prefix(5))")
+                    #expect(m.totalDropped == 0)
+                    print("full disk: \(inAtStall) frames spooled when the disk filled; \(distinct.count) of \(total) delivered, \(recorder.count - distinct.count) duplicates")
+                    await peer.close()
+                }
+            }
+            recorder.stop()
+            await sub.shutdown()
+        }
+    }
+}
