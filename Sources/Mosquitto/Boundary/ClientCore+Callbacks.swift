@@ -29,8 +29,10 @@ extension ClientCore {
 
     func handleConnect(rc: Int32, flags: Int32, props: OpaquePointer?) {
         guard rc == 0 else {
+            // Reported once, where the attempt ends: thrown from connect(), or in the reconnect line and the
+            // `.disconnected` event. Logging it here too made two lines of one refusal.
             let error = MQTTError.connectRefused(rc, protocolVersion: config.protocolVersion)
-            logger.error("\(error.message)")
+            logger.debug("\(error.message)")
             state.withLock { $0.lastRefusal = error }
             return
         }
@@ -71,7 +73,10 @@ extension ClientCore {
 
     func handleDisconnect(rc: Int32) {
         sessionUp = false
-        let error: MQTTError? = {
+        // After a CONNACK that refused the connection, libmosquitto 2.0.11 ends it with MOSQ_ERR_PROTOCOL (MQTT 5)
+        // or MOSQ_ERR_CONN_REFUSED (3.x): the refusal is the reason, not a protocol error.
+        let refusal = state.withLock { $0.connectedThisAttempt ? nil : $0.lastRefusal }
+        let error: MQTTError? = refusal ?? {
             if rc == 0 { return nil }
             if isV5 && rc >= 0x80 && rc <= 0xFF {
                 return MQTTError(.connectionLost, "The broker closed the connection: \(MQTTError.reasonText(UInt8(rc))) (reason 0x\(String(rc, radix: 16))).", reasonCode: UInt8(rc))
@@ -106,7 +111,7 @@ extension ClientCore {
             return all
         }
         for w in subWaiters { w.resumeOffline() }
-        if let error {
+        if let error, refusal == nil {
             logger.warning("Disconnected from \(config.endpoint): \(error.message)")
         }
         emit(.disconnected(error))
@@ -218,8 +223,12 @@ extension ClientCore {
             }
             if !s.firehoses.isEmpty { targets.append(contentsOf: s.firehoses.values) }
             var request: CheckedContinuation<MQTTMessage, any Error>?
-            if !s.requests.isEmpty, message.topic == responseTopic, let corr = message.properties.correlationData {
-                request = s.requests.removeValue(forKey: corr)
+            if !s.requests.pending.isEmpty, message.topic == responseTopic, let corr = message.properties.correlationData {
+                switch s.requests.replyArrived(corr, message) {
+                case .resume(.reply(let c), _): request = c
+                case .resume(.subscription, _): preconditionFailure("a pending request's waiter is a reply waiter")
+                case .stored, .unknown: break
+                }
             }
             s.messagesReceived += 1
             return (targets, request)

@@ -524,7 +524,7 @@ final class ClientCore: @unchecked Sendable {
         }
         for w in work.subacks { w.resume(throwing: shutdownError) }
         for c in work.unsubacks { c.resume(throwing: shutdownError) }
-        for c in work.requests { c.resume(throwing: shutdownError) }
+        for w in work.requests { w.fail(shutdownError) }
         for b in work.buffers { b.finish(error: failure) }
         for c in work.drainWaiters { c.resume() }
         for e in work.events {

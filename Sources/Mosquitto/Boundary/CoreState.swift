@@ -16,6 +16,21 @@ struct SlotRelease {
     }
 }
 
+/// How a request/response caller is resumed (see ``RequestStateMachine``).
+enum RequestWaiter {
+    /// A caller waiting for its reply.
+    case reply(CheckedContinuation<MQTTMessage, any Error>)
+    /// A caller waiting for the response subscription; resumed with `false` (go on), never `true`.
+    case subscription(CheckedContinuation<Bool, any Error>)
+
+    func fail(_ error: any Error) {
+        switch self {
+        case .reply(let c): c.resume(throwing: error)
+        case .subscription(let c): c.resume(throwing: error)
+        }
+    }
+}
+
 struct CoreState {
     struct PendingPublish {
         var qos: QoS
@@ -61,7 +76,7 @@ struct CoreState {
         var pending: [(UInt16, PendingPublish)] = []
         var subacks: [SubackWaiter] = []
         var unsubacks: [CheckedContinuation<Void, any Error>] = []
-        var requests: [CheckedContinuation<MQTTMessage, any Error>] = []
+        var requests: [RequestWaiter] = []
         var buffers: [MessageBuffer] = []
         var drainWaiters: [CheckedContinuation<Void, Never>] = []
         var events: [AsyncStream<ConnectionEvent>.Continuation] = []
@@ -120,8 +135,8 @@ struct CoreState {
     var earlyUnsubacks: Set<UInt16> = []
     var messagesReceived = 0
 
-    var requests: [[UInt8]: CheckedContinuation<MQTTMessage, any Error>] = [:]
-    var responseSubscribed = false
+    /// Pending requests and the response subscription (see ``RequestStateMachine``).
+    var requests = RequestStateMachine<RequestWaiter>()
     var responseStream: MessageStream?
 
     mutating func routes(forSubscriptionID id: UInt32) -> [MessageBuffer] {
@@ -178,7 +193,7 @@ struct CoreState {
         t.pending = pending.compactMap { $0.value.waiter == nil && $0.value.callback == nil ? nil : ($0.key, $0.value) }; pending.removeAll()
         t.subacks = Array(subackWaiters.values); subackWaiters.removeAll()
         t.unsubacks = Array(unsubackWaiters.values); unsubackWaiters.removeAll()
-        t.requests = Array(requests.values); requests.removeAll()
+        t.requests = requests.close()
         t.buffers = Array(streams.values) + Array(firehoses.values); streams.removeAll(); firehoses.removeAll()
         filters.removeAll(); filtersByID.removeAll()
         t.drainWaiters = drainWaiters; drainWaiters.removeAll()
