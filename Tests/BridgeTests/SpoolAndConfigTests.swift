@@ -201,7 +201,7 @@ struct ConfigTests {
     }
 
     @Test("--check reports every error with its line number")
-    func errorsOnLines() {
+    func errorsOnLines() throws {
         let text = """
         address 127.0.0.1:1883
         # comment
@@ -217,11 +217,12 @@ struct ConfigTests {
         bogus_key 1
         """
         let issues = ConfigParser.check(text)
-        #expect(issues.map(\.line) == [3, 4, 6, 7, 8, 9, 12], "\(issues)")
+        // The refused topic on line 6 is reported once: route a does not also "need a 'topic'" on line 4.
+        try #require(issues.map(\.line) == [3, 6, 7, 8, 9, 12], "\(issues)")
         #expect(issues[0].message.contains("spool_max_bytes"))
-        #expect(issues[1].message.contains("needs a 'topic'"))
-        #expect(issues[2].message.contains("{nope}"))
-        #expect(issues[5].message.contains("needs an 'address'"))
-        #expect(issues[6].message.contains("bogus_key"))
+        #expect(issues[1].message.contains("{nope}"))
+        #expect(!issues.contains { $0.message.contains("needs a 'topic'") })
+        #expect(issues[4].message.contains("needs an 'address'"))
+        #expect(issues[5].message.contains("bogus_key"))
     }
 }

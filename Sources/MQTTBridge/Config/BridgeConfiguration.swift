@@ -214,6 +214,13 @@ public struct BridgeConfiguration: Sendable {
     public static let defaultInflightMessages = 32
     /// Turn off Nagle's algorithm on the broker connection (`tcp_nodelay`, default true).
     public var tcpNoDelay: Bool
+    /// `/readyz` answers not ready (and `mqtt_bridge_spool_stalled` is 1) when the oldest unacknowledged spool
+    /// record is older than this while the broker is connected (`spool_stall_timeout`, default 60 s); nil never.
+    public var spoolStallTimeout: Duration?
+    /// Stop after this many consecutive connection attempts the broker refused for the credentials
+    /// (`auth_failure_limit`); nil (the default) retries with backoff for ever, so a bridge outlives a password
+    /// rotation.
+    public var authFailureLimit: Int?
     /// The routes.
     public var routes: [RouteConfiguration]
 
@@ -233,6 +240,8 @@ public struct BridgeConfiguration: Sendable {
         self.publishBatch = 10000
         self.maxInflightMessages = nil
         self.tcpNoDelay = true
+        self.spoolStallTimeout = .seconds(60)
+        self.authFailureLimit = nil
         self.routes = routes
     }
 }

@@ -1,4 +1,12 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import Mosquitto
+
+/// `read(2)`, under a name that `ConfigParser.read(file:)` does not hide.
+private func systemRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int) -> Int { read(fd, buffer, count) }
 
 /// One problem found in a configuration file.
 public struct ConfigIssue: Error, Sendable, Hashable, CustomStringConvertible {
@@ -25,12 +33,29 @@ public struct ConfigErrors: Error, Sendable, CustomStringConvertible {
     }
 }
 
+/// A configuration file that cannot be read as text: missing, unreadable, a directory, a FIFO or device, too
+/// large, or not UTF-8. ``message`` is one line in mosquitto's style, e.g.
+/// `Error: Unable to open config file plant.conf: No such file or directory.`
+public struct ConfigFileError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The path as given.
+    public var path: String
+    /// The whole line to print.
+    public var message: String
+    /// Creates an error.
+    public init(path: String, message: String) {
+        self.path = path
+        self.message = message
+    }
+    public var description: String { message }
+}
+
 /// Reads the bridge's `mosquitto.conf`-style configuration.
 ///
-/// One `key value` per line; a line whose first non-blank character is `#` is a comment. Global keys (the broker
-/// connection with mosquitto bridge names such as `address`, `remote_clientid`, `cleansession`, `restart_timeout`,
-/// `bridge_cafile`; the spool; operations) come first. Each `route <name>` line starts a route block whose keys apply
-/// to that route until the next `route` line:
+/// One `key value` per line; a line whose first non-blank character is `#` is a comment; a value may be written
+/// in double quotes (`framing` also takes single quotes, as on the command line: `framing 'length 2 be'`). Global
+/// keys (the broker connection with mosquitto bridge names such as `address`, `remote_clientid`, `cleansession`,
+/// `restart_timeout`, `bridge_cafile`; the spool; operations) come first. Each `route <name>` line starts a route
+/// block whose keys apply to that route until the next `route` line:
 ///
 /// ```
 /// address 127.0.0.1:1883
@@ -50,32 +75,115 @@ public struct ConfigErrors: Error, Sendable, CustomStringConvertible {
 /// qos 1
 /// ```
 ///
-/// Every problem is reported with its line number; parsing continues after an error so that one run lists them all.
+/// The keys:
+///
+/// - Broker (global): `address host[:port]`, `bridge_protocol_version mqttv50|mqttv311|mqttv31`, `remote_clientid`,
+///   `remote_username`, `remote_password`, `cleansession`, `session_expiry`, `keepalive_interval`,
+///   `restart_timeout base [cap]`, `bridge_cafile`, `bridge_capath`, `bridge_certfile`, `bridge_keyfile`,
+///   `bridge_tls_version`, `bridge_insecure`, `max_inflight_messages` (default 32), `tcp_nodelay`,
+///   `auth_failure_limit N` (stop after N consecutive refusals of the credentials; default: retry for ever).
+/// - Spool (global): `spool_dir`, `spool_max_bytes`, `spool_segment_bytes`, `spool_fsync always|never|SECONDS`,
+///   `spool_full block|drop_newest`, `spool_stall_timeout SECONDS` (default 60; 0 = never).
+/// - Operations (global): `metrics_listen host:port`, `state_prefix`, `notifications`, `progress_interval`,
+///   `drain_timeout`, `publish_window`.
+/// - Route: `direction`, `mode`, `address` (repeatable), `udp_target` (repeatable), `allow` (repeatable),
+///   `max_connections`, `restart_timeout`, `idle_timeout`, `framing`, `max_frame`, `oversize`, `partial_on_close`,
+///   `topic`, `dead_letter_topic`, `field_separator`, `topic_regex`, `subscribe` (repeatable), `share_group`, `qos`,
+///   `retain`, `out_queue_bytes`, `slow_reader`.
+///
+/// Every problem is reported with its line number; parsing continues after an error so that one run lists them
+/// all, but each mistake is reported once: a key whose value was refused does not also make its route "need" that
+/// key, and a route option before the first `route` line is reported once for the block. A key given twice in one
+/// place is an error (except the repeatable ones above). Two routes cannot listen on one address and port.
 public enum ConfigParser {
+    /// The longest file ``read(file:)`` accepts.
+    public static let maximumFileBytes = 64 << 20
+    /// The longest line ``parse(_:file:base:)`` reads; a longer one is reported, not read.
+    public static let maximumLineBytes = 256 << 10
+
+    /// Reads a configuration file as UTF-8 text, without blocking on a FIFO or device.
+    /// - Throws: ``ConfigFileError`` with a one-line message in mosquitto's style.
+    public static func read(file path: String) throws(ConfigFileError) -> String {
+        func fail(_ message: String) -> ConfigFileError { ConfigFileError(path: path, message: "Error: " + message) }
+        func reason(_ code: Int32) -> String { String(cString: strerror(code)) }
+        // O_NONBLOCK: opening a FIFO without a writer must not hang; the type is checked on the open descriptor.
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        if fd < 0 { throw fail("Unable to open config file \(path): \(reason(errno)).") }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw fail("Unable to open config file \(path): \(reason(errno)).") }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: break
+        case S_IFDIR: throw fail("Config file \(path) is a directory.")
+        case S_IFIFO: throw fail("Config file \(path) is a FIFO, not a regular file.")
+        case S_IFSOCK: throw fail("Config file \(path) is a socket, not a regular file.")
+        case S_IFCHR, S_IFBLK: throw fail("Config file \(path) is a device, not a regular file.")
+        default: throw fail("Config file \(path) is not a regular file.")
+        }
+        if Int(info.st_size) > maximumFileBytes {
+            throw fail("Config file \(path) is too large (\(info.st_size) bytes; the limit is \(maximumFileBytes >> 20) MiB).")
+        }
+        var bytes = [UInt8](repeating: 0, count: Int(info.st_size) + 1)
+        var count = 0
+        while true {
+            if count == bytes.count {
+                if count > maximumFileBytes {
+                    throw fail("Config file \(path) is too large (more than \(maximumFileBytes >> 20) MiB).")
+                }
+                bytes.append(contentsOf: repeatElement(0, count: 65536))
+            }
+            let n = bytes.withUnsafeMutableBytes { systemRead(fd, $0.baseAddress! + count, $0.count - count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw fail("Unable to read config file \(path): \(reason(errno)).")
+            }
+            if n == 0 { break }
+            count += n
+        }
+        bytes.removeSubrange(count...)
+        func lineNumber(at offset: Int) -> Int { bytes[..<offset].reduce(1) { $1 == 0x0A ? $0 + 1 : $0 } }
+        // memchr, not firstIndex(of:): a large file is scanned in milliseconds even in an unoptimized build.
+        let nulOffset = bytes.withUnsafeBytes { b -> Int? in
+            guard let base = b.baseAddress, let p = memchr(base, 0, b.count) else { return nil }
+            return base.distance(to: UnsafeRawPointer(p))
+        }
+        if let nul = nulOffset {
+            throw fail("Config file \(path) is not a text file (a NUL byte on line \(lineNumber(at: nul))).")
+        }
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }  // a UTF-8 byte order mark
+        if let text = String(validating: bytes, as: UTF8.self) { return text }
+        var start = 0
+        for (i, b) in bytes.enumerated() where b == 0x0A || i == bytes.count - 1 {
+            if String(validating: bytes[start...i], as: UTF8.self) == nil { break }
+            start = i + 1
+        }
+        throw fail("Config file \(path) is not UTF-8 text (line \(lineNumber(at: start))).")
+    }
+
     /// Parses `text`. `base` supplies defaults (for example, broker options from the command line).
     /// - Throws: ``ConfigErrors`` listing every problem.
     public static func parse(_ text: String, file: String = "config", base: BridgeConfiguration? = nil) throws(ConfigErrors) -> BridgeConfiguration {
         var p = Parser(base: base ?? BridgeConfiguration(mqtt: MQTTConfiguration(host: "localhost", port: 1883)))
-        var number = 0
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            number += 1
-            var line = Substring(raw)
-            if line.hasSuffix("\r") { line = line.dropLast() }
-            let trimmed = line.drop { $0 == " " || $0 == "\t" }
-            if trimmed.isEmpty || trimmed.hasPrefix("#") { continue }
-            let key: Substring
-            var value: Substring
-            if let space = trimmed.firstIndex(where: { $0 == " " || $0 == "\t" }) {
-                key = trimmed[..<space]
-                value = trimmed[space...].drop { $0 == " " || $0 == "\t" }
-                while let last = value.last, last == " " || last == "\t" { value = value.dropLast() }
-            } else {
-                key = trimmed
-                value = ""
+        var text = text
+        // Lines are found with memchr, so that a file of one 50 MB line costs milliseconds, even unoptimized.
+        text.withUTF8 { buffer in
+            var number = 0
+            var start = 0
+            while start <= buffer.count {
+                var end = buffer.count
+                if start < buffer.count, let base = buffer.baseAddress,
+                   let found = memchr(base + start, 0x0A, buffer.count - start) {
+                    end = base.distance(to: found.assumingMemoryBound(to: UInt8.self))
+                }
+                number += 1
+                p.line = number
+                if end - start > maximumLineBytes {
+                    p.error("line too long (\(end - start) bytes; the limit is \(maximumLineBytes >> 10) KiB)")
+                } else {
+                    p.handleLine(String(decoding: UnsafeBufferPointer(rebasing: buffer[start..<end]), as: UTF8.self))
+                }
+                start = end + 1
             }
-            if value.count >= 2 && value.hasPrefix("\"") && value.hasSuffix("\"") { value = value.dropFirst().dropLast() }
-            p.line = number
-            p.handle(String(key), String(value))
         }
         p.finishRoute()
         p.finish()
@@ -96,6 +204,144 @@ public enum ConfigParser {
         }
     }
 
+    /// The global keys (with mosquitto's bridge names and the aliases the parser accepts).
+    public static let globalKeys = [
+        "address", "addresses", "bridge_protocol_version", "protocol_version", "remote_clientid", "clientid", "local_clientid",
+        "remote_username", "username", "remote_password", "password", "cleansession", "session_expiry",
+        "bridge_session_expiry_interval", "keepalive_interval", "restart_timeout", "bridge_cafile", "bridge_capath",
+        "bridge_certfile", "bridge_keyfile", "bridge_tls_version", "bridge_insecure", "max_inflight_messages", "tcp_nodelay",
+        "auth_failure_limit", "spool_dir", "spool_max_bytes", "spool_segment_bytes", "spool_fsync", "spool_full",
+        "spool_stall_timeout", "metrics_listen", "http_listen", "state_prefix", "notification_topic", "notifications",
+        "progress_interval", "drain_timeout", "publish_batch", "publish_window",
+    ]
+
+    /// The keys of a `route` block.
+    public static let routeKeys = [
+        "direction", "mode", "address", "addresses", "udp_target", "allow", "max_connections", "restart_timeout", "idle_timeout",
+        "framing", "max_frame", "oversize", "partial_on_close", "topic", "dead_letter_topic", "field_separator", "topic_regex",
+        "subscribe", "share_group", "qos", "retain", "out_queue_bytes", "slow_reader",
+    ]
+
+    /// Route keys that may be given on several lines (each adds to the list).
+    static let repeatableRouteKeys: Set<String> = ["address", "udp_target", "allow", "subscribe"]
+
+    /// Other spellings of one key, mapped to the name used in duplicate-key messages.
+    static let aliases: [String: String] = [
+        "addresses": "address", "protocol_version": "bridge_protocol_version", "clientid": "remote_clientid",
+        "local_clientid": "remote_clientid", "username": "remote_username", "password": "remote_password",
+        "bridge_session_expiry_interval": "session_expiry", "http_listen": "metrics_listen",
+        "notification_topic": "state_prefix", "publish_batch": "publish_window",
+    ]
+
+    static let globalKeySet = Set(globalKeys)
+    static let routeKeySet = Set(routeKeys)
+
+    /// `text` in single quotes for a message: at most `limit` characters (then `…`), control characters escaped,
+    /// so that a 50 MB line or a terminal escape sequence in a file never reaches the terminal whole.
+    public static func quote(_ text: some StringProtocol, limit: Int = 80) -> String {
+        var out = "'"
+        var n = 0
+        for ch in text {
+            if n == limit {
+                out += "…"
+                break
+            }
+            if ch.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
+                for s in ch.unicodeScalars { out += s.value < 0x20 || s.value == 0x7F ? "\\u{\(String(s.value, radix: 16))}" : String(s) }
+            } else {
+                out.append(ch)
+            }
+            n += 1
+        }
+        return out + "'"
+    }
+
+    /// `message` with every single-quoted part longer than `limit` characters cut to `limit` and `…`, and the
+    /// whole cut to 1,000 characters: for messages from elsewhere (topic templates) that quote a value whole.
+    static func shorten(_ message: String, limit: Int = 80) -> String {
+        guard message.utf8.count > limit else { return message }
+        var out = ""
+        var quoted = ""
+        var quotedCount = 0
+        var inQuote = false
+        for ch in message {
+            if ch == "'" {
+                if inQuote { out += quote(quoted, limit: limit) } else { quoted = ""; quotedCount = 0 }
+                inQuote.toggle()
+            } else if inQuote {
+                if quotedCount <= limit { quoted.append(ch) }
+                quotedCount += 1
+            } else {
+                out.append(ch)
+            }
+            if out.utf8.count > 4000 { break }
+        }
+        if out.count > 1000 { return String(out.prefix(1000)) + "…" }
+        if inQuote { out += "'" + quoted }
+        return out
+    }
+
+    /// The known key closest to `key` (optimal string alignment distance, at most 1 for short keys, 2 up to 8
+    /// characters and 3 beyond), or nil.
+    public static func suggestion(for key: String, among candidates: [String]) -> String? {
+        guard key.utf8.count <= 64 else { return nil }
+        let a = Array(key.lowercased().unicodeScalars)
+        let limit = a.count <= 4 ? 1 : (a.count <= 8 ? 2 : 3)
+        var best: (String, Int)?
+        for c in candidates where c != key {
+            let b = Array(c.unicodeScalars)
+            guard abs(a.count - b.count) <= limit else { continue }
+            var d = [[Int]](repeating: [Int](repeating: 0, count: b.count + 1), count: a.count + 1)
+            for i in 0...a.count { d[i][0] = i }
+            for j in 0...b.count { d[0][j] = j }
+            if !a.isEmpty && !b.isEmpty {
+                for i in 1...a.count {
+                    for j in 1...b.count {
+                        let cost = a[i - 1] == b[j - 1] ? 0 : 1
+                        d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+                        if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] { d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1) }
+                    }
+                }
+            }
+            let distance = d[a.count][b.count]
+            if distance <= limit && distance < (best?.1 ?? Int.max) { best = (c, distance) }
+        }
+        return best?.0
+    }
+
+    /// Parses `host:port`, `[v6]:port`, `:port` or `port` (host `defaultHost`); with `defaultPort`, a bare host too.
+    /// A port that is a number out of range is reported as such (`port 70000 out of range (1-65535)`).
+    public static func address(_ text: String, defaultHost: String = "127.0.0.1", defaultPort: Int? = nil,
+                               minimumPort: Int = 0) -> Result<SocketAddressSpec, ConfigIssue> {
+        let format = ConfigIssue(line: 0, message: "invalid address \(quote(text)): use " + (defaultPort == nil ? "host:port" : "host[:port]"))
+        var host = defaultHost
+        var portText: Substring?
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return .failure(format) }
+            host = String(text[text.index(after: text.startIndex)..<close])
+            let rest = text[text.index(after: close)...]
+            if rest.hasPrefix(":") { portText = rest.dropFirst() } else if !rest.isEmpty { return .failure(format) }
+            if host.isEmpty { return .failure(format) }
+        } else if let colon = text.lastIndex(of: ":") {
+            if colon != text.startIndex { host = String(text[..<colon]) }
+            portText = text[text.index(after: colon)...]
+        } else if defaultPort == nil {
+            portText = Substring(text)
+        } else {
+            host = text
+        }
+        guard let portText else {
+            guard let defaultPort, !host.isEmpty else { return .failure(format) }
+            return .success(SocketAddressSpec(host: host, port: defaultPort))
+        }
+        if let port = Int(portText), (minimumPort...65535).contains(port) { return .success(SocketAddressSpec(host: host, port: port)) }
+        let digits = portText.hasPrefix("-") ? portText.dropFirst() : portText
+        if !digits.isEmpty && digits.allSatisfy({ $0.isASCII && $0.isNumber }) {
+            return .failure(ConfigIssue(line: 0, message: "port \(portText.count > 24 ? quote(portText, limit: 24) : String(portText)) out of range (1-65535)"))
+        }
+        return .failure(format)
+    }
+
     /// Parses a size such as `65536`, `64KiB`, `64KB`, `16MiB`, `2GB`, `1k`.
     public static func size(_ s: String) -> Int? {
         let lower = s.lowercased()
@@ -103,7 +349,8 @@ public enum ConfigParser {
                                       ("gb", 1 << 30), ("k", 1 << 10), ("m", 1 << 20), ("g", 1 << 30), ("b", 1)]
         for (suffix, factor) in units where lower.hasSuffix(suffix) {
             guard let n = Int(lower.dropLast(suffix.count)), n >= 0 else { return nil }
-            return n * factor
+            let (product, overflow) = n.multipliedReportingOverflow(by: factor)
+            return overflow ? nil : product
         }
         return Int(lower).flatMap { $0 >= 0 ? $0 : nil }
     }
@@ -145,8 +392,11 @@ public enum ConfigParser {
     }
 
     /// Parses a framing specification: `lf`, `crlf`, `line`, `delimiter <bytes>`, `fixed <n>`,
-    /// `length <1|2|4|8> [be|le]`, `raw`.
+    /// `length <1|2|4|8> [be|le]`, `raw`. The whole specification may be in single or double quotes, as it is
+    /// written for `--framing` on a command line (`'length 2 be'`).
     public static func framing(_ s: String) -> Result<Framing, ConfigIssue> {
+        var s = Substring(s)
+        if s.count >= 2, let first = s.first, first == "'" || first == "\"", s.last == first { s = s.dropFirst().dropLast() }
         let parts = s.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
         guard let kind = parts.first?.lowercased() else { return .failure(.init(line: 0, message: "framing needs a value")) }
         switch kind {
@@ -173,7 +423,7 @@ public enum ConfigParser {
             }
             return .success(.lengthPrefixed(width: w, byteOrder: order))
         default:
-            return .failure(.init(line: 0, message: "unknown framing '\(kind)' (use lf, crlf, delimiter, fixed, length or raw)"))
+            return .failure(.init(line: 0, message: "unknown framing \(quote(kind)) (use lf, crlf, delimiter, fixed, length or raw)"))
         }
     }
 
@@ -185,14 +435,18 @@ public enum ConfigParser {
         }
     }
 
-    static func seconds(_ s: String) -> Duration? {
-        guard let d = Double(s), d >= 0 else { return nil }
+    /// Parses a number of seconds (fractions allowed) up to about 31 years; nil for anything else (`inf`, `nan`).
+    public static func seconds(_ s: String) -> Duration? {
+        guard let d = Double(s), d.isFinite, d >= 0, d < 1e9 else { return nil }
         return .milliseconds(Int64(d * 1000))
     }
 
     private struct RouteDraft {
         var line: Int
         var name: String
+        /// A block of route options with no `route` line before it (reported once), or a `route` line without a
+        /// name: its keys are still checked, but it is not a route, so the route-level checks are skipped.
+        var nameless = false
         var direction: RouteDirection?
         var mode: FeedConfiguration.Mode?
         var addresses: [SocketAddressSpec] = []
@@ -216,6 +470,19 @@ public enum ConfigParser {
         var outQueue = 1 << 20
         var slowReader: SlowReaderPolicy = .drop
         var framingLine = 0
+        /// The line each key was first given on (aliases under one name).
+        var seen: [String: Int] = [:]
+        /// Keys whose value was refused: the route-level checks do not report them again as missing.
+        var failed: Set<String> = []
+    }
+
+    /// A route's listen address, to find two routes on one address and port.
+    private struct Listener {
+        var route: String
+        var index: Int
+        var line: Int
+        var udp: Bool
+        var address: SocketAddressSpec
     }
 
     private struct Parser {
@@ -223,7 +490,9 @@ public enum ConfigParser {
         var issues: [ConfigIssue] = []
         var line = 0
         var route: RouteDraft?
+        var routeCount = 0
         var names: Set<String> = []
+        var listeners: [Listener] = []
         var username: String?
         var password: String?
         var passwordLine = 0
@@ -232,6 +501,8 @@ public enum ConfigParser {
         var cleanSession = true
         var sessionExpiry: UInt32 = 0xFFFF_FFFF
         var statePrefixSet = false
+        var globalSeen: [String: Int] = [:]
+        var globalFailed: Set<String> = []
 
         init(base: BridgeConfiguration) {
             config = base
@@ -250,52 +521,101 @@ public enum ConfigParser {
             }
         }
 
-        mutating func error(_ message: String) { issues.append(ConfigIssue(line: line, message: message)) }
+        mutating func error(_ message: String) { issues.append(ConfigIssue(line: line, message: shorten(message))) }
+
+        /// One line: a comment, a blank line, or `key value` (the value may be in double quotes).
+        mutating func handleLine(_ raw: String) {
+            var line = Substring(raw)
+            if line.hasSuffix("\r") { line = line.dropLast() }
+            let trimmed = line.drop { $0 == " " || $0 == "\t" }
+            if trimmed.isEmpty || trimmed.hasPrefix("#") { return }
+            let key: Substring
+            var value: Substring
+            if let space = trimmed.firstIndex(where: { $0 == " " || $0 == "\t" }) {
+                key = trimmed[..<space]
+                value = trimmed[space...].drop { $0 == " " || $0 == "\t" }
+                while let last = value.last, last == " " || last == "\t" { value = value.dropLast() }
+            } else {
+                key = trimmed
+                value = ""
+            }
+            if value.count >= 2 && value.hasPrefix("\"") && value.hasSuffix("\"") { value = value.dropFirst().dropLast() }
+            handle(String(key), String(value))
+        }
 
         mutating func need(_ key: String, _ value: String) -> Bool {
             if value.isEmpty {
-                error("'\(key)' needs a value")
+                error("\(quote(key)) needs a value")
                 return false
             }
             return true
         }
 
+        static func isGlobalOnly(_ key: String) -> Bool { globalKeySet.contains(key) && !routeKeySet.contains(key) }
+        static func isRouteOnly(_ key: String) -> Bool { routeKeySet.contains(key) && !globalKeySet.contains(key) }
+
         mutating func handle(_ key: String, _ value: String) {
-            if key == "route" {
-                finishRoute()
-                guard need(key, value) else { return }
-                let ok = value.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") }
-                if !ok || value.hasPrefix(".") {
-                    error("route name '\(value)' may hold only letters, digits, '-', '_' and '.'")
-                } else if names.contains(value) {
-                    error("duplicate route name '\(value)'")
+            if key == "route" { return startRoute(value) }
+            if let r = route {
+                // In a block with no `route` line, global keys are still global: only the missing line is wrong.
+                if r.nameless && routeCount == 0 && Self.isGlobalOnly(key) {
+                    handleGlobal(key, value)
+                } else {
+                    handleRoute(key, value)
                 }
-                names.insert(value)
-                route = RouteDraft(line: line, name: value)
-                return
-            }
-            if route != nil {
+            } else if Self.isRouteOnly(key) {
+                error("\(quote(key)) is a route option; put a 'route <name>' line before it")
+                route = RouteDraft(line: line, name: "", nameless: true)
                 handleRoute(key, value)
             } else {
                 handleGlobal(key, value)
             }
         }
 
+        mutating func startRoute(_ value: String) {
+            finishRoute()
+            routeCount += 1
+            guard need("route", value) else {
+                // Still a route block, so that its keys are not reported as global keys one by one.
+                route = RouteDraft(line: line, name: "", nameless: true)
+                return
+            }
+            let ok = value.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") }
+            if !ok || value.hasPrefix(".") {
+                error("route name \(quote(value)) may hold only letters, digits, '-', '_' and '.'")
+            } else if names.contains(value) {
+                error("duplicate route name \(quote(value))")
+            }
+            names.insert(value)
+            route = RouteDraft(line: line, name: value)
+        }
+
         mutating func handleGlobal(_ key: String, _ value: String) {
+            let canonical = aliases[key] ?? key
+            let before = issues.count
+            defer { if issues.count > before { globalFailed.insert(canonical) } }
             guard need(key, value) else { return }
+            guard globalKeySet.contains(key) else {
+                if let s = suggestion(for: key, among: globalKeys) {
+                    return error("unknown option \(quote(key)); did you mean '\(s)'?")
+                }
+                if let s = suggestion(for: key, among: routeKeys) {
+                    return error("unknown option \(quote(key)); did you mean '\(s)'? (a route option: put a 'route <name>' line before it)")
+                }
+                return error("unknown option \(quote(key))")
+            }
+            if let first = globalSeen[canonical] {
+                let as_ = canonical == key ? "" : " as '\(canonical)'"
+                return error("duplicate option \(quote(key)) (already set on line \(first)\(as_))")
+            }
+            globalSeen[canonical] = line
             switch key {
             case "address", "addresses":
                 let first = value.split(separator: " ").first.map(String.init) ?? value
-                var host = first
-                var port = 1883
-                if let colon = first.lastIndex(of: ":"), !first.hasSuffix("]") {
-                    host = String(first[..<colon])
-                    guard let p = Int(first[first.index(after: colon)...]), (1...65535).contains(p) else {
-                        return error("invalid broker address '\(first)': use host[:port] with a port from 1 to 65535")
-                    }
-                    port = p
+                switch address(first, defaultHost: "", defaultPort: 1883, minimumPort: 1) {
+                case .success(let a): config.mqtt.endpoint = .tcp(host: a.host, port: a.port)
+                case .failure(let e): error("broker address: " + e.message)
                 }
-                config.mqtt.endpoint = .tcp(host: host, port: port)
             case "bridge_protocol_version", "protocol_version":
                 switch value {
                 case "mqttv50", "mqttv5", "5": config.mqtt.protocolVersion = .v5
@@ -341,6 +661,11 @@ public enum ConfigParser {
             case "tcp_nodelay":
                 guard let b = bool(value) else { return error("tcp_nodelay must be true or false") }
                 config.tcpNoDelay = b
+            case "auth_failure_limit":
+                guard let n = Int(value), n >= 1 else {
+                    return error("auth_failure_limit must be a number of attempts, 1 or more (leave it out to retry for ever)")
+                }
+                config.authFailureLimit = n
             case "spool_dir": config.spoolDirectory = value
             case "spool_max_bytes":
                 guard let n = size(value), n > 0 else { return error("spool_max_bytes must be a size such as 256MiB") }
@@ -360,11 +685,16 @@ public enum ConfigParser {
             case "spool_full":
                 guard let f = SpoolConfiguration.FullPolicy(rawValue: value) else { return error("spool_full must be block or drop_newest") }
                 config.spoolFull = f
+            case "spool_stall_timeout":
+                guard let d = seconds(value) else { return error("spool_stall_timeout must be seconds (0 = never)") }
+                config.spoolStallTimeout = d == .zero ? nil : d
             case "metrics_listen", "http_listen":
-                guard let a = SocketAddressSpec(parsing: value) else { return error("metrics_listen needs host:port") }
-                config.metricsAddress = a
+                switch address(value) {
+                case .success(let a): config.metricsAddress = a
+                case .failure(let e): error("metrics_listen: " + e.message)
+                }
             case "state_prefix", "notification_topic":
-                guard MQTTTopic.isValidName(value) else { return error("state_prefix '\(value)' is not a valid topic") }
+                guard MQTTTopic.isValidName(value) else { return error("state_prefix \(quote(value)) is not a valid topic") }
                 config.statePrefix = value
                 statePrefixSet = true
             case "notifications":
@@ -380,14 +710,9 @@ public enum ConfigParser {
                 guard let n = Int(value), (1...60000).contains(n) else { return error("\(key) must be 1 to 60000") }
                 config.publishBatch = n
             default:
-                error("unknown option '\(key)'" + (routeKeys.contains(key) ? " before any 'route' line" : ""))
+                error("unknown option \(quote(key))")
             }
         }
-
-        static let routeKeysList = ["direction", "mode", "udp_target", "allow", "max_connections", "idle_timeout", "framing", "max_frame", "oversize",
-                                    "partial_on_close", "topic", "dead_letter_topic", "field_separator", "topic_regex", "subscribe",
-                                    "share_group", "qos", "retain", "out_queue_bytes", "slow_reader"]
-        var routeKeys: Set<String> { Set(Self.routeKeysList) }
 
         func restartTimeout(_ value: String) -> RestartTimeout? {
             let parts = value.split(separator: " ").map(String.init)
@@ -398,9 +723,38 @@ public enum ConfigParser {
         }
 
         mutating func handleRoute(_ key: String, _ value: String) {
-            guard need(key, value) else { return }
             guard var r = route else { return }
-            defer { route = r }
+            let canonical = key == "addresses" ? "address" : key
+            let before = issues.count
+            defer {
+                if issues.count > before { r.failed.insert(canonical) }
+                route = r
+            }
+            guard need(key, value) else { return }
+            guard routeKeySet.contains(key) else {
+                let place = r.name.isEmpty ? "" : " in route \(quote(r.name))"
+                if Self.isGlobalOnly(key) {
+                    return error("\(quote(key)) is a global option; put it before the first route")
+                }
+                if let s = suggestion(for: key, among: routeKeys) {
+                    return error("unknown route option \(quote(key))\(place); did you mean '\(s)'?")
+                }
+                if let s = suggestion(for: key, among: globalKeys) {
+                    return error("unknown route option \(quote(key))\(place); did you mean '\(s)'? (a global option: put it before the first route)")
+                }
+                return error("unknown route option \(quote(key))\(place)")
+            }
+            if !repeatableRouteKeys.contains(canonical) {
+                if let first = r.seen[canonical] {
+                    let place = r.name.isEmpty ? "" : " in route \(quote(r.name))"
+                    return error("duplicate \(quote(key))\(place) (already set on line \(first))")
+                }
+            }
+            if r.seen[canonical] == nil { r.seen[canonical] = line }
+            applyRoute(key, value, &r)
+        }
+
+        mutating func applyRoute(_ key: String, _ value: String, _ r: inout RouteDraft) {
             switch key {
             case "direction":
                 switch value {
@@ -414,21 +768,23 @@ public enum ConfigParser {
                 r.mode = m
             case "address", "addresses":
                 for part in value.split(separator: " ") {
-                    guard let a = SocketAddressSpec(parsing: String(part)) else {
-                        return error("invalid address '\(part)': use host:port")
+                    switch address(String(part)) {
+                    case .success(let a): r.addresses.append(a)
+                    case .failure(let e): return error(e.message)
                     }
-                    r.addresses.append(a)
                 }
             case "udp_target":
                 for part in value.split(separator: " ") {
-                    guard let a = SocketAddressSpec(parsing: String(part)), a.port > 0 else {
-                        return error("invalid udp_target '\(part)': use host:port")
+                    switch address(String(part), minimumPort: 1) {
+                    case .success(let a): r.udpTargets.append(a)
+                    case .failure(let e): return error("udp_target: " + e.message)
                     }
-                    r.udpTargets.append(a)
                 }
             case "allow":
                 for part in value.split(separator: " ") {
-                    guard IPAllowList.isValidEntry(String(part)) else { return error("invalid allow entry '\(part)': use an IP address or CIDR block") }
+                    guard IPAllowList.isValidEntry(String(part)) else {
+                        return error("invalid allow entry \(quote(part)): use an IP address or CIDR block")
+                    }
                     r.allow.append(String(part))
                 }
             case "max_connections":
@@ -461,7 +817,7 @@ public enum ConfigParser {
                     self.error(error.message)
                 }
             case "dead_letter_topic":
-                guard MQTTTopic.isValidName(value) else { return error("dead_letter_topic '\(value)' is not a valid topic name") }
+                guard MQTTTopic.isValidName(value) else { return error("dead_letter_topic \(quote(value)) is not a valid topic name") }
                 r.deadLetter = value
             case "field_separator":
                 guard let b = bytes(value) else { return error("field_separator needs bytes") }
@@ -471,10 +827,10 @@ public enum ConfigParser {
                     _ = try Regex(value)
                     r.regex = value
                 } catch {
-                    self.error("topic_regex '\(value)' is not a valid regular expression")
+                    self.error("topic_regex \(quote(value)) is not a valid regular expression")
                 }
             case "subscribe":
-                guard MQTTTopic.isValidFilter(value) else { return error("subscribe '\(value)' is not a valid topic filter") }
+                guard MQTTTopic.isValidFilter(value) else { return error("subscribe \(quote(value)) is not a valid topic filter") }
                 r.subscriptions.append(value)
             case "share_group":
                 guard !value.contains("/"), !value.contains("+"), !value.contains("#") else {
@@ -494,26 +850,52 @@ public enum ConfigParser {
                 guard let p = SlowReaderPolicy(rawValue: value) else { return error("slow_reader must be drop or disconnect") }
                 r.slowReader = p
             default:
-                error("unknown route option '\(key)'")
+                error("unknown route option \(quote(key))")
             }
         }
 
         mutating func finishRoute() {
             guard let r = route else { return }
             route = nil
+            if r.nameless { return }
             let saved = line
             line = r.line
             defer { line = saved }
-            guard let mode = r.mode else { return error("route '\(r.name)' needs a 'mode' (tcp_client, tcp_server or udp)") }
+            let name = quote(r.name)
+            let failed = r.failed
+            guard let mode = r.mode else {
+                if !failed.contains("mode") { error("route \(name) needs a 'mode' (tcp_client, tcp_server or udp)") }
+                return
+            }
             let direction = r.direction ?? .toMQTT
-            if mode == .tcpClient && r.addresses.isEmpty { error("route '\(r.name)': mode tcp_client needs an 'address' to dial") }
-            if direction.readsFeed && r.topic == nil { error("route '\(r.name)': direction \(direction.rawValue) needs a 'topic'") }
-            if direction.writesFeed && r.subscriptions.isEmpty { error("route '\(r.name)': direction \(direction.rawValue) needs a 'subscribe' filter") }
-            if mode == .udp && direction.writesFeed && r.udpTargets.isEmpty { error("route '\(r.name)': udp to the feed needs a 'udp_target'") }
-            if case .fixed(let n) = r.framing, n > r.maxFrame { error("route '\(r.name)': fixed frame length \(n) exceeds max_frame \(r.maxFrame)") }
-            if let t = r.topic, t.usesRegex, r.regex == nil { error("route '\(r.name)': the topic uses {regex:N} but no 'topic_regex' is set") }
+            if mode == .tcpClient && r.addresses.isEmpty && !failed.contains("address") {
+                error("route \(name): mode tcp_client needs an 'address' to dial")
+            }
+            if mode != .tcpClient && r.addresses.count > 1 {
+                error("route \(name): mode \(mode.rawValue) listens on one address, not \(r.addresses.count)")
+            }
+            if !failed.contains("direction") {
+                if direction.readsFeed && r.topic == nil && !failed.contains("topic") {
+                    error("route \(name): direction \(direction.rawValue) needs a 'topic'")
+                }
+                if direction.writesFeed && r.subscriptions.isEmpty && !failed.contains("subscribe") {
+                    error("route \(name): direction \(direction.rawValue) needs a 'subscribe' filter")
+                }
+                if mode == .udp && direction.writesFeed && r.udpTargets.isEmpty && !failed.contains("udp_target") {
+                    error("route \(name): udp to the feed needs a 'udp_target'")
+                }
+            }
+            if case .fixed(let n) = r.framing, n > r.maxFrame, !failed.contains("max_frame") {
+                error("route \(name): fixed frame length \(n) exceeds max_frame \(r.maxFrame)")
+            }
+            if let t = r.topic, t.usesRegex, r.regex == nil, !failed.contains("topic_regex") {
+                error("route \(name): the topic uses {regex:N} but no 'topic_regex' is set")
+            }
             var addresses = r.addresses
             if addresses.isEmpty { addresses = [SocketAddressSpec(host: "127.0.0.1", port: 0)] }
+            if mode != .tcpClient, let a = r.addresses.first, a.port != 0 {
+                listeners.append(Listener(route: r.name, index: routeCount, line: r.line, udp: mode == .udp, address: a))
+            }
             let feed = FeedConfiguration(mode: mode, addresses: addresses, udpTargets: r.udpTargets, allow: r.allow,
                                          maxConnections: r.maxConnections, restartTimeout: r.restart, idleTimeout: r.idleTimeout)
             config.routes.append(RouteConfiguration(
@@ -523,11 +905,39 @@ public enum ConfigParser {
                 outQueueBytes: r.outQueue, slowReader: r.slowReader))
         }
 
+        /// Whether two hosts bind overlapping addresses: the same host, or a wildcard (`0.0.0.0` covers IPv4,
+        /// `::` everything on a dual-stack host).
+        static func overlap(_ a: String, _ b: String) -> Bool {
+            let a = a.lowercased(), b = b.lowercased()
+            if a == b || a == "::" || b == "::" || a.isEmpty || b.isEmpty { return true }
+            if a == "0.0.0.0" { return !b.contains(":") }
+            if b == "0.0.0.0" { return !a.contains(":") }
+            return false
+        }
+
+        mutating func checkListeners() {
+            for (i, l) in listeners.enumerated() {
+                line = l.line
+                let kind = l.udp ? "UDP" : "TCP"
+                if let other = listeners[..<i].first(where: {
+                    $0.index != l.index && $0.udp == l.udp && $0.address.port == l.address.port && Self.overlap($0.address.host, l.address.host)
+                }) {
+                    error("route \(quote(l.route)): \(kind) address \(l.address) is already the listen address of route "
+                          + "\(quote(other.route)) (line \(other.line)); two routes cannot listen on one address and port")
+                } else if !l.udp, let m = config.metricsAddress, m.port == l.address.port, Self.overlap(m.host, l.address.host) {
+                    let source = globalSeen["metrics_listen"].map { "metrics_listen (line \($0))" } ?? "the --metrics address"
+                    error("route \(quote(l.route)): TCP address \(l.address) is also \(source)")
+                }
+            }
+            line = 0
+        }
+
         mutating func finish() {
             line = 0
+            checkListeners()
             if let username {
                 config.mqtt.credentials = .init(username: username, password: password)
-            } else if password != nil {
+            } else if password != nil && !globalFailed.contains("remote_username") {
                 line = passwordLine
                 error("remote_password needs remote_username")
                 line = 0
@@ -536,7 +946,9 @@ public enum ConfigParser {
             if cleanSession {
                 config.mqtt.session = .clean
             } else {
-                if config.mqtt.clientID == nil { error("cleansession false needs remote_clientid") }
+                if config.mqtt.clientID == nil && !globalFailed.contains("remote_clientid") {
+                    error("cleansession false needs remote_clientid")
+                }
                 config.mqtt.session = .persistent(expiry: sessionExpiry)
             }
             if config.routes.isEmpty && issues.isEmpty { error("no routes: add a 'route <name>' block") }
