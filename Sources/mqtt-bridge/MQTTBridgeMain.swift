@@ -4,6 +4,6 @@ import MQTTBridge
 @main
 enum MQTTBridgeMain {
     static func main() async {
-        await BridgeCommand.main()
+        await BridgeCommand.runCommandLine()
     }
 }
