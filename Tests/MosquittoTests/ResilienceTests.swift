@@ -173,5 +173,40 @@ struct ResilienceTests {
             await client.shutdown()
         }
     }
-}
 
+    @Test("an UNSUBSCRIBE and a SUBSCRIBE whose acknowledgements die with the connection return instead of waiting for ever")
+    func acknowledgementsLostWithTheConnection() async throws {
+        try await withBroker { broker in
+            let client = try await connected(broker) { c in
+                c.reconnect.initialDelay = .milliseconds(50)
+                c.reconnect.maximumDelay = .milliseconds(200)
+            }
+            _ = try await client.subscribe("lost/a")
+            let pid = try #require(broker.processIdentifier)
+            // A stopped broker reads nothing and acknowledges nothing: the packets are sent, their answers never come.
+            kill(pid, SIGSTOP)
+            let unsubscribe = Task { try await client.unsubscribe(["lost/a"]) }
+            let subscribe = Task { try await client.subscribe("lost/b") }
+            try await Task.sleep(for: .milliseconds(300))
+            client._severConnectionForTesting()
+            kill(pid, SIGCONT)
+            // Before the fix, the unsubscribe waited for an UNSUBACK that never comes (the suite's time limit ends it).
+            try await unsubscribe.value
+            let stream = try await subscribe.value
+            // The subscription whose SUBACK was lost is re-sent on reconnect and works.
+            let pub = try await connected(broker)
+            let publisher = Task {
+                while !Task.isCancelled {
+                    _ = try? await pub.publish(MQTTMessage(topic: "lost/b", string: "after", qos: .atLeastOnce))
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+            }
+            let got = try await collect(stream, count: 1, timeout: .seconds(20))
+            publisher.cancel()
+            await publisher.value
+            #expect(got.first?.string == "after")
+            await pub.shutdown()
+            await client.shutdown()
+        }
+    }
+}

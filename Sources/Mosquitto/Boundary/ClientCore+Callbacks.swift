@@ -62,7 +62,8 @@ extension ClientCore {
             var mid: Int32 = 0
             let rc = sendSubscribe(mosq, entry: entry, mid: &mid)
             if rc == MOSQ_ERR_SUCCESS.rawValue {
-                state.withLock { $0.subackWaiters[UInt16(truncatingIfNeeded: mid)] = .resubscribe(entry.filter) }
+                // On the network thread, so its SUBACK cannot be handled before this registration.
+                state.withLock { $0.subacks.expect(UInt16(truncatingIfNeeded: mid), waiter: .resubscribe(entry.filter)) }
             } else {
                 logger.error("Re-subscribing to '\(entry.filter)' failed: \(MQTTError.libraryText(rc))")
             }
@@ -103,25 +104,29 @@ extension ClientCore {
             p.fail(MQTTError(.connectionLost, "QoS 0 message \(mid) was not sent: the connection was lost. Use QoS 1 or 2 to have messages kept until the connection returns."))
             releaseSlot()
         }
-        // SUBACKs that will not come: the subscriptions are re-sent on reconnect.
-        let subWaiters = state.withLock { s -> [CoreState.SubackWaiter] in
-            let all = Array(s.subackWaiters.values)
-            s.subackWaiters.removeAll()
-            s.earlySubacks.removeAll()
-            return all
-        }
-        for w in subWaiters { w.resumeOffline() }
+        releaseAcknowledgementWaiters()
         if let error, refusal == nil {
             logger.warning("Disconnected from \(config.endpoint): \(error.message)")
         }
         emit(.disconnected(error))
     }
 
-    /// Called when the connection ended, before the reconnect decision.
+    /// Called when the connection ended, before the reconnect decision. Also where libmosquitto did not call
+    /// on_disconnect (a failed flush of the batched output, a refused TCP connect).
     func handleConnectionEnded(_ error: MQTTError) {
         state.withLock { s in
             if case .connected = s.connection { s.connection = .disconnected }
         }
+        releaseAcknowledgementWaiters()
+    }
+
+    /// SUBACKs and UNSUBACKs that will not come: the connection they were sent on has ended. Subscribers go on
+    /// offline (their filters are re-sent on reconnect); an unsubscribe is complete (the broker forgets the
+    /// subscription with the session, or the filter no longer routes anywhere here).
+    func releaseAcknowledgementWaiters() {
+        let (subs, unsubs) = state.withLock { s in (s.subacks.connectionLost(), s.unsubacks.connectionLost()) }
+        for w in subs { w.resumeOffline() }
+        for c in unsubs { c.resume() }
     }
 
     func handlePublished(mid: Int32, reason: Int32) {
@@ -151,17 +156,17 @@ extension ClientCore {
     func handleSubscribed(mid: Int32, codes: [UInt8]) {
         let id = UInt16(truncatingIfNeeded: mid)
         let waiter = state.withLock { s -> CoreState.SubackWaiter? in
-            if let w = s.subackWaiters.removeValue(forKey: id) {
-                if case .resubscribe(let filter) = w, let code = codes.first {
-                    if code < 0x80 { s.filters[filter]?.confirmed = true }
-                }
-                if case .user(let filter, _) = w, let code = codes.first, code < 0x80 {
-                    s.filters[filter]?.confirmed = true
+            switch s.subacks.acknowledged(id, codes) {
+            case .resume(let w, _):
+                if let code = codes.first, code < 0x80 {
+                    switch w {
+                    case .resubscribe(let filter), .user(let filter, _): s.filters[filter]?.confirmed = true
+                    }
                 }
                 return w
+            case .stored:
+                return nil
             }
-            s.earlySubacks[id] = codes
-            return nil
         }
         guard let waiter else { return }
         switch waiter {
@@ -177,8 +182,7 @@ extension ClientCore {
     func handleUnsubscribed(mid: Int32) {
         let id = UInt16(truncatingIfNeeded: mid)
         let c = state.withLock { s -> CheckedContinuation<Void, any Error>? in
-            if let c = s.unsubackWaiters.removeValue(forKey: id) { return c }
-            s.earlyUnsubacks.insert(id)
+            if case .resume(let c, _) = s.unsubacks.acknowledged(id, ()) { return c }
             return nil
         }
         c?.resume()

@@ -69,6 +69,7 @@ extension ClientCore {
         do {
             for entry in toSend {
                 var mid: Int32 = 0
+                let sentIn = state.withLock { $0.subacks.epoch }
                 guard let rc = try withHandle({ h in sendSubscribe(h, entry: entry, mid: &mid) }) else {
                     throw state.withLock { $0.closedError }
                 }
@@ -79,7 +80,7 @@ extension ClientCore {
                 if rc != MOSQ_ERR_SUCCESS.rawValue {
                     throw MQTTError.fromLibrary(rc, context: "Subscribing to '\(entry.filter)'")
                 }
-                let codes = try await awaitSuback(UInt16(truncatingIfNeeded: mid), filter: entry.filter)
+                let codes = try await awaitSuback(UInt16(truncatingIfNeeded: mid), sentIn: sentIn, filter: entry.filter)
                 guard let codes else {
                     granted[entry.filter] = .some(nil)
                     continue
@@ -106,19 +107,20 @@ extension ClientCore {
         return MessageStream(buffer: buffer, filters: filters, grantedQoS: grants)
     }
 
-    /// Waits for the SUBACK of `mid`; nil when the connection dropped first (re-sent on reconnect).
-    private func awaitSuback(_ mid: UInt16, filter: String) async throws -> [UInt8]? {
+    /// Waits for the SUBACK of `mid`, sent on connection `sentIn`; nil when that connection ended first (the
+    /// filter is re-sent on reconnect).
+    private func awaitSuback(_ mid: UInt16, sentIn: UInt64, filter: String) async throws -> [UInt8]? {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<[UInt8]?, any Error>) in
-            let early = state.withLock { s -> [UInt8]?? in
-                if let codes = s.earlySubacks.removeValue(forKey: mid) {
+            let now = state.withLock { s -> [UInt8]?? in
+                switch s.subacks.wait(for: mid, sentIn: sentIn, waiter: .user(filter, c)) {
+                case .acknowledged(let codes):
                     if let code = codes.first, code < 0x80 { s.filters[filter]?.confirmed = true }
                     return .some(codes)
+                case .connectionLost, .closed: return .some(nil)
+                case .suspended: return .none
                 }
-                if s.handleClosed { return .some(nil) }
-                s.subackWaiters[mid] = .user(filter, c)
-                return .none
             }
-            if case .some(let codes) = early { c.resume(returning: codes) }
+            if case .some(let codes) = now { c.resume(returning: codes) }
         }
     }
 
@@ -160,6 +162,7 @@ extension ClientCore {
         }
         for f in filters {
             var mid: Int32 = 0
+            let sentIn = state.withLock { $0.unsubacks.epoch }
             guard let rc = try withHandle({ h throws(MQTTError) -> Int32 in
                 if userProperties.isEmpty { return mosquitto_unsubscribe(h, &mid, f) }
                 var props = CPropertyList()
@@ -171,12 +174,12 @@ extension ClientCore {
             if rc != MOSQ_ERR_SUCCESS.rawValue { throw MQTTError.fromLibrary(rc, context: "Unsubscribing from '\(f)'") }
             let id = UInt16(truncatingIfNeeded: mid)
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-                let early = state.withLock { s -> Bool in
-                    if s.earlyUnsubacks.remove(id) != nil { return true }
-                    s.unsubackWaiters[id] = c
-                    return false
+                let action = state.withLock { s in s.unsubacks.wait(for: id, sentIn: sentIn, waiter: c) }
+                switch action {
+                case .acknowledged, .connectionLost: c.resume()
+                case .closed: c.resume(throwing: state.withLock { $0.closedError })
+                case .suspended: break
                 }
-                if early { c.resume() }
             }
         }
         // Streams whose every filter is gone end.

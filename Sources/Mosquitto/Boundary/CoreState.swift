@@ -129,10 +129,10 @@ struct CoreState {
     /// Streams to deliver to, by MQTT 5 subscription identifier; rebuilt after any subscription change.
     var routesByID: [UInt32: [MessageBuffer]]?
     var firehoses: [UInt64: MessageBuffer] = [:]
-    var subackWaiters: [UInt16: SubackWaiter] = [:]
-    var earlySubacks: [UInt16: [UInt8]] = [:]
-    var unsubackWaiters: [UInt16: CheckedContinuation<Void, any Error>] = [:]
-    var earlyUnsubacks: Set<UInt16> = []
+    /// Callers (and re-subscriptions) waiting for a SUBACK (see ``AcknowledgementStateMachine``).
+    var subacks = AcknowledgementStateMachine<[UInt8], SubackWaiter>()
+    /// Callers waiting for an UNSUBACK.
+    var unsubacks = AcknowledgementStateMachine<Void, CheckedContinuation<Void, any Error>>()
     var messagesReceived = 0
 
     /// Pending requests and the response subscription (see ``RequestStateMachine``).
@@ -191,8 +191,8 @@ struct CoreState {
         t.connectWaiters = Array(connectWaiters.values); connectWaiters.removeAll()
         t.slotWaiters = slotWaiters.map(\.continuation); slotWaiters.removeAll()
         t.pending = pending.compactMap { $0.value.waiter == nil && $0.value.callback == nil ? nil : ($0.key, $0.value) }; pending.removeAll()
-        t.subacks = Array(subackWaiters.values); subackWaiters.removeAll()
-        t.unsubacks = Array(unsubackWaiters.values); unsubackWaiters.removeAll()
+        t.subacks = subacks.close()
+        t.unsubacks = unsubacks.close()
         t.requests = requests.close()
         t.buffers = Array(streams.values) + Array(firehoses.values); streams.removeAll(); firehoses.removeAll()
         filters.removeAll(); filtersByID.removeAll()
