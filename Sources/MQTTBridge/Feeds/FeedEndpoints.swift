@@ -12,7 +12,16 @@ extension RouteRuntime {
         let allow = allowList
         let route = self
         let idle = config.feed.idleTimeout
-        let channel = try await ServerBootstrap(group: group)
+        let name = config.name
+        let logger = self.logger
+        // A scan or a reconnect storm refuses hundreds of connections a second: one line for the first, then a
+        // count at most every 10 s (each refusal is counted in mqtt_bridge_connections_rejected_total).
+        let refusals = BurstLogger(eventLoop: group.next(), first: { detail in
+            logger.warning("Route \(name): refused a connection from \(detail)")
+        }, summary: { count, detail in
+            logger.warning("\(count) more refused connection\(count == 1 ? "" : "s") on route \(name) (last from \(detail))")
+        })
+        let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.autoRead, value: false)
@@ -21,14 +30,14 @@ extension RouteRuntime {
                 let peer = channel.remoteAddress?.ipAddress ?? ""
                 if !allow.allows(peer) {
                     route.metrics.connectionsRejected.add()
-                    route.logger.warning("Route \(route.config.name): connection from \(peer) refused (not in allow)")
+                    refusals.record("\(peer): not in allow")
                     return channel.eventLoop.makeFailedFuture(FeedRejected())
                 }
                 // Reserve a slot atomically (accepts may race on different event loops); freed when it closes.
                 if route.admitted.add(1, ordering: .relaxed).newValue > route.config.feed.maxConnections {
                     route.admitted.subtract(1, ordering: .relaxed)
                     route.metrics.connectionsRejected.add()
-                    route.logger.warning("Route \(route.config.name): connection from \(peer) refused (max_connections \(route.config.feed.maxConnections))")
+                    refusals.record("\(peer): max_connections \(route.config.feed.maxConnections) reached")
                     return channel.eventLoop.makeFailedFuture(FeedRejected())
                 }
                 channel.closeFuture.whenComplete { _ in route.admitted.subtract(1, ordering: .relaxed) }
@@ -39,17 +48,22 @@ extension RouteRuntime {
                     try channel.pipeline.syncOperations.addHandler(FeedChannelHandler(route: route))
                 }
             }
-            .bind(host: address.host, port: address.port)
-            .get()
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.bind(host: address.host, port: address.port).get()
+        } catch {
+            throw BridgeError.cannotListen("Route '\(name)'", on: address, error: error)
+        }
+        channel.closeFuture.whenComplete { _ in refusals.flush() }
         setListener(channel)
-        logger.info("Route \(config.name): listening on \(channel.localAddress.map { "\($0)" } ?? "?")")
+        logger.info("Route \(config.name): listening on \(channel.localAddress?.displayString ?? address.description)")
     }
 
     /// UDP: binds and, for MQTT → feed, registers the targets.
     func startUDP(group: any EventLoopGroup) async throws {
         let address = config.feed.addresses[0]
         let route = self
-        let channel = try await DatagramBootstrap(group: group)
+        let bootstrap = DatagramBootstrap(group: group)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelOption(.autoRead, value: false)
             .channelInitializer { channel in
@@ -57,8 +71,12 @@ extension RouteRuntime {
                     try channel.pipeline.syncOperations.addHandler(UDPFeedHandler(route: route))
                 }
             }
-            .bind(host: address.host, port: address.port)
-            .get()
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.bind(host: address.host, port: address.port).get()
+        } catch {
+            throw BridgeError.cannotListen("Route '\(config.name)'", on: address, protocol: "UDP", error: error)
+        }
         setListener(channel)
         if config.direction.writesFeed {
             for target in config.feed.udpTargets {
@@ -67,7 +85,7 @@ extension RouteRuntime {
                                         policy: .drop, routeMetrics: metrics, metrics: nil))
             }
         }
-        logger.info("Route \(config.name): UDP on \(channel.localAddress.map { "\($0)" } ?? "?")")
+        logger.info("Route \(config.name): UDP on \(channel.localAddress?.displayString ?? address.description)")
     }
 
     /// TCP client: dials the addresses in turn, redialling with decorrelated jitter until the route stops.
