@@ -82,6 +82,9 @@ public final class RouteMetrics: Sendable {
     let spoolBytes: Gauge
     let openConnections: Gauge
     let queuedBytes: Gauge
+    /// 1 while the route's spool is stalled (see ``BridgeConfiguration/spoolStallTimeout``).
+    let spoolStalledGauge: Gauge
+    let stalled = Atomic<Bool>(false)
     /// Live connection count.
     let open = Atomic<Int>(0)
     /// Bytes queued for feed connections that have not been written yet.
@@ -122,6 +125,22 @@ public final class RouteMetrics: Sendable {
         spoolBytes = registry.makeGauge(descriptor: metricName("mqtt_bridge_spool_bytes", help: "Unacknowledged bytes in the spool."), labels: l)
         openConnections = registry.makeGauge(descriptor: metricName("mqtt_bridge_open_connections", help: "Open feed connections."), labels: l)
         queuedBytes = registry.makeGauge(descriptor: metricName("mqtt_bridge_out_queued_bytes", help: "Bytes queued for feed connections."), labels: l)
+        spoolStalledGauge = registry.makeGauge(descriptor: metricName(
+            "mqtt_bridge_spool_stalled",
+            help: "1 when the oldest unacknowledged spool record is older than spool_stall_timeout while the broker is connected."),
+            labels: l)
+        spoolStalledGauge.set(to: 0)
+    }
+
+    /// Whether the route's spool is stalled: its oldest unacknowledged record has waited longer than
+    /// ``BridgeConfiguration/spoolStallTimeout`` while the broker was connected (updated about once a second).
+    public var isSpoolStalled: Bool { stalled.load(ordering: .relaxed) }
+
+    /// Sets the stall flag and gauge; returns the previous flag.
+    func exchangeSpoolStalled(_ value: Bool) -> Bool {
+        let old = stalled.exchange(value, ordering: .relaxed)
+        spoolStalledGauge.set(to: value ? 1 : 0)
+        return old
     }
 
     /// Drops for `reason`.
@@ -176,14 +195,27 @@ public final class BridgeMetrics: Sendable {
     public let mqttReconnects: Stat
     /// Whether the MQTT connection is up.
     let mqttConnected = Atomic<Bool>(false)
+    /// Connection attempts the broker refused (bad credentials, not authorised, banned …).
+    public let mqttConnectRefusals: Stat
+    /// HTTP connections of `/metrics`, `/healthz` and `/readyz`.
+    let http: HealthServer.Counters
     private let routes = LockedValue<[String: RouteMetrics]>([:])
     let connectedGauge: Gauge
 
     init() {
         registry = PrometheusCollectorRegistry()
         mqttReconnects = Stat(registry.makeCounter(descriptor: metricName("mqtt_bridge_mqtt_reconnects_total", help: "MQTT connections after the first.")))
+        mqttConnectRefusals = Stat(registry.makeCounter(descriptor: metricName(
+            "mqtt_bridge_mqtt_connect_refusals_total", help: "Connection attempts the broker refused (credentials, authorisation).")))
         connectedGauge = registry.makeGauge(descriptor: metricName("mqtt_bridge_mqtt_connected", help: "1 when the MQTT connection is up."))
+        http = HealthServer.Counters(registry: registry)
     }
+
+    /// HTTP connections closed at once because ``HealthServer/Limits/maxConnections`` were open.
+    public var httpConnectionsRefused: Int { http.refused.value }
+
+    /// HTTP connections closed because their request (or the reading of the answer) took too long.
+    public var httpTimeouts: Int { http.timedOut.value }
 
     /// The counters of `route` (created on first use, kept across reloads).
     public func route(_ name: String) -> RouteMetrics {

@@ -19,6 +19,10 @@ import Synchronization
 /// forwards until graceful shutdown (SIGTERM) or cancellation. Graceful shutdown drains: the feeds stop, the spools
 /// are published until empty (at most ``BridgeConfiguration/drainTimeout``), the retained state topic goes to `0`,
 /// and the client disconnects. ``reload(_:)`` applies a new configuration route by route (SIGHUP in `mqtt-bridge`).
+///
+/// `run()` throws a ``BridgeError`` when an endpoint cannot bind its address, and when the broker refused the
+/// credentials ``BridgeConfiguration/authFailureLimit`` times in a row (without a limit it retries with backoff for
+/// ever, so a password fixed on the broker is picked up by the next attempt).
 public final class BridgeService: Service, Sendable {
     /// Counters, readable in-process and over HTTP.
     public let metrics: BridgeMetrics
@@ -38,6 +42,11 @@ public final class BridgeService: Service, Sendable {
         var startError: (any Error)?
         var spools: [String: Spool] = [:]
         var fanOutTasks: [String: Task<Void, Never>] = [:]
+        /// When the broker connection came up; nil while it is down.
+        var connectedSince: ContinuousClock.Instant?
+        /// Why ``run()`` must fail once stopped (the broker kept refusing the credentials).
+        var fatalError: BridgeError?
+        var healthLimits = HealthServer.Limits()
     }
     private let state: LockedValue<State>
     private let doorbell = Doorbell()
@@ -96,11 +105,56 @@ public final class BridgeService: Service, Sendable {
     }
 
     /// Whether the bridge is ready: connected to the broker, every feed endpoint up, every route that writes to its
-    /// feed subscribed (acknowledged by the broker), and no spool full.
+    /// feed subscribed (acknowledged by the broker), no spool full, and no spool stalled (see
+    /// ``BridgeConfiguration/spoolStallTimeout``).
     public var isReady: Bool {
+        let stalled = refreshStalls()
         let (routes, spools) = state.withLock { (Array($0.routes.values), Array($0.spools.values)) }
         return metrics.isMQTTConnected && routes.allSatisfy { $0.isFeedUp && (!$0.config.direction.writesFeed || $0.metrics.isSubscribed) }
-            && spools.allSatisfy { !$0.isFull }
+            && spools.allSatisfy { !$0.isFull } && !stalled
+    }
+
+    /// Limits of the HTTP endpoint; set before ``run()`` (tests use short ones).
+    var healthLimits: HealthServer.Limits {
+        get { state.withLock { $0.healthLimits } }
+        set { state.withLock { $0.healthLimits = newValue } }
+    }
+
+    /// Works out which spools are stalled, sets `mqtt_bridge_spool_stalled`, logs each change, and returns whether
+    /// any is.
+    ///
+    /// A spool is stalled when its oldest unacknowledged record has waited longer than the stall timeout while
+    /// the broker was connected: the record's age and the connection's age must both exceed it, so that records
+    /// that waited out a broker outage do not count as stalled in the moments after the reconnect, while they go.
+    @discardableResult
+    func refreshStalls() -> Bool {
+        let (spools, since, timeout) = state.withLock { ($0.spools, $0.connectedSince, $0.configuration.spoolStallTimeout) }
+        let connectedFor = since.map { ContinuousClock.now - $0 }
+        var any = false
+        for (name, spool) in spools {
+            var stalled = false
+            var age: Duration?
+            if let timeout, timeout > .zero, let connectedFor, connectedFor > timeout, metrics.isMQTTConnected {
+                age = spool.oldestUnacknowledgedAge
+                if let age, age > timeout { stalled = true }
+            }
+            any = any || stalled
+            let m = metrics.route(name)
+            guard m.exchangeSpoolStalled(stalled) != stalled else { continue }
+            if stalled, let timeout, let age {
+                logger.warning("Route \(name): spool stalled: its oldest unacknowledged record has waited \(Self.seconds(age)) with the broker connected (spool_stall_timeout \(Self.seconds(timeout))); /readyz answers 503 until it moves")
+            } else {
+                logger.info("Route \(name): spool no longer stalled")
+            }
+        }
+        return any
+    }
+
+    /// `0.5 s`, `12 s`: a duration for log lines.
+    static func seconds(_ d: Duration) -> String {
+        let ms = d / .milliseconds(1)
+        if ms < 10_000 { return "\((ms / 100).rounded() / 10) s" }
+        return "\(Int(ms / 1000)) s"
     }
 
     private func signalStarted(_ error: (any Error)?) {
@@ -128,6 +182,10 @@ public final class BridgeService: Service, Sendable {
         if c.notifications {
             mqtt.will = .init(MQTTMessage(topic: c.statePrefix + "/state", string: "0", qos: .atLeastOnce, retain: true))
         }
+        // The bridge reports the connection itself (``watchEvents``: one line per attempt, repeats rate-limited);
+        // the client's own info and notice lines (connected, reconnecting in …) would say each thing twice. Its
+        // warnings and errors stay, and at debug level everything does.
+        if mqtt.logger.logLevel > .debug && mqtt.logger.logLevel < .warning { mqtt.logger.logLevel = .warning }
         return mqtt
     }
 
@@ -149,11 +207,18 @@ public final class BridgeService: Service, Sendable {
         do {
             for route in configuration.routes { try await startRoute(route, configuration: configuration, client: client, publisher: publisher) }
             if let address = configuration.metricsAddress {
-                let channel = try await HealthServer.start(host: address.host, port: address.port, group: group) { [self] path in
-                    respond(path)
+                let channel: any Channel
+                do {
+                    channel = try await HealthServer.start(host: address.host, port: address.port, group: group, limits: healthLimits,
+                                                           counters: metrics.http) { [self] path in
+                        respond(path)
+                    }
+                } catch {
+                    throw BridgeError.cannotListen("Metrics listener", on: address, error: error)
                 }
                 state.withLock { $0.httpChannel = channel }
-                logger.info("Metrics and health on http://\(address.host):\(channel.localAddress?.port ?? address.port)/metrics")
+                let bound = SocketAddressSpec(host: address.host, port: channel.localAddress?.port ?? address.port)
+                logger.info("Metrics and health on http://\(bound)/metrics")
             }
         } catch {
             signalStarted(error)
@@ -166,13 +231,31 @@ public final class BridgeService: Service, Sendable {
         let events = client.events  // before connecting, so the first .connected is not missed
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { tasks in
-                tasks.addTask { [logger] in
-                    do { try await client.connect() } catch { logger.error("MQTT connection failed: \(error)") }
+                tasks.addTask { [self] in
+                    do {
+                        try await client.connect()
+                    } catch {
+                        // A stop before the first connection (SIGTERM while the broker is down or refuses us) ends
+                        // the client, and connect() with it: that is the stop, not a failure.
+                        let stopping = state.withLock { $0.stopRequested }
+                        if stopping || error is CancellationError || (error as? MQTTError)?.code == .shutDown {
+                            logger.info("Stopping before the broker \(configuration.mqtt.endpoint) was connected")
+                        } else {
+                            logger.error("MQTT connection failed: \(error)")
+                        }
+                    }
                 }
                 tasks.addTask { [self] in await watchEvents(client, events: events, configuration: configuration) }
                 tasks.addTask { await publisher.run() }
                 if configuration.progressInterval > .zero {
                     tasks.addTask { [self] in await reportProgress(every: configuration.progressInterval) }
+                }
+                // Keeps the stall gauge and its log lines current between scrapes (a reload may set the timeout).
+                tasks.addTask { [self] in
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .seconds(1))
+                        refreshStalls()
+                    }
                 }
                 await withTaskCancellationHandler {
                     await waitForStop()
@@ -188,6 +271,8 @@ public final class BridgeService: Service, Sendable {
         }
         await stopEverything(client: client, drain: false)
         logger.info("mqtt-bridge stopped")
+        // mqtt-bridge exits non-zero: ServiceGroup rethrows a service's error, and so does BridgeCommand.
+        if let fatal = state.withLock({ $0.fatalError }) { throw fatal }
     }
 
     private func waitForStop() async {
@@ -296,9 +381,17 @@ public final class BridgeService: Service, Sendable {
         try? await http?.close()
     }
 
+    /// Follows the broker connection: the connected gauge and state topic, one log line per failed attempt (the
+    /// same reason again within 10 s is counted, not logged), and ``BridgeConfiguration/authFailureLimit``.
     private func watchEvents(_ client: MQTTClient, events: AsyncStream<ConnectionEvent>, configuration: BridgeConfiguration) async {
         var connections = 0
         let publisher = state.withLock { $0.publisher }
+        var failure: MQTTError?        // the attempt that just ended, reported with the `.reconnecting` that follows
+        var refusalsInARow = 0         // credential refusals since the last successful connection
+        var failedAttempts = 0
+        var lastReport: (reason: String, at: ContinuousClock.Instant)?
+        var unreported = 0
+        let endpoint = configuration.mqtt.endpoint
         for await event in events {
             switch event {
             case .connected:
@@ -306,21 +399,75 @@ public final class BridgeService: Service, Sendable {
                 if connections > 1 { metrics.mqttReconnects.add() }
                 metrics.mqttConnected.store(true, ordering: .relaxed)
                 metrics.connectedGauge.set(to: 1)
-                logger.info("Connected to the broker \(configuration.mqtt.endpoint)")
+                state.withLock { $0.connectedSince = .now }
+                let after = failedAttempts > 0 ? " after \(failedAttempts) failed attempt\(failedAttempts == 1 ? "" : "s")" : ""
+                logger.info("Connected to the broker \(endpoint)\(after)")
+                failure = nil
+                refusalsInARow = 0
+                failedAttempts = 0
+                lastReport = nil
+                unreported = 0
                 if configuration.notifications {
                     _ = try? await client.publish(to: configuration.statePrefix + "/state", string: "1", qos: .atLeastOnce,
                                                   retain: true, completion: .enqueued)
                 }
-            case .disconnected:
+            case .disconnected(let error):
                 metrics.mqttConnected.store(false, ordering: .relaxed)
                 metrics.connectedGauge.set(to: 0)
+                state.withLock { $0.connectedSince = nil }
                 publisher?.disconnects.add(1, ordering: .relaxed)
+                guard let error else { break }  // our own DISCONNECT
+                failedAttempts += 1
+                failure = error
+                guard Self.isCredentialRefusal(error) else { break }
+                metrics.mqttConnectRefusals.add()
+                refusalsInARow += 1
+                if let limit = configuration.authFailureLimit, limit > 0, refusalsInARow >= limit {
+                    let e = BridgeError(.brokerRefused, "Broker \(endpoint) refused the connection \(refusalsInARow) time\(refusalsInARow == 1 ? "" : "s") in a row: \(Self.describe(error)); giving up (auth_failure_limit \(limit))")
+                    logger.error("\(e.message)")
+                    state.withLock { $0.fatalError = e }
+                    triggerGracefulShutdown()
+                    return
+                }
+            case .reconnecting(let delay, let attempt):
+                guard let error = failure else { break }
+                failure = nil
+                let reason = Self.isRefusal(error) ? "refused the connection: \(Self.describe(error))" : "unavailable (\(error.message))"
+                let now = ContinuousClock.now
+                if let last = lastReport, last.reason == reason, now - last.at < .seconds(10) {
+                    unreported += 1
+                    break
+                }
+                let more = unreported > 0 ? " (\(unreported) more like this since the last report)" : ""
+                let line: Logger.Message = "Broker \(endpoint) \(reason); retrying in \(Self.seconds(delay)) (attempt \(attempt))\(more)"
+                if Self.isCredentialRefusal(error) { logger.warning(line) } else { logger.notice(line) }
+                lastReport = (reason, now)
+                unreported = 0
             case .shutDown, .gaveUp:
                 metrics.mqttConnected.store(false, ordering: .relaxed)
+                state.withLock { $0.connectedSince = nil }
                 return
-            case .reconnecting:
-                break
             }
+        }
+    }
+
+    /// A CONNACK that refused the user name, password or authorisation: what ``BridgeConfiguration/authFailureLimit``
+    /// counts. (Server busy or unavailable refusals pass with time; these need the password fixed.)
+    static func isCredentialRefusal(_ error: MQTTError) -> Bool {
+        error.code == .badCredentials || error.code == .notAuthorized
+    }
+
+    /// Any CONNACK refusal (credentials, banned, server busy …).
+    static func isRefusal(_ error: MQTTError) -> Bool {
+        isCredentialRefusal(error) || error.code == .connectionRefused
+    }
+
+    /// Why the broker refused a connection, in words an operator can act on.
+    static func describe(_ error: MQTTError) -> String {
+        switch error.code {
+        case .notAuthorized: return "not authorized (check username/password)"
+        case .badCredentials: return "bad user name or password (check username/password)"
+        default: return error.message
         }
     }
 
@@ -338,6 +485,7 @@ public final class BridgeService: Service, Sendable {
     func respond(_ path: String) -> (status: Int, contentType: String, body: [UInt8]) {
         switch path {
         case "/metrics":
+            refreshStalls()
             let spools = state.withLock { $0.spools }
             for m in metrics.allRoutes {
                 let d = spools[m.route]?.depth ?? (records: 0, bytes: 0)
