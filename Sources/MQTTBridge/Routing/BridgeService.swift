@@ -50,6 +50,7 @@ public final class BridgeService: Service, Sendable {
     }
     private let state: LockedValue<State>
     private let doorbell = Doorbell()
+    private let stallCheck = LockedValue(())
 
     /// Creates the service. Nothing starts until ``run()``.
     public init(configuration: BridgeConfiguration, logger: Logger = Logger(label: "mqtt-bridge"),
@@ -129,24 +130,30 @@ public final class BridgeService: Service, Sendable {
     @discardableResult
     func refreshStalls() -> Bool {
         let (spools, since, timeout) = state.withLock { ($0.spools, $0.connectedSince, $0.configuration.spoolStallTimeout) }
-        let connectedFor = since.map { ContinuousClock.now - $0 }
-        var any = false
-        for (name, spool) in spools {
-            var stalled = false
-            var age: Duration?
-            if let timeout, timeout > .zero, let connectedFor, connectedFor > timeout, metrics.isMQTTConnected {
-                age = spool.oldestUnacknowledgedAge
-                if let age, age > timeout { stalled = true }
+        // One check at a time (the watchdog, /metrics and /readyz race), so that two checks either side of the
+        // timeout cannot flip the flag back and forth and log each flip.
+        let (any, lines) = stallCheck.withLock { _ -> (Bool, [(Logger.Level, Logger.Message)]) in
+            let connectedFor = since.map { ContinuousClock.now - $0 }
+            var any = false
+            var lines: [(Logger.Level, Logger.Message)] = []
+            for (name, spool) in spools {
+                var stalled = false
+                var age: Duration?
+                if let timeout, timeout > .zero, let connectedFor, connectedFor > timeout, metrics.isMQTTConnected {
+                    age = spool.oldestUnacknowledgedAge
+                    if let age, age > timeout { stalled = true }
+                }
+                any = any || stalled
+                guard metrics.route(name).exchangeSpoolStalled(stalled) != stalled else { continue }
+                if stalled, let timeout, let age {
+                    lines.append((.warning, "Route \(name): spool stalled: its oldest unacknowledged record has waited \(Self.seconds(age)) with the broker connected (spool_stall_timeout \(Self.seconds(timeout))); /readyz answers 503 until it moves"))
+                } else {
+                    lines.append((.info, "Route \(name): spool no longer stalled"))
+                }
             }
-            any = any || stalled
-            let m = metrics.route(name)
-            guard m.exchangeSpoolStalled(stalled) != stalled else { continue }
-            if stalled, let timeout, let age {
-                logger.warning("Route \(name): spool stalled: its oldest unacknowledged record has waited \(Self.seconds(age)) with the broker connected (spool_stall_timeout \(Self.seconds(timeout))); /readyz answers 503 until it moves")
-            } else {
-                logger.info("Route \(name): spool no longer stalled")
-            }
+            return (any, lines)
         }
+        for (level, line) in lines { logger.log(level: level, line) }
         return any
     }
 
