@@ -304,7 +304,7 @@ struct ClientTests {
                 return n
             }
             for c in clients { await c.shutdown() }
-            #expect(clients.allSatisfy { c in c.core.state.withLock { $0.threadExited } })
+            #expect(clients.allSatisfy { c in c.core.state.withLock { $0.ended && !$0.lifecycle.isNetworkThreadRunning } })
             #expect(await eventually(timeout: .seconds(2)) {
                 tids.allSatisfy { !FileManager.default.fileExists(atPath: "/proc/self/task/\($0)") }
             }, "every network thread has exited after shutdown")

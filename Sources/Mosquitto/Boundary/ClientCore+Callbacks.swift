@@ -33,7 +33,7 @@ extension ClientCore {
             // `.disconnected` event. Logging it here too made two lines of one refusal.
             let error = MQTTError.connectRefused(rc, protocolVersion: config.protocolVersion)
             logger.debug("\(error.message)")
-            state.withLock { $0.lastRefusal = error }
+            state.withLock { $0.lifecycle.connAckRefused(error) }
             return
         }
         let ack = PropertyReader.connAck(flags: flags, props)
@@ -42,16 +42,11 @@ extension ClientCore {
         if let io, config.tls == nil { _ = mosq_io_attach(io) }
         if !ack.sessionPresent { qos2Deduplicator.reset() }
         let (waiters, resend) = state.withLock { s -> ([CheckedContinuation<ConnAck, any Error>], [CoreState.FilterEntry]) in
-            s.connectedThisAttempt = true
-            s.everConnected = true
-            s.connection = .connected(ack)
             if !ack.sessionPresent {
                 for k in s.filters.keys { s.filters[k]!.confirmed = false }
             }
             let resend = s.filters.values.filter { !$0.confirmed }
-            let w = Array(s.connectWaiters.values)
-            s.connectWaiters.removeAll()
-            return (w, resend)
+            return (s.lifecycle.connAckAccepted(ack), resend)
         }
         logger.info("Connected to \(config.endpoint) (session present: \(ack.sessionPresent))")
         // Re-subscribe: libmosquitto never does it, and subscribe calls made while offline were not queued.
@@ -68,15 +63,17 @@ extension ClientCore {
                 logger.error("Re-subscribing to '\(entry.filter)' failed: \(MQTTError.libraryText(rc))")
             }
         }
-        for w in waiters { w.resume(returning: ack) }
+        // The event first: a stream made once `connect()` returned must not receive this connection's `.connected`
+        // late and take it for a later one.
         emit(.connected(ack))
+        for w in waiters { w.resume(returning: ack) }
     }
 
     func handleDisconnect(rc: Int32) {
         sessionUp = false
         // After a CONNACK that refused the connection, libmosquitto 2.0.11 ends it with MOSQ_ERR_PROTOCOL (MQTT 5)
         // or MOSQ_ERR_CONN_REFUSED (3.x): the refusal is the reason, not a protocol error.
-        let refusal = state.withLock { $0.connectedThisAttempt ? nil : $0.lastRefusal }
+        let refusal = state.withLock { $0.lifecycle.disconnected() }
         let error: MQTTError? = refusal ?? {
             if rc == 0 { return nil }
             if isV5 && rc >= 0x80 && rc <= 0xFF {
@@ -86,8 +83,6 @@ extension ClientCore {
         }()
         let (lost, lostPlain) = state.withLock { s -> ([(UInt16, CoreState.PendingPublish)], Int) in
             s.epoch &+= 1
-            s.disconnectReported = true
-            if case .connected = s.connection { s.connection = .disconnected }
             // QoS 0 messages still queued in libmosquitto are discarded by it when the connection goes.
             var lost: [(UInt16, CoreState.PendingPublish)] = []
             for (mid, p) in s.pending where p.qos == .atMostOnce {
@@ -114,9 +109,6 @@ extension ClientCore {
     /// Called when the connection ended, before the reconnect decision. Also where libmosquitto did not call
     /// on_disconnect (a failed flush of the batched output, a refused TCP connect).
     func handleConnectionEnded(_ error: MQTTError) {
-        state.withLock { s in
-            if case .connected = s.connection { s.connection = .disconnected }
-        }
         releaseAcknowledgementWaiters()
     }
 

@@ -26,7 +26,7 @@ extension ClientCore {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
                 let immediate = state.withLock { s -> Result<Void, any Error>? in
-                    if s.handleClosed || s.shutdownRequested { return .failure(s.closedError) }
+                    if s.isClosing { return .failure(s.closedError) }
                     if Task.isCancelled { return .failure(CancellationError()) }
                     if s.slotsInUse < limit && s.slotWaiters.isEmpty {
                         s.slotsInUse += 1
@@ -82,7 +82,7 @@ extension ClientCore {
         // One lock for the common case: a free slot in the outgoing queue, the gate, the connection epoch.
         func admit(holdingSlot: Bool) -> Admission {
             state.withLock { s in
-                if s.handleClosed || s.shutdownRequested { return .closed(s.closedError) }
+                if s.isClosing { return .closed(s.closedError) }
                 if qos == .atMostOnce, !s.isConnected {
                     if holdingSlot { s.slotsInUse -= 1 }
                     return .offline

@@ -9,7 +9,7 @@ extension ClientCore {
         if state.withLock({ $0.requests.isSubscribed }) { return }
         let mustSubscribe = try await withCheckedThrowingContinuation { (c: CheckedContinuation<Bool, any Error>) in
             let action = state.withLock { s -> RequestStateMachine<RequestWaiter>.SubscriptionAction in
-                if s.handleClosed || s.shutdownRequested { return .closed }
+                if s.isClosing { return .closed }
                 return s.requests.subscriptionNeeded(.subscription(c))
             }
             switch action {

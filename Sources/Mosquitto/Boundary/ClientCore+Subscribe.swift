@@ -40,7 +40,7 @@ extension ClientCore {
         let streamID = state.withLock { $0.nextID() }
         let buffer = MessageBuffer(policy: policy) { [weak self] in self?.removeStream(streamID) }
         let toSend = try state.withLock { s throws(MQTTError) -> [CoreState.FilterEntry] in
-            if s.handleClosed || s.shutdownRequested { throw s.closedError }
+            if s.isClosing { throw s.closedError }
             s.streams[streamID] = buffer
             var out: [CoreState.FilterEntry] = []
             for sub in subscriptions {

@@ -42,7 +42,7 @@ final class ClientCore: @unchecked Sendable {
     let mosq: OpaquePointer
     let config: MQTTConfiguration
     let logger: Logger
-    let state = LockedValue(CoreState())
+    let state: LockedValue<CoreState>
     /// Wakes the network thread from a reconnect back-off sleep.
     let wakeup = DispatchSemaphore(value: 0)
     let isV5: Bool
@@ -73,6 +73,7 @@ final class ClientCore: @unchecked Sendable {
         self.config = configuration
         self.logger = configuration.logger
         self.isV5 = configuration.protocolVersion == .v5
+        self.state = LockedValue(CoreState(lifecycle: ConnectionStateMachine(policy: configuration.reconnect, endpoint: "\(configuration.endpoint)")))
         let token = (0..<12).map { _ in String(UInt8.random(in: 0...35), radix: 36) }.joined()
         self.responseTopic = "\(configuration.responseTopicPrefix)/\(token)"
         let clean: Bool
@@ -223,14 +224,8 @@ final class ClientCore: @unchecked Sendable {
 
     // MARK: Network thread
 
-    /// Starts the network thread once. Returns false when it already started.
-    func startNetworkThreadIfNeeded() {
-        let start = state.withLock { s -> Bool in
-            if s.threadStarted || s.handleClosed { return false }
-            s.threadStarted = true
-            return true
-        }
-        guard start else { return }
+    /// Starts the network thread (``ConnectionStateMachine/ConnectAction/startNetworkThread`` says when: once).
+    func startNetworkThread() {
         let rc = startDetachedThread { [self] in self.networkMain() }
         if rc != 0 {
             // No thread to own the handle: end the client here, as the network thread would have.
@@ -274,27 +269,21 @@ final class ClientCore: @unchecked Sendable {
         defer { mosq_io_bind_thread(nil) }
         let tid = cmosquitto_thread_id()
         state.withLock { $0.networkThreadID = tid }
-        var attempt = 0
         var finalError: MQTTError?
         outer: while true {
-            if state.withLock({ $0.shutdownRequested }) { break }
+            guard state.withLock({ $0.lifecycle.attemptStarting() }) == .connect else { break }
             sessionUp = false
-            state.withLock { s in
-                s.connectedThisAttempt = false
-                s.disconnectReported = false
-                s.lastRefusal = nil
-            }
             let rc = connectOnce()
             if let io { mosq_io_set_connection(io, mosquitto_socket(mosq)) }
             var loopError: MQTTError?
             if rc == MOSQ_ERR_SUCCESS.rawValue {
                 while true {
-                    // Tasks that prefer the executor run here only once the session is up (invariant 1 of
-                    // NetworkExecutor); until then the pass only drives the handshake.
+                    // Tasks that prefer the executor run here only once the session is up (see NetworkExecutor,
+                    // "jobs run only on a live session"); until then the pass only drives the handshake.
                     let wakeFD = sessionUp ? executor.beginPolling() : executor.wakeDescriptor
                     guard let wakeFD else { preconditionFailure("the executor's pipe is made in init") }
                     let lrc = pollPass(wakeFD: wakeFD)
-                    if state.withLock({ $0.shutdownRequested }) {
+                    if state.withLock({ $0.lifecycle.isClosing }) {
                         executor.endPolling()
                         finishGracefully()
                         flushWakes()
@@ -309,41 +298,25 @@ final class ClientCore: @unchecked Sendable {
             } else {
                 loopError = MQTTError.fromLibrary(rc, context: "Connecting to \(config.endpoint)")
             }
-            // The connection is over (or never came up).
-            let (error, wasConnected, everConnected) = state.withLock { s -> (MQTTError, Bool, Bool) in
-                let e = s.lastRefusal ?? loopError ?? MQTTError(.connectionLost, "Connection to \(config.endpoint) closed.")
-                s.lastRefusal = nil
-                return (e, s.connectedThisAttempt, s.everConnected)
-            }
-            if state.withLock({ $0.shutdownRequested }) { break }
-            if wasConnected { attempt = 0 }
-            handleConnectionEnded(error)
-            // Every ended attempt is reported, also those libmosquitto's on_disconnect does not cover
-            // (refused TCP, DNS failures, a socket select() cannot watch).
-            if !state.withLock({ $0.disconnectReported }) { emit(.disconnected(error)) }
-            let policy = config.reconnect
-            if !everConnected && !policy.retryInitialConnect {
+            // The connection is over (or never came up): the lifecycle decides what comes next.
+            switch state.withLock({ $0.lifecycle.attemptEnded(loopError: loopError) }) {
+            case .stop:
+                break outer
+            case .giveUp(let error, let reportDisconnected):
+                handleConnectionEnded(error)
+                // Every ended attempt is reported, also those libmosquitto's on_disconnect does not cover
+                // (refused TCP, DNS failures).
+                if reportDisconnected { emit(.disconnected(error)) }
                 finalError = error
-                break
+                break outer
+            case .reconnect(let error, let delay, let attempt, let reportDisconnected):
+                handleConnectionEnded(error)
+                if reportDisconnected { emit(.disconnected(error)) }
+                logger.notice("MQTT connection to \(config.endpoint) unavailable (\(error.message)); reconnecting in \(delay) (attempt \(attempt))")
+                emit(.reconnecting(after: delay, attempt: attempt))
+                let ns = Int(max(0, delay / .nanoseconds(1)))
+                _ = wakeup.wait(timeout: .now() + .nanoseconds(ns))
             }
-            if !policy.enabled {
-                finalError = error
-                break
-            }
-            if policy.giveUpOnFatalErrors && error.isFatalForReconnect {
-                finalError = error
-                break
-            }
-            attempt += 1
-            if let max = policy.maximumAttempts, attempt > max {
-                finalError = MQTTError(.gaveUp, "Gave up reconnecting to \(config.endpoint) after \(max) attempts. Last error: \(error.message)", reasonCode: error.reasonCode)
-                break
-            }
-            let delay = policy.delay(forAttempt: attempt)
-            logger.notice("MQTT connection to \(config.endpoint) unavailable (\(error.message)); reconnecting in \(delay) (attempt \(attempt))")
-            emit(.reconnecting(after: delay, attempt: attempt))
-            let ns = Int(max(0, delay / .nanoseconds(1)))
-            _ = wakeup.wait(timeout: .now() + .nanoseconds(ns))
         }
         teardown(error: finalError)
     }
@@ -462,7 +435,7 @@ final class ClientCore: @unchecked Sendable {
 
     /// After a shutdown request: send DISCONNECT and let libmosquitto write it before closing.
     private func finishGracefully() {
-        let (reason, properties) = state.withLock { ($0.disconnectReason, $0.disconnectProperties) }
+        let (reason, properties) = state.withLock { ($0.lifecycle.disconnectReason, $0.lifecycle.disconnectProperties) }
         // libmosquitto closes the socket as soon as DISCONNECT is written, with batching into the output buffer:
         // let that close wait for the buffer to leave.
         if let io { mosq_io_set_linger(io, 2000) }
@@ -512,11 +485,7 @@ final class ClientCore: @unchecked Sendable {
             MQTTError(e.code == .gaveUp ? .gaveUp : e.code, e.message, reasonCode: e.reasonCode, systemErrno: e.systemErrno)
         }
         let shutdownError = failure ?? MQTTError(.shutDown, "The MQTT client was shut down.")
-        let work = state.withLock { s -> CoreState.Teardown in
-            s.connection = .shutDown
-            s.finalError = failure
-            return s.takeEverything()
-        }
+        let work = state.withLock { s -> CoreState.Teardown in s.takeEverything(error: failure) }
         for c in work.connectWaiters { c.resume(throwing: shutdownError) }
         for c in work.slotWaiters { c.resume(throwing: shutdownError) }
         for (mid, p) in work.pending {
@@ -536,25 +505,16 @@ final class ClientCore: @unchecked Sendable {
         withExtendedLifetime(work.responseStream) {}
     }
 
-    /// Requests shutdown; returns true when a network thread is running and will finish it.
-    func requestShutdown(disconnectReason: UInt8 = 0, properties: DisconnectProperties = .init()) -> Bool {
-        let (running, alreadyRequested) = state.withLock { s -> (Bool, Bool) in
-            let already = s.shutdownRequested
-            if !already {
-                s.disconnectReason = disconnectReason
-                s.disconnectProperties = properties
-            }
-            s.shutdownRequested = true
-            return (s.threadStarted && !s.threadExited, already)
-        }
-        if running {
-            if !alreadyRequested {
-                // Queues DISCONNECT; leaving the gate wakes the network thread if it sleeps in poll.
-                _ = try? withHandle { h in sendDisconnect(h, reason: disconnectReason, properties: properties) }
-            }
+    /// Requests shutdown; returns what the lifecycle says to do (drain the running network thread, finish here
+    /// when there is none, or join a shutdown under way).
+    func requestShutdown(disconnectReason: UInt8 = 0, properties: DisconnectProperties = .init()) -> ConnectionStateMachine<CheckedContinuation<ConnAck, any Error>>.ShutdownAction {
+        let action = state.withLock { $0.lifecycle.shutdownRequested(reason: disconnectReason, properties: properties) }
+        if action == .drain {
+            // Queues DISCONNECT; leaving the gate wakes the network thread if it sleeps in poll.
+            _ = try? withHandle { h in sendDisconnect(h, reason: disconnectReason, properties: properties) }
             wakeup.signal()
         }
-        return running
+        return action
     }
 
     /// Sends DISCONNECT with its MQTT 5 reason code and properties (both ignored on MQTT 3.x).
@@ -569,19 +529,20 @@ final class ClientCore: @unchecked Sendable {
     }
 
     func shutdown(disconnectReason: UInt8 = 0, properties: DisconnectProperties = .init()) async {
-        if requestShutdown(disconnectReason: isV5 ? disconnectReason : 0, properties: properties) {
+        switch requestShutdown(disconnectReason: isV5 ? disconnectReason : 0, properties: properties) {
+        case .drain, .join:
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                 let done = state.withLock { s -> Bool in
-                    if s.threadExited { return true }
+                    if s.ended { return true }
                     s.joinWaiters.append(c)
                     return false
                 }
                 if done { c.resume() }
             }
-        } else {
+        case .finishHere:
             let destroy = state.withLock { s -> Bool in
                 s.handleClosed = true
-                if s.handleDestroyed || s.threadStarted { return false }
+                if s.handleDestroyed { return false }
                 s.handleDestroyed = true
                 return true
             }
@@ -611,7 +572,7 @@ final class ClientCore: @unchecked Sendable {
     func makeEvents() -> AsyncStream<ConnectionEvent> {
         let (stream, continuation) = AsyncStream<ConnectionEvent>.makeStream(bufferingPolicy: .bufferingNewest(256))
         let id = state.withLock { s -> UInt64? in
-            if s.connection == .shutDown { return nil }
+            if s.lifecycle.isShutDown { return nil }
             let id = s.nextID()
             s.events[id] = continuation
             return id

@@ -85,29 +85,19 @@ struct CoreState {
         var responseStream: MessageStream?
     }
 
-    var connection: ConnectionState = .idle
-    var threadStarted = false
-    var threadExited = false
+    /// The connection lifecycle and the `connect()` waiters (see ``ConnectionStateMachine``).
+    var lifecycle: ConnectionStateMachine<CheckedContinuation<ConnAck, any Error>>
     /// Kernel thread id of the network thread (Linux), for tests and diagnostics.
     var networkThreadID: Int = -1
-    var shutdownRequested = false
-    /// The MQTT 5 DISCONNECT reason code `shutdown` sends (0 = normal; 4 = publish the will).
-    var disconnectReason: UInt8 = 0
-    /// MQTT 5 properties of that DISCONNECT.
-    var disconnectProperties = DisconnectProperties()
     var handleClosed = false
     var handleDestroyed = false
+    /// Every waiter was resolved and every stream ended (``takeEverything(error:)`` ran): `shutdown()` returns.
+    var ended = false
     var activeCalls = 0
-    var connectedThisAttempt = false
-    /// Whether libmosquitto's on_disconnect reported the end of the current attempt.
-    var disconnectReported = false
-    var everConnected = false
-    var lastRefusal: MQTTError?
-    var finalError: MQTTError?
+    /// The connection a QoS 0 message was queued on (incremented by on_disconnect).
     var epoch: UInt64 = 0
     var idCounter: UInt64 = 0
 
-    var connectWaiters: [UInt64: CheckedContinuation<ConnAck, any Error>] = [:]
     var joinWaiters: [CheckedContinuation<Void, Never>] = []
     var events: [UInt64: AsyncStream<ConnectionEvent>.Continuation] = [:]
 
@@ -150,10 +140,14 @@ struct CoreState {
         return routesByID?[id] ?? []
     }
 
-    var isConnected: Bool {
-        if case .connected = connection { return true }
-        return false
+    init(lifecycle: ConnectionStateMachine<CheckedContinuation<ConnAck, any Error>>) {
+        self.lifecycle = lifecycle
     }
+
+    var isConnected: Bool { lifecycle.isConnected }
+
+    /// Shutdown was requested or the client ended: new work is refused with ``closedError``.
+    var isClosing: Bool { handleClosed || lifecycle.isClosing }
 
     /// Gives back one outgoing-queue slot. Waiting publishers are woken in batches, once the queue has
     /// drained to three quarters of `limit`, so a publisher that runs ahead is not woken once per message.
@@ -180,15 +174,14 @@ struct CoreState {
         return idCounter
     }
 
-    var closedError: MQTTError {
-        finalError ?? MQTTError(.shutDown, "The MQTT client was shut down; create a new client to connect again.")
-    }
+    var closedError: MQTTError { lifecycle.closedError }
 
-    mutating func takeEverything() -> Teardown {
+    /// Ends the client: every waiter and stream, to be resumed or finished after unlocking.
+    mutating func takeEverything(error: MQTTError?) -> Teardown {
         var t = Teardown()
-        threadExited = true
         handleClosed = true
-        t.connectWaiters = Array(connectWaiters.values); connectWaiters.removeAll()
+        ended = true
+        t.connectWaiters = lifecycle.ended(error: error)
         t.slotWaiters = slotWaiters.map(\.continuation); slotWaiters.removeAll()
         t.pending = pending.compactMap { $0.value.waiter == nil && $0.value.callback == nil ? nil : ($0.key, $0.value) }; pending.removeAll()
         t.subacks = subacks.close()

@@ -86,7 +86,7 @@ public final class MQTTClient: Sendable {
     }
 
     /// Where the connection stands now.
-    public var state: ConnectionState { core.state.withLock { $0.connection } }
+    public var state: ConnectionState { core.state.withLock { $0.lifecycle.connectionState } }
 
     /// Connection events (connected, disconnected, reconnecting in N s, gave up). Each call returns a new
     /// stream holding up to 256 unread events.
@@ -102,20 +102,18 @@ public final class MQTTClient: Sendable {
         let id = core.state.withLock { $0.nextID() }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<ConnAck, any Error>) in
-                let immediate = core.state.withLock { s -> Result<ConnAck, MQTTError>? in
-                    if case .connected(let ack) = s.connection { return .success(ack) }
-                    if s.handleClosed || s.shutdownRequested { return .failure(s.closedError) }
-                    s.connectWaiters[id] = c
-                    return nil
+                let action = core.state.withLock { s in
+                    s.handleClosed ? .fail(s.closedError) : s.lifecycle.connect(id, waiter: c)
                 }
-                if let immediate {
-                    c.resume(with: immediate.mapError { $0 as any Error })
-                } else {
-                    core.startNetworkThreadIfNeeded()
+                switch action {
+                case .connected(let ack): c.resume(returning: ack)
+                case .fail(let error): c.resume(throwing: error)
+                case .wait: break
+                case .startNetworkThread: core.startNetworkThread()
                 }
             }
         } onCancel: {
-            let c = core.state.withLock { $0.connectWaiters.removeValue(forKey: id) }
+            let c = core.state.withLock { $0.lifecycle.cancelConnect(id) }
             c?.resume(throwing: CancellationError())
         }
     }

@@ -1,0 +1,144 @@
+@testable import Mosquitto
+import Testing
+
+/// The connection lifecycle driven event by event, without a broker or a network thread.
+@Suite("State machine: connection lifecycle")
+struct ConnectionStateMachineTests {
+    typealias Machine = ConnectionStateMachine<String>
+    static let lost = MQTTError(.connectionLost, "lost")
+
+    func machine(_ adjust: (inout MQTTConfiguration.ReconnectPolicy) -> Void = { _ in }) -> Machine {
+        var policy = MQTTConfiguration.ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .seconds(1))
+        adjust(&policy)
+        return Machine(policy: policy, endpoint: "127.0.0.1:1883")
+    }
+
+    @Test("connect from idle starts the network thread once; every caller is resumed by the CONNACK; later callers get it at once")
+    func connectAndConnAck() {
+        var m = machine()
+        #expect(m.connectionState == .idle)
+        guard case .startNetworkThread = m.connect(1, waiter: "a") else { Issue.record("the first connect starts the thread"); return }
+        guard case .wait = m.connect(2, waiter: "b") else { Issue.record("the second waits"); return }
+        #expect(m.attemptStarting() == .connect)
+        let ack = ConnAck(sessionPresent: true)
+        #expect(Set(m.connAckAccepted(ack)) == ["a", "b"])
+        #expect(m.connectionState == .connected(ack))
+        guard case .connected(let got) = m.connect(3, waiter: "c") else { Issue.record("connected: at once"); return }
+        #expect(got == ack)
+    }
+
+    @Test("a lost connection backs off and reconnects; failures count from the last success")
+    func reconnect() {
+        var m = machine()
+        _ = m.connect(1, waiter: "a")
+        _ = m.attemptStarting()
+        _ = m.connAckAccepted(ConnAck())
+        #expect(m.disconnected() == nil)
+        #expect(m.connectionState == .disconnected)
+        guard case .reconnect(_, _, let attempt, let report) = m.attemptEnded(loopError: Self.lost) else { Issue.record("reconnect"); return }
+        #expect(attempt == 1)
+        #expect(!report, "on_disconnect already reported it")
+        // Refused TCP twice: no on_disconnect, so the end is reported by the loop; the attempt count grows.
+        _ = m.attemptStarting()
+        guard case .reconnect(_, _, 2, true) = m.attemptEnded(loopError: Self.lost) else { Issue.record("attempt 2, reported"); return }
+        _ = m.attemptStarting()
+        _ = m.connAckAccepted(ConnAck())
+        _ = m.disconnected()
+        guard case .reconnect(_, _, 1, _) = m.attemptEnded(loopError: Self.lost) else { Issue.record("back to attempt 1 after a success"); return }
+    }
+
+    @Test("a refused CONNACK is the reason the attempt ends, not libmosquitto's protocol error; the first refusal ends a client that does not retry")
+    func refusal() {
+        var m = machine()
+        _ = m.connect(1, waiter: "a")
+        _ = m.attemptStarting()
+        let refused = MQTTError(.notAuthorized, "not authorized")
+        m.connAckRefused(refused)
+        #expect(m.disconnected()?.code == .notAuthorized)
+        guard case .giveUp(let error, _) = m.attemptEnded(loopError: MQTTError(.protocolError, "protocol error")) else {
+            Issue.record("no retry of the initial connect: give up"); return
+        }
+        #expect(error.code == .notAuthorized)
+        #expect(m.ended(error: error) == ["a"])
+        #expect(m.closedError.code == .notAuthorized)
+        guard case .fail(let e) = m.connect(2, waiter: "b") else { Issue.record("an ended client refuses"); return }
+        #expect(e.code == .notAuthorized)
+    }
+
+    @Test("the reconnect policy: fatal errors, disabled reconnects and the attempt limit give up")
+    func policy() {
+        var m = machine { $0.retryInitialConnect = true; $0.maximumAttempts = 2 }
+        _ = m.connect(1, waiter: "a")
+        for expected in 1...2 {
+            _ = m.attemptStarting()
+            guard case .reconnect(_, _, expected, _) = m.attemptEnded(loopError: Self.lost) else { Issue.record("attempt \(expected)"); return }
+        }
+        _ = m.attemptStarting()
+        guard case .giveUp(let e, _) = m.attemptEnded(loopError: Self.lost) else { Issue.record("the limit gives up"); return }
+        #expect(e.code == .gaveUp)
+
+        var fatal = machine { $0.retryInitialConnect = true }
+        _ = fatal.connect(1, waiter: "a")
+        _ = fatal.attemptStarting()
+        guard case .giveUp = fatal.attemptEnded(loopError: MQTTError(.badCredentials, "bad")) else { Issue.record("fatal gives up"); return }
+
+        var keepTrying = machine { $0.retryInitialConnect = true; $0.giveUpOnFatalErrors = false }
+        _ = keepTrying.connect(1, waiter: "a")
+        _ = keepTrying.attemptStarting()
+        guard case .reconnect = keepTrying.attemptEnded(loopError: MQTTError(.badCredentials, "bad")) else { Issue.record("a bridge outlives a password rotation"); return }
+    }
+
+    @Test("shutdown while connecting, while connected, during backoff and before any thread")
+    func shutdown() {
+        // Before the network thread exists: finished by the caller.
+        var idle = machine()
+        #expect(idle.shutdownRequested(reason: 0, properties: .init()) == .finishHere)
+        #expect(idle.isShutDown)
+
+        // During a connect attempt: drained; a CONNACK that still arrives resumes the waiters, and the loop stops.
+        var connecting = machine()
+        _ = connecting.connect(1, waiter: "a")
+        _ = connecting.attemptStarting()
+        #expect(connecting.shutdownRequested(reason: 4, properties: .init()) == .drain)
+        #expect(connecting.shutdownRequested(reason: 0, properties: .init()) == .join)
+        #expect(connecting.disconnectReason == 4, "the first request's reason is kept")
+        #expect(connecting.connAckAccepted(ConnAck()) == ["a"])
+        #expect(connecting.isClosing)
+        guard case .stop = connecting.attemptEnded(loopError: nil) else { Issue.record("stop"); return }
+
+        // During backoff: the next attempt does not start.
+        var backingOff = machine()
+        _ = backingOff.connect(1, waiter: "a")
+        _ = backingOff.attemptStarting()
+        _ = backingOff.connAckAccepted(ConnAck())
+        _ = backingOff.disconnected()
+        _ = backingOff.attemptEnded(loopError: Self.lost)
+        #expect(backingOff.shutdownRequested(reason: 0, properties: .init()) == .drain)
+        #expect(backingOff.attemptStarting() == .stop)
+        #expect(backingOff.ended(error: nil).isEmpty)
+        #expect(backingOff.closedError.code == .shutDown)
+
+        // Connected: the public state stays connected until the DISCONNECT is out.
+        var connected = machine()
+        _ = connected.connect(1, waiter: "a")
+        _ = connected.attemptStarting()
+        _ = connected.connAckAccepted(ConnAck())
+        #expect(connected.shutdownRequested(reason: 0, properties: .init()) == .drain)
+        #expect(connected.connectionState == .connected(ConnAck()))
+        _ = connected.disconnected()
+        #expect(connected.connectionState == .disconnected)
+        _ = connected.ended(error: nil)
+        #expect(connected.connectionState == .shutDown)
+    }
+
+    @Test("a cancelled connect() gives its waiter back; the others stay")
+    func cancel() {
+        var m = machine()
+        _ = m.connect(1, waiter: "a")
+        _ = m.connect(2, waiter: "b")
+        #expect(m.cancelConnect(1) == "a")
+        #expect(m.cancelConnect(1) == nil)
+        _ = m.attemptStarting()
+        #expect(m.connAckAccepted(ConnAck()) == ["b"])
+    }
+}
