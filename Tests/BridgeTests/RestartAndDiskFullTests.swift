@@ -90,12 +90,11 @@ struct RestartAndDiskFullTests {
             #expect(arrived, "round \(round): \(Set(recorder.strings).count) of \(sent) lines arrived after \(round) restarts:\n\(logText())")
             // Idle: every record acknowledged. Let the watermark reach the disk before a kill.
             try await Task.sleep(for: .milliseconds(200))
-            let started = ContinuousClock.now
             child.signal(signal)
-            let status = await child.wait(timeout: .seconds(30))
-            #expect(status != nil, "round \(round): the bridge did not stop")
-            if signal == SIGTERM {
-                #expect(ContinuousClock.now - started < .seconds(8) * testTimeScale, "an idle bridge should stop at once")
+            let status = await child.wait(timeout: .seconds(60) * testTimeScale)
+            #expect(status != nil, "round \(round): the bridge did not stop:\n\(logText())")
+            if signal == SIGTERM, let status {
+                #expect(status == 0, "round \(round): an idle bridge stops cleanly on SIGTERM (wait status \(status))")
             }
             if !arrived { break }
         }
