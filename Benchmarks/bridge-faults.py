@@ -16,8 +16,10 @@ subscriber printed:
               then died before its next autosave): the broker's loss, not the bridge's
   counted     what the bridge counted and dropped by policy (partial lines at close, an oversize line), and lines
               a bridge stop or kill -9 cut off: when the feed's connection dies with the bridge, the lines in the
-              kernel's socket buffers were never read by the bridge; they are counted only if they are exactly the
-              tail of that connection (everything after the first missing line missing, nothing before it)
+              kernel's socket queues were never read by the bridge. The feed pauses during such a fault and the
+              queues are read from /proc/net/tcp; missing lines are counted so only if they are exactly the tail
+              of that connection (everything after the first missing line missing, nothing before it), and only up
+              to those bytes, plus one 64 KiB socket read after a kill -9 (the README's durability promise)
 
 After every fault the bridge must keep delivering: each case ends with a fresh batch of lines on a new
 connection, and fails if they do not all arrive.

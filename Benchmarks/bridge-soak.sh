@@ -4,7 +4,8 @@
 # (distinct), duplicates, missing, the broker's own loss (broker SIGKILL only), other counted drops, PASS/FAIL.
 # Every case ends with a fresh batch of lines that must arrive: the bridge must never stop delivering.
 #
-#   Benchmarks/bridge-soak.sh [--quick] [case ...]      (default: every case, about 4 minutes on 2 cores)
+#   Benchmarks/bridge-soak.sh [--quick] [case ...]      (default: every case, about 4 minutes on 2 cores;
+#                                                        --quick: fewer rounds and connections, 1.5-2.5 minutes)
 #
 # Cases:
 #   broker-term  broker SIGTERM and restart, several times mid-stream
