@@ -179,7 +179,7 @@ struct HardeningTests {
             #expect(await eventually(timeout: .seconds(60)) { accepted.value == 65_000 })
             try await Task.sleep(for: .milliseconds(300))
             #expect(accepted.value == 65_000, "the 65,001st publish must wait for a free message id")
-            let inFlight = pub.core.state.withLock { $0.slotsInUse }
+            let inFlight = pub.core.state.withLock { $0.publishes.slotsInUse }
             #expect(inFlight <= 65_000)
             try await broker.start()
             try await publisher.value

@@ -81,24 +81,15 @@ extension ClientCore {
             }
             return MQTTError.fromLibrary(rc, context: "Connection to \(config.endpoint)")
         }()
-        let (lost, lostPlain) = state.withLock { s -> ([(UInt16, CoreState.PendingPublish)], Int) in
-            s.epoch &+= 1
-            // QoS 0 messages still queued in libmosquitto are discarded by it when the connection goes.
-            var lost: [(UInt16, CoreState.PendingPublish)] = []
-            for (mid, p) in s.pending where p.qos == .atMostOnce {
-                lost.append((mid, p))
-            }
-            for (mid, _) in lost { s.pending.removeValue(forKey: mid) }
-            return (lost, s.plainQoS0.removeAll())
-        }
+        // QoS 0 messages still queued in libmosquitto are discarded by it when the connection goes.
+        let (lost, lostPlain, release) = state.withLock { $0.publishes.connectionLost() }
         if lostPlain > 0 {
             logger.warning("\(lostPlain) QoS 0 messages queued for sending were discarded: the connection was lost. Use QoS 1 or 2 to have messages kept until the connection returns.")
-            for _ in 0..<lostPlain { releaseSlot() }
         }
         for (mid, p) in lost {
             p.fail(MQTTError(.connectionLost, "QoS 0 message \(mid) was not sent: the connection was lost. Use QoS 1 or 2 to have messages kept until the connection returns."))
-            releaseSlot()
         }
+        release.resume()
         releaseAcknowledgementWaiters()
         if let error, refusal == nil {
             logger.warning("Disconnected from \(config.endpoint): \(error.message)")
@@ -124,18 +115,7 @@ extension ClientCore {
     func handlePublished(mid: Int32, reason: Int32) {
         let id = UInt16(truncatingIfNeeded: mid)
         let r = UInt8(truncatingIfNeeded: reason)
-        let limit = config.maximumQueuedMessages
-        let (pending, release) = state.withLock { s -> (CoreState.PendingPublish?, SlotRelease) in
-            if s.plainQoS0.remove(id) || s.plainQoS12.remove(id) {
-                return (nil, s.releaseSlot(limit: limit))
-            }
-            let p = s.pending.removeValue(forKey: id)
-            if p == nil {
-                // on_publish beat mosquitto_publish's return: publish() picks this up when it registers.
-                s.earlyAcks[id] = r
-            }
-            return (p, s.releaseSlot(limit: limit))
-        }
+        let (pending, release) = state.withLock { $0.publishes.published(id, reason: r) }
         if let pending {
             pending.waiter?.resume(returning: r)
             if let callback = pending.callback {

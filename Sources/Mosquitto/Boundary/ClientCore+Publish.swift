@@ -13,36 +13,23 @@ import Logging
 extension ClientCore {
     // MARK: Publishing
 
-    /// Gives back one outgoing-queue slot (from the network thread's on_publish, or after a failed publish).
-    func releaseSlot() {
-        let release = state.withLock { $0.releaseSlot(limit: config.maximumQueuedMessages) }
-        release.resume()
-    }
-
     /// Waits until a queue slot is handed to this publisher (the slow path of `publish`).
     nonisolated(nonsending) private func waitForSlot() async throws {
-        let limit = config.maximumQueuedMessages
         let id = state.withLock { $0.nextID() }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
                 let immediate = state.withLock { s -> Result<Void, any Error>? in
                     if s.isClosing { return .failure(s.closedError) }
                     if Task.isCancelled { return .failure(CancellationError()) }
-                    if s.slotsInUse < limit && s.slotWaiters.isEmpty {
-                        s.slotsInUse += 1
-                        return .success(())
+                    switch s.publishes.waitForSlot(id, waiter: c) {
+                    case .granted: return .success(())
+                    case .suspended: return nil
                     }
-                    s.slotWaiters.append(.init(id: id, continuation: c))
-                    return nil
                 }
                 if let immediate { c.resume(with: immediate) }
             }
         } onCancel: {
-            let c = state.withLock { s -> CheckedContinuation<Void, any Error>? in
-                guard let i = s.slotWaiters.firstIndex(where: { $0.id == id }) else { return nil }
-                return s.slotWaiters.remove(at: i).continuation
-            }
-            c?.resume(throwing: CancellationError())
+            state.withLock { $0.publishes.cancelSlotWait(id) }?.resume(throwing: CancellationError())
         }
     }
 
@@ -53,13 +40,6 @@ extension ClientCore {
         case closed(MQTTError)
     }
 
-    private enum Outcome {
-        case early(UInt8)
-        case registered
-        case needsWaiter
-        case lost(SlotRelease)
-        case failed(SlotRelease)
-    }
 
     nonisolated(nonsending) func publish(_ message: MQTTMessage, completion: PublishCompletion, onComplete: PublishCallback? = nil) async throws -> PublishReceipt {
         try MQTTTopic.validateName(message.topic)
@@ -73,7 +53,6 @@ extension ClientCore {
         }
         defer { props.free() }
         let qos = message.qos
-        let limit = config.maximumQueuedMessages
         // Built only when needed: publish is a hot path.
         func offlineError() -> MQTTError {
             MQTTError(.notConnected, "QoS 0 message to '\(message.topic)' not sent: the client is offline. Use QoS 1 or 2 to have it queued until the connection returns.")
@@ -83,16 +62,13 @@ extension ClientCore {
         func admit(holdingSlot: Bool) -> Admission {
             state.withLock { s in
                 if s.isClosing { return .closed(s.closedError) }
-                if qos == .atMostOnce, !s.isConnected {
-                    if holdingSlot { s.slotsInUse -= 1 }
-                    return .offline
+                switch s.publishes.admit(qos: qos, connected: s.isConnected, holdingSlot: holdingSlot) {
+                case .offline: return .offline
+                case .mustWait: return .mustWait
+                case .admitted(let epoch):
+                    s.activeCalls += 1  // the gate: the C call below runs outside the lock
+                    return .admitted(epoch: epoch)
                 }
-                if !holdingSlot {
-                    guard s.slotsInUse < limit && s.slotWaiters.isEmpty else { return .mustWait }
-                    s.slotsInUse += 1
-                }
-                s.activeCalls += 1
-                return .admitted(epoch: s.epoch)
             }
         }
         var admission = admit(holdingSlot: false)
@@ -119,22 +95,10 @@ extension ClientCore {
         let accepted = rc == MOSQ_ERR_SUCCESS.rawValue || (offline && qos != .atMostOnce)
 
         // One lock again: leave the gate and register the message (or learn it already completed).
-        let outcome = state.withLock { s -> Outcome in
+        let outcome = state.withLock { s -> PublishWindow.Registration in
             s.activeCalls -= 1
-            if !accepted { return .failed(s.releaseSlot(limit: limit)) }
-            if let r = s.earlyAcks.removeValue(forKey: id) { return .early(r) }
-            if qos == .atMostOnce && s.epoch != epoch { return .lost(s.releaseSlot(limit: limit)) }
-            if completion == .enqueued {
-                if onComplete != nil {
-                    s.pending[id] = .init(qos: qos, waiter: nil, callback: onComplete)
-                } else if qos == .atMostOnce {
-                    s.plainQoS0.insert(id)
-                } else {
-                    s.plainQoS12.insert(id)
-                }
-                return .registered
-            }
-            return .needsWaiter
+            return s.publishes.register(id, accepted: accepted, qos: qos, epoch: epoch, enqueued: completion == .enqueued,
+                                        callback: onComplete)
         }
         executor.wakeIfSleeping()
         switch outcome {
@@ -161,9 +125,10 @@ extension ClientCore {
         let reason: UInt8 = try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<UInt8, any Error>) in
                 let early = state.withLock { s -> UInt8? in
-                    if let r = s.earlyAcks.removeValue(forKey: id) { return r }
-                    s.pending[id] = .init(qos: qos, waiter: c)
-                    return nil
+                    switch s.publishes.waitForAcknowledgement(id, qos: qos, waiter: c) {
+                    case .acknowledged(let r): return r
+                    case .suspended: return nil
+                    }
                 }
                 if let early { c.resume(returning: early) } else if Task.isCancelled { detachWaiter(id) }
             }
@@ -188,12 +153,7 @@ extension ClientCore {
     /// Stops waiting for message `id`'s acknowledgement (the message itself stays queued: libmosquitto cannot
     /// take it back).
     private func detachWaiter(_ id: UInt16) {
-        let c = state.withLock { s -> CheckedContinuation<UInt8, any Error>? in
-            let c = s.pending[id]?.waiter
-            s.pending[id]?.waiter = nil
-            return c
-        }
-        c?.resume(throwing: CancellationError())
+        state.withLock { $0.publishes.detach(id) }?.resume(throwing: CancellationError())
     }
 
     private func checkReason(_ r: UInt8, topic: String) throws {
@@ -214,9 +174,7 @@ extension ClientCore {
     func waitUntilAllPublished() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let done = state.withLock { s -> Bool in
-                if s.slotsInUse == 0 || s.handleClosed { return true }
-                s.drainWaiters.append(c)
-                return false
+                s.handleClosed || s.publishes.waitUntilEmpty(c)
             }
             if done { c.resume() }
         }

@@ -73,7 +73,8 @@ final class ClientCore: @unchecked Sendable {
         self.config = configuration
         self.logger = configuration.logger
         self.isV5 = configuration.protocolVersion == .v5
-        self.state = LockedValue(CoreState(lifecycle: ConnectionStateMachine(policy: configuration.reconnect, endpoint: "\(configuration.endpoint)")))
+        self.state = LockedValue(CoreState(lifecycle: ConnectionStateMachine(policy: configuration.reconnect, endpoint: "\(configuration.endpoint)"),
+                                           queueLimit: configuration.maximumQueuedMessages))
         let token = (0..<12).map { _ in String(UInt8.random(in: 0...35), radix: 36) }.joined()
         self.responseTopic = "\(configuration.responseTopicPrefix)/\(token)"
         let clean: Bool

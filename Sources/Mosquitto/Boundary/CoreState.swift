@@ -5,14 +5,23 @@ import DequeModule
 /// What `publish(_:onComplete:)` calls: the MQTT 5 reason code of the acknowledgement, or the failure.
 typealias PublishCallback = @Sendable (Result<UInt8, MQTTError>) -> Void
 
-/// Continuations to resume after the state lock is released.
-struct SlotRelease {
-    var slots: [CheckedContinuation<Void, any Error>] = []
-    var drained: [CheckedContinuation<Void, Never>] = []
+/// The publish window with the client's continuations (see ``PublishStateMachine``).
+typealias PublishWindow = PublishStateMachine<CheckedContinuation<UInt8, any Error>, CheckedContinuation<Void, any Error>,
+                                              CheckedContinuation<Void, Never>, PublishCallback>
 
+extension PublishWindow.Release {
+    /// Resumes the publishers given a slot and the drain waiters (after the state lock is released).
     func resume() {
         for c in slots { c.resume() }
         for c in drained { c.resume() }
+    }
+}
+
+extension PublishWindow.Pending {
+    /// Reports a failure to whoever waits for this message.
+    func fail(_ error: MQTTError) {
+        waiter?.resume(throwing: error)
+        callback?(.failure(error))
     }
 }
 
@@ -32,22 +41,6 @@ enum RequestWaiter {
 }
 
 struct CoreState {
-    struct PendingPublish {
-        var qos: QoS
-        var waiter: CheckedContinuation<UInt8, any Error>?
-        /// Called on the network thread when the message completes (see `MQTTClient.publish(_:onComplete:)`).
-        var callback: PublishCallback? = nil
-
-        /// Reports a failure to whoever waits for this message.
-        func fail(_ error: MQTTError) {
-            waiter?.resume(throwing: error)
-            callback?(.failure(error))
-        }
-    }
-    struct SlotWaiter {
-        var id: UInt64
-        var continuation: CheckedContinuation<Void, any Error>
-    }
     struct FilterEntry {
         var filter: String
         var id: UInt32
@@ -73,7 +66,7 @@ struct CoreState {
     struct Teardown {
         var connectWaiters: [CheckedContinuation<ConnAck, any Error>] = []
         var slotWaiters: [CheckedContinuation<Void, any Error>] = []
-        var pending: [(UInt16, PendingPublish)] = []
+        var pending: [(UInt16, PublishWindow.Pending)] = []
         var subacks: [SubackWaiter] = []
         var unsubacks: [CheckedContinuation<Void, any Error>] = []
         var requests: [RequestWaiter] = []
@@ -94,23 +87,13 @@ struct CoreState {
     /// Every waiter was resolved and every stream ended (``takeEverything(error:)`` ran): `shutdown()` returns.
     var ended = false
     var activeCalls = 0
-    /// The connection a QoS 0 message was queued on (incremented by on_disconnect).
-    var epoch: UInt64 = 0
     var idCounter: UInt64 = 0
 
     var joinWaiters: [CheckedContinuation<Void, Never>] = []
     var events: [UInt64: AsyncStream<ConnectionEvent>.Continuation] = [:]
 
-    var slotsInUse = 0
-    var slotWaiters = Deque<SlotWaiter>()
-    /// Messages someone waits for (a continuation or a completion callback), by packet identifier.
-    var pending: [UInt16: PendingPublish] = [:]
-    /// Messages published with `.enqueued` and no callback: nobody waits, only their queue slot is tracked.
-    /// Kept apart from `pending` because a fast publisher registers one per message.
-    var plainQoS0 = MessageIDSet()
-    var plainQoS12 = MessageIDSet()
-    var earlyAcks: [UInt16: UInt8] = [:]
-    var drainWaiters: [CheckedContinuation<Void, Never>] = []
+    /// The bounded outgoing queue and the messages waited for (see ``PublishStateMachine``).
+    var publishes: PublishWindow
 
     var filters: [String: FilterEntry] = [:] { didSet { routesByID = nil } }
     var filtersByID: [UInt32: String] = [:]
@@ -140,34 +123,15 @@ struct CoreState {
         return routesByID?[id] ?? []
     }
 
-    init(lifecycle: ConnectionStateMachine<CheckedContinuation<ConnAck, any Error>>) {
+    init(lifecycle: ConnectionStateMachine<CheckedContinuation<ConnAck, any Error>>, queueLimit: Int) {
         self.lifecycle = lifecycle
+        self.publishes = PublishWindow(limit: queueLimit)
     }
 
     var isConnected: Bool { lifecycle.isConnected }
 
     /// Shutdown was requested or the client ended: new work is refused with ``closedError``.
     var isClosing: Bool { handleClosed || lifecycle.isClosing }
-
-    /// Gives back one outgoing-queue slot. Waiting publishers are woken in batches, once the queue has
-    /// drained to three quarters of `limit`, so a publisher that runs ahead is not woken once per message.
-    mutating func releaseSlot(limit: Int) -> SlotRelease {
-        slotsInUse -= 1
-        var release = SlotRelease()
-        if !slotWaiters.isEmpty {
-            let lowWater = limit - max(1, limit / 4)
-            if slotsInUse <= lowWater {
-                while slotsInUse < limit, let w = slotWaiters.popFirst() {
-                    slotsInUse += 1
-                    release.slots.append(w.continuation)
-                }
-            }
-        } else if slotsInUse == 0 && !drainWaiters.isEmpty {
-            release.drained = drainWaiters
-            drainWaiters.removeAll()
-        }
-        return release
-    }
 
     mutating func nextID() -> UInt64 {
         idCounter += 1
@@ -182,19 +146,14 @@ struct CoreState {
         handleClosed = true
         ended = true
         t.connectWaiters = lifecycle.ended(error: error)
-        t.slotWaiters = slotWaiters.map(\.continuation); slotWaiters.removeAll()
-        t.pending = pending.compactMap { $0.value.waiter == nil && $0.value.callback == nil ? nil : ($0.key, $0.value) }; pending.removeAll()
+        (t.slotWaiters, t.pending, t.drainWaiters) = publishes.close()
         t.subacks = subacks.close()
         t.unsubacks = unsubacks.close()
         t.requests = requests.close()
         t.buffers = Array(streams.values) + Array(firehoses.values); streams.removeAll(); firehoses.removeAll()
         filters.removeAll(); filtersByID.removeAll()
-        t.drainWaiters = drainWaiters; drainWaiters.removeAll()
         t.events = Array(events.values); events.removeAll()
         t.joinWaiters = joinWaiters; joinWaiters.removeAll()
-        slotsInUse = 0
-        _ = plainQoS0.removeAll()
-        _ = plainQoS12.removeAll()
         t.responseStream = responseStream
         responseStream = nil
         return t
