@@ -592,14 +592,69 @@ final class ClientCore: @unchecked Sendable {
 
 // MARK: - Batched socket I/O
 
+/// Whether libmosquitto's reads and writes go through the clients' buffers in this process (the article
+/// "libmosquitto 2.0.11 workarounds", section "Socket batching", says why and how it is pinned).
+///
+/// Decided once per process, when the first client that wants batching asks, in this order: the switch
+/// `MOSQUITTO_SWIFT_SOCKET_BATCHING=0` (for comparisons, and for ruling batching out when chasing a problem) turns it
+/// off; a libmosquitto other than the ``testedVersions`` turns it off before anything is patched; then
+/// `mosq_io_install` patches every slot or none and checks the result. When it is off, one debug line per process
+/// says why.
 enum SocketBatching {
-    /// Whether libmosquitto's reads and writes can go through the client's buffers in this process: the
-    /// redirection (`mosq_io_install`) worked, and `MOSQUITTO_SWIFT_SOCKET_BATCHING` is not `0` (a switch for
-    /// comparisons and for ruling the batching out when chasing a problem).
-    static let isAvailable: Bool = {
-        if let v = getenv("MOSQUITTO_SWIFT_SOCKET_BATCHING"), String(cString: v) == "0" { return false }
-        return mosq_io_install() == 0
+    /// The libmosquitto versions whose `read`/`write`/`close` calls the redirection was tested against.
+    static let testedVersions: Set<String> = ["2.0.11"]
+
+    enum Decision: Equatable, Sendable {
+        case on
+        case off(reason: String)
+    }
+
+    /// True when batching is on. The first call that finds it off logs why, at debug level, with a logger labelled
+    /// like a client's default one.
+    static var isAvailable: Bool { isAvailable(logger: Logger(label: "mosquitto.client")) }
+
+    /// As ``isAvailable``, logging that one line (if it is still due) with `logger`, such as the asking client's.
+    static func isAvailable(logger: @autoclosure () -> Logger) -> Bool {
+        announce(decision, to: logger(), once: announced)
+        return decision == .on
+    }
+
+    private static let decision: Decision = {
+        // libmosquitto is initialised before the first call into it, whoever asks first.
+        MosquittoLibrary.ensureInitialized()
+        return decide(libraryVersion: MosquittoLibrary.version,
+                      switchSetting: getenv("MOSQUITTO_SWIFT_SOCKET_BATCHING").map { String(cString: $0) },
+                      install: { mosq_io_install() == 0 ? nil : mosq_io_install_failure().map { String(cString: $0) } ?? "unknown" })
     }()
+
+    private static let announced = LockedValue(false)
+
+    /// The decision from its inputs. `install` patches libmosquitto and returns nil, or why it could not; it is
+    /// called only when the switch and the version allow. The process's decision passes the real inputs; tests
+    /// pass another version or a failing installation here, and see whether `install` was called at all.
+    static func decide(libraryVersion: String, switchSetting: String?, install: () -> String?) -> Decision {
+        if switchSetting == "0" {
+            return .off(reason: "Socket batching is off: MOSQUITTO_SWIFT_SOCKET_BATCHING=0. The client uses libmosquitto's own socket I/O.")
+        }
+        guard testedVersions.contains(libraryVersion) else {
+            let tested = testedVersions.sorted().joined(separator: ", ")
+            return .off(reason: "Socket batching is off: it was tested with libmosquitto \(tested) only, and this is \(libraryVersion). The client uses libmosquitto's own socket I/O.")
+        }
+        if let failure = install() {
+            return .off(reason: "Socket batching is off: \(failure). The client uses libmosquitto's own socket I/O.")
+        }
+        return .on
+    }
+
+    /// Logs why batching is off, the first time only: `flag` remembers that the line was written.
+    static func announce(_ decision: Decision, to logger: @autoclosure () -> Logger, once flag: LockedValue<Bool>) {
+        guard case .off(let reason) = decision else { return }
+        let first = flag.withLock { written in
+            defer { written = true }
+            return !written
+        }
+        if first { logger().debug("\(reason)") }
+    }
 }
 
 // MARK: - Library initialisation
