@@ -1,6 +1,9 @@
+import CMosquittoIO
 import Foundation
+import Logging
 @testable import Mosquitto
 import MosquittoBroker
+import MosquittoSync
 import Testing
 
 /// The batched socket I/O under libmosquitto (`batchesSocketIO`, on by default): the bytes and their order must be
@@ -140,5 +143,86 @@ struct SocketBatchingTests {
             await pub.shutdown()
             await sub.shutdown()
         }
+    }
+
+    // MARK: Keeping it on only where it is proven (issue #14)
+
+    @Test("Only a tested libmosquitto version is patched: any other leaves batching off, patches nothing, and says why")
+    func versionGate() {
+        var installs = 0
+        for version in ["2.0.18", "2.0.10", "2.1.0", "1.6.9"] {
+            let decision = SocketBatching.decide(libraryVersion: version, switchSetting: nil) { installs += 1; return nil }
+            guard case .off(let reason) = decision else {
+                Issue.record("libmosquitto \(version) was given batching")
+                continue
+            }
+            #expect(reason.contains("this is \(version)") && reason.contains("2.0.11"), "\(reason)")
+        }
+        #expect(installs == 0, "libmosquitto was patched for a version batching was not tested with")
+        // The tested version is patched; the switch turns batching off before the version is even looked at.
+        #expect(SocketBatching.decide(libraryVersion: "2.0.11", switchSetting: nil) { installs += 1; return nil } == .on)
+        #expect(installs == 1)
+        #expect(SocketBatching.decide(libraryVersion: "2.0.11", switchSetting: "0") { installs += 1; return nil } != .on)
+        #expect(installs == 1)
+        // A failed installation is off, and the line gives its reason.
+        let failed = SocketBatching.decide(libraryVersion: "2.0.11", switchSetting: nil) { "a slot could not be written" }
+        #expect(failed == .off(reason: "Socket batching is off: a slot could not be written. The client uses libmosquitto's own socket I/O."))
+        // This process: on exactly when the installed libmosquitto was tested and the installation took (an untested
+        // one never reaches mosq_io_install, which then still says it was not called).
+        let installed = mosq_io_install_failure() == nil
+        #expect(SocketBatching.isAvailable == installed)
+        if !SocketBatching.testedVersions.contains(MosquittoLibrary.version) { #expect(!installed) }
+    }
+
+    @Test("When batching is off, one debug line per process says why, however many clients ask")
+    func oneLineSaysWhy() {
+        let lines = Locked<[String]>([])
+        let logger = Logger(label: "batching") { _ in CapturingLogHandler(lines: lines) }
+        let off = SocketBatching.decide(libraryVersion: "2.0.18", switchSetting: nil) { nil }
+        let process = LockedValue(false)  // what the process-wide flag is before the first client asks
+        for _ in 0..<3 { SocketBatching.announce(off, to: logger, once: process) }
+        let logged = lines.withLock { $0 }
+        #expect(logged.count == 1, "\(logged)")
+        #expect(logged.first?.hasPrefix("debug Socket batching is off: it was tested with libmosquitto 2.0.11 only, and this is 2.0.18.") == true, "\(logged)")
+        // On: nothing to say.
+        SocketBatching.announce(.on, to: logger, once: LockedValue(false))
+        #expect(lines.withLock { $0.count } == 1)
+    }
+
+    /// Runs the installation's steps again on libmosquitto's slots (over the process's own installation, with
+    /// stand-ins that behave like it, so that the other tests' clients carry on undisturbed).
+    static func rehearse(failAt slot: Int32 = -1, sabotage: Int32 = 0) -> mosq_io_install_rehearsal {
+        _ = SocketBatching.isAvailable
+        return mosq_io_rehearse_install_for_testing(slot, sabotage)
+    }
+
+    @Test("A slot that cannot be patched puts back every slot already patched, and the installation fails")
+    func rollback() throws {
+        let clean = Self.rehearse()
+        try #require(clean.failure == nil, "a rehearsal without injected failures succeeds: \(String(cString: clean.failure))")
+        #expect(clean.result == 0 && clean.restored == 1)
+        try #require(clean.slots >= 3 && clean.slots <= 6, "read, write and close have one or two slots each: \(clean.slots)")
+        for n in 0..<clean.slots {
+            let r = Self.rehearse(failAt: n)
+            #expect(r.result == -1, "slot \(n) failed, yet the installation succeeded")
+            #expect(r.patched == n, "the failure came after \(r.patched) slots, not \(n)")
+            #expect(r.restored == 1, "after a failure at slot \(n), a slot patched before it still held the stand-in")
+            #expect(r.failure.map { String(cString: $0) }?.contains("put back") == true)
+        }
+    }
+
+    @Test("The self-check refuses a patch whose slot changed under it or whose round trip misbehaves, and puts every slot back")
+    func selfCheck() throws {
+        let clean = Self.rehearse()
+        #expect(clean.result == 0 && clean.restored == 1)
+        #expect(clean.standin_calls >= 3, "the round trip goes through the patched slots: \(clean.standin_calls) calls")
+        let raced = Self.rehearse(sabotage: 1)
+        #expect(raced.result == -1, "a slot that no longer held its interceptor passed the self-check")
+        #expect(raced.restored == 1)
+        #expect(raced.failure.map { String(cString: $0) }?.contains("does not hold its interceptor") == true)
+        let corrupt = Self.rehearse(sabotage: 2)
+        #expect(corrupt.result == -1, "a read that returned wrong bytes passed the self-check")
+        #expect(corrupt.restored == 1)
+        #expect(corrupt.failure.map { String(cString: $0) }?.contains("read through the patched slot") == true)
     }
 }
