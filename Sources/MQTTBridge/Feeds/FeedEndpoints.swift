@@ -25,6 +25,9 @@ extension RouteRuntime {
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.autoRead, value: false)
+            // One socket read per read request: it is in the spool before the next read (NIO's default of four
+            // reads per request held up to 256 KiB in memory only, which kill -9 lost).
+            .childChannelOption(.maxMessagesPerRead, value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 let peer = channel.remoteAddress?.ipAddress ?? ""
@@ -102,6 +105,7 @@ extension RouteRuntime {
                 let channel = try await ClientBootstrap(group: group)
                     .connectTimeout(.seconds(5))
                     .channelOption(.autoRead, value: false)
+                    .channelOption(.maxMessagesPerRead, value: 1)  // one read in the spool before the next
                     .channelOption(.socketOption(.tcp_nodelay), value: 1)
                     .channelInitializer { channel in
                         channel.eventLoop.makeCompletedFuture {

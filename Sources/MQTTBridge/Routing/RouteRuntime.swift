@@ -104,6 +104,8 @@ final class RouteRuntime: Sendable {
     private let backlog = LockedValue(Backlog())
     /// How often a blocked spool write is retried.
     static let spoolRetryInterval: Duration = .milliseconds(250)
+    /// Records stored per append when the backlog is retried.
+    static let backlogChunk = 256
     /// How often the "still cannot write" line repeats.
     static let spoolErrorLogInterval: Duration = .seconds(30)
 
@@ -271,21 +273,29 @@ final class RouteRuntime: Sendable {
     var isSpoolBlocked: Bool { backlog.withLock { !$0.records.isEmpty } }
 
     /// Retries the backlog until the spool stores it, then lets the paused readers go on.
+    ///
+    /// The backlog is stored in chunks, oldest first, so that a backlog larger than the space the spool has at
+    /// the moment still makes progress as the broker's acknowledgements free segments.
     private func retryBacklog() async {
         guard let spool else { return }
         while true {
             try? await Task.sleep(for: Self.spoolRetryInterval)
-            enum Step { case stored([SpoolRecord], [@Sendable () -> Void], Duration, log: Bool), failed(any Error, log: Bool, waiting: Int), gone([SpoolRecord]) }
+            enum Step { case stored([SpoolRecord], [@Sendable () -> Void], Duration, log: Bool), failed([SpoolRecord], any Error, log: Bool, waiting: Int), gone([SpoolRecord]) }
             let step = backlog.withLock { b -> Step in
-                do {
-                    _ = try spool.append(b.records)
-                    let stored = b.records
-                    let waiters = b.waiters
-                    let blocked = ContinuousClock.now - (b.since ?? .now)
-                    let log = b.episodesNotLogged == 0
-                    b.reset()
-                    return .stored(stored, waiters, blocked, log: log)
-                } catch {
+                var stored: [SpoolRecord] = []
+                var failure: (any Error)?
+                while !b.records.isEmpty {
+                    let chunk = Array(b.records.prefix(Self.backlogChunk))
+                    do {
+                        _ = try spool.append(chunk)
+                        b.records.removeFirst(chunk.count)
+                        stored += chunk
+                    } catch {
+                        failure = error
+                        break
+                    }
+                }
+                if let failure {
                     if spool.isClosed || isStopping {
                         // Stopping: the paused readers are being closed, so their waiters are dropped.
                         let lost = b.records
@@ -296,8 +306,13 @@ final class RouteRuntime: Sendable {
                     let now = ContinuousClock.now
                     let log = now - (b.lastLog ?? now) >= Self.spoolErrorLogInterval
                     if log { b.lastLog = now }
-                    return .failed(error, log: log, waiting: b.records.count)
+                    return .failed(stored, failure, log: log, waiting: b.records.count)
                 }
+                let waiters = b.waiters
+                let blocked = ContinuousClock.now - (b.since ?? .now)
+                let log = b.episodesNotLogged == 0
+                b.reset()
+                return .stored(stored, waiters, blocked, log: log)
             }
             switch step {
             case .stored(let records, let waiters, let blocked, let log):
@@ -306,7 +321,11 @@ final class RouteRuntime: Sendable {
                 if log { logger.notice("Route \(config.name): the spool takes writes again after \(blocked); \(records.count) waiting frames stored, reading resumes.") }
                 for w in waiters { spool.whenSpaceAvailable(w) }
                 return
-            case .failed(let error, let log, let waiting):
+            case .failed(let records, let error, let log, let waiting):
+                if !records.isEmpty {
+                    countIn(records)
+                    doorbell.ring()
+                }
                 if log {
                     logger.error("Route \(config.name): the spool still cannot store frames (\(waiting) waiting, reading paused): \(error)")
                 }
