@@ -28,6 +28,7 @@ extension ClientCore {
     // MARK: Callback handlers (network thread)
 
     func handleConnect(rc: Int32, flags: Int32, props: OpaquePointer?) {
+        assertOnNetworkThread()
         guard rc == 0 else {
             // Reported once, where the attempt ends: thrown from connect(), or in the reconnect line and the
             // `.disconnected` event. Logging it here too made two lines of one refusal.
@@ -70,6 +71,7 @@ extension ClientCore {
     }
 
     func handleDisconnect(rc: Int32) {
+        assertOnNetworkThread()
         sessionUp = false
         // After a CONNACK that refused the connection, libmosquitto 2.0.11 ends it with MOSQ_ERR_PROTOCOL (MQTT 5)
         // or MOSQ_ERR_CONN_REFUSED (3.x): the refusal is the reason, not a protocol error.
@@ -113,6 +115,7 @@ extension ClientCore {
     }
 
     func handlePublished(mid: Int32, reason: Int32) {
+        assertOnNetworkThread()
         let id = UInt16(truncatingIfNeeded: mid)
         let r = UInt8(truncatingIfNeeded: reason)
         let (pending, release) = state.withLock { $0.publishes.published(id, reason: r) }
@@ -126,6 +129,7 @@ extension ClientCore {
     }
 
     func handleSubscribed(mid: Int32, codes: [UInt8]) {
+        assertOnNetworkThread()
         let id = UInt16(truncatingIfNeeded: mid)
         let waiter = state.withLock { s -> CoreState.SubackWaiter? in
             switch s.subacks.acknowledged(id, codes) {
@@ -152,6 +156,7 @@ extension ClientCore {
     }
 
     func handleUnsubscribed(mid: Int32) {
+        assertOnNetworkThread()
         let id = UInt16(truncatingIfNeeded: mid)
         let c = state.withLock { s -> CheckedContinuation<Void, any Error>? in
             if case .resume(let c, _) = s.unsubacks.acknowledged(id, ()) { return c }
@@ -173,6 +178,7 @@ extension ClientCore {
     }
 
     func handleMessage(_ message: MQTTMessage) {
+        assertOnNetworkThread()
         if message.qos == .exactlyOnce && qos2Deduplicator.isDuplicate(message) {
             logger.debug("Dropped a duplicate QoS 2 delivery of message \(message.messageID) on '\(message.topic)' (libmosquitto 2.0.11 re-queues a resent PUBLISH it already holds)")
             return

@@ -11,6 +11,7 @@ import Musl
 import Darwin
 #endif
 import Logging
+import Synchronization
 
 /// The one place where libmosquitto meets Swift.
 ///
@@ -59,6 +60,8 @@ final class ClientCore: @unchecked Sendable {
     var lastTopic = ""
     /// Runs tasks on the network thread (see ``MQTTClient/executor``).
     let executor = NetworkExecutor()
+    /// `pthread_self()` of the network thread while it runs (0 before and after), for ``assertOnNetworkThread()``.
+    let networkThread = Atomic<UInt>(0)
     /// When ``pollPass(wakeFD:)`` next calls `mosquitto_loop_misc` (keepalive). Network thread only.
     var nextHousekeeping = ContinuousClock.now
     /// The most packets read in one pass (see ``drainReadable()``).
@@ -199,6 +202,14 @@ final class ClientCore: @unchecked Sendable {
         }
     }
 
+    /// Debug builds stop here when network-thread-only code (the C callbacks, the poll loop and what they call)
+    /// runs on another thread; release builds compile it away.
+    @inline(__always)
+    func assertOnNetworkThread(_ function: StaticString = #function) {
+        assert(networkThread.load(ordering: .acquiring) == UInt(bitPattern: Int(bitPattern: pthread_self())),
+               "\(function) must run on the client's network thread")
+    }
+
     // MARK: Gate
 
     /// Registers a C call from a non-network thread. Returns false when the handle is closed.
@@ -270,6 +281,8 @@ final class ClientCore: @unchecked Sendable {
         defer { mosq_io_bind_thread(nil) }
         let tid = cmosquitto_thread_id()
         state.withLock { $0.networkThreadID = tid }
+        networkThread.store(UInt(bitPattern: Int(bitPattern: pthread_self())), ordering: .releasing)
+        defer { networkThread.store(0, ordering: .releasing) }
         var finalError: MQTTError?
         outer: while true {
             guard state.withLock({ $0.lifecycle.attemptStarting() }) == .connect else { break }
@@ -361,6 +374,7 @@ final class ClientCore: @unchecked Sendable {
     /// With batching (invariant 8) the byte is skipped; without it the pair fills and the writes fail with `EAGAIN`,
     /// as libmosquitto expects of a full pair, until the next `connect` replaces the pair.
     private func pollPass(wakeFD: Int32) -> Int32 {
+        assertOnNetworkThread()
         let fd = mosquitto_socket(mosq)
         if fd < 0 { return MOSQ_ERR_NO_CONN.rawValue }
         let now = ContinuousClock.now
@@ -436,6 +450,7 @@ final class ClientCore: @unchecked Sendable {
 
     /// After a shutdown request: send DISCONNECT and let libmosquitto write it before closing.
     private func finishGracefully() {
+        assertOnNetworkThread()
         let (reason, properties) = state.withLock { ($0.lifecycle.disconnectReason, $0.lifecycle.disconnectProperties) }
         // libmosquitto closes the socket as soon as DISCONNECT is written, with batching into the output buffer:
         // let that close wait for the buffer to leave.
