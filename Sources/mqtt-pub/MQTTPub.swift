@@ -1,9 +1,9 @@
-import MosquittoCLI
+import MosquittoCLICore
 
-/// `mqtt-pub`: see ``MosquittoCLI/PubCommand``.
+/// `mqtt-pub`: see `MosquittoTools` in MosquittoCLICore.
 @main
 struct MQTTPub {
     static func main() {
-        CLIRunner.main(PubCommand.self)
+        MosquittoTools.pub()
     }
 }

@@ -1,9 +1,9 @@
-import MosquittoCLI
+import MosquittoCLICore
 
-/// `mqtt-rr`: see ``MosquittoCLI/RRCommand``.
+/// `mqtt-rr`: see `MosquittoTools` in MosquittoCLICore.
 @main
 struct MQTTRR {
     static func main() {
-        CLIRunner.main(RRCommand.self)
+        MosquittoTools.rr()
     }
 }

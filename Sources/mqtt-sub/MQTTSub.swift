@@ -1,9 +1,9 @@
-import MosquittoCLI
+import MosquittoCLICore
 
-/// `mqtt-sub`: see ``MosquittoCLI/SubCommand``.
+/// `mqtt-sub`: see `MosquittoTools` in MosquittoCLICore.
 @main
 struct MQTTSub {
     static func main() {
-        CLIRunner.main(SubCommand.self)
+        MosquittoTools.sub()
     }
 }
