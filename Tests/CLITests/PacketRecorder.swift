@@ -23,14 +23,16 @@ final class PacketRecorder: @unchecked Sendable {
     var proxiedConnections: Int { served.withLock { $0 } }
     private let served = LockedValue(0)
 
-    init(forwardingTo brokerPort: Int, socks5: Bool = false) throws {
+    /// `address` is the loopback address the relay listens on (127.0.0.2 reaches the same machine under a name that
+    /// a certificate for 127.0.0.1 does not cover).
+    init(forwardingTo brokerPort: Int, socks5: Bool = false, address listenAddress: String = "127.0.0.1") throws {
         self.socks5 = socks5
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_addr.s_addr = inet_addr(listenAddress)
         address.sin_port = 0
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
@@ -147,9 +149,11 @@ final class PacketRecorder: @unchecked Sendable {
 
 /// One MQTT 5 control packet as sent, with the properties of the packets the tests look at decoded.
 struct MQTTPacket {
-    /// The packet type (1 CONNECT, 8 SUBSCRIBE, 10 UNSUBSCRIBE, 14 DISCONNECT, …).
+    /// The packet type (1 CONNECT, 3 PUBLISH, 8 SUBSCRIBE, 10 UNSUBSCRIBE, 14 DISCONNECT, …).
     var type: UInt8
     var body: [UInt8]
+    /// The low four bits of the first byte (PUBLISH: DUP, QoS, RETAIN).
+    var flags: UInt8 = 0
 
     /// Splits a byte stream into packets (fixed header and remaining length); a trailing partial packet is left out.
     static func split(_ bytes: [UInt8]) -> [MQTTPacket] {
@@ -165,16 +169,20 @@ struct MQTTPacket {
                 if bytes[j - 1] & 0x80 == 0 { break }
             }
             guard j + length <= bytes.count else { break }
-            out.append(MQTTPacket(type: type, body: Array(bytes[j..<(j + length)])))
+            out.append(MQTTPacket(type: type, body: Array(bytes[j..<(j + length)]), flags: bytes[i] & 0x0F))
             i = j + length
         }
         return out
     }
 
-    /// The MQTT 5 property block of CONNECT, SUBSCRIBE, UNSUBSCRIBE and DISCONNECT, as (identifier, raw value).
+    /// The MQTT 5 property block of CONNECT, PUBLISH, SUBSCRIBE, UNSUBSCRIBE and DISCONNECT, as (identifier, raw
+    /// value), in the order sent.
     var properties: [(UInt8, [UInt8])] {
         var i: Int
         switch type {
+        case 3:  // topic name, then the packet identifier at QoS 1 and 2
+            guard body.count > 2 else { return [] }
+            i = 2 + (Int(body[0]) << 8 | Int(body[1])) + ((flags >> 1) & 3 > 0 ? 2 : 0)
         case 1:  // protocol name, level, flags, keepalive
             guard body.count > 2 else { return [] }
             let nameLength = Int(body[0]) << 8 | Int(body[1])

@@ -155,10 +155,8 @@ struct PropertyTests {
             let theirs = try await run(mosquittoTool("mosquitto_pub")!, args)
             #expect(ours.status != 0)
             #expect(ours.status == theirs.status, "ours: \(ours)\ntheirs: \(theirs)")
-            // mosquitto_pub adds a second, misleading line ("A network protocol error occurred…"); ours stops at the
-            // broker's reason.
-            #expect(ours.stderr == "Connection error: Bad authentication method\n", "\(ours)")
-            #expect(theirs.stderr.hasPrefix(ours.stderr), "theirs: \(theirs)")
+            #expect(ours.stderr.hasPrefix("Connection error: Bad authentication method\n"), "\(ours)")
+            #expect(ours.stderr == theirs.stderr, "ours: \(ours)\ntheirs: \(theirs)")
         }
     }
 
@@ -173,7 +171,7 @@ struct PropertyTests {
         }
     }
 
-    @Test("%j lists MQTT 5 properties in the order they arrived, as mosquitto_sub does")
+    @Test("%j lists MQTT 5 properties in the order they arrived, as mosquitto_sub does (user properties as 2.1 prints them)")
     func jsonPropertyOrder() async throws {
         try await withBroker { broker in
             let tag = UUID().uuidString.prefix(6)
@@ -195,8 +193,10 @@ struct PropertyTests {
                 #expect(r.status == 0, "\(r)")
                 outs.append(normalisedTimestamps(r.stdout))
             }
-            #expect(outs[0] == outs[1], "ours:   \(outs[0])\ntheirs: \(outs[1])")
-            #expect(outs[0].contains(#""properties":{"user-properties":{"a":"b","c":"d"},"content-type""#), "\(outs[0])")
+            // The same order; the user properties in 2.1's form, an array of one-pair objects (2.0.11 folds them into
+            // one object, which loses a repeated name).
+            #expect(outs[0].contains(#""properties":{"user-properties":[{"a":"b"},{"c":"d"}],"content-type":"text/plain","correlation-data":"cd","response-topic":"r/t","payload-format-indicator":1}"#), "\(outs[0])")
+            #expect(outs[1].contains(#""properties":{"user-properties":{"a":"b","c":"d"},"content-type":"text/plain","correlation-data":"cd","response-topic":"r/t","payload-format-indicator":1}"#), "\(outs[1])")
         }
     }
 }

@@ -74,13 +74,15 @@ final class Child: @unchecked Sendable {
     let directory: String
     private let lock = LockedValue<Int32?>(nil)
 
-    init(_ executable: String, _ arguments: [String], stdinPath: String? = nil, environment: [String: String]? = nil) throws {
+    /// With `combined`, standard output and standard error go to one file (read as `stdout`), as with `2>&1`.
+    init(_ executable: String, _ arguments: [String], stdinPath: String? = nil, environment: [String: String]? = nil,
+         combined: Bool = false) throws {
         directory = temporaryDirectory()
         var env = environment ?? ProcessInfo.processInfo.environment
         env["TZ"] = env["TZ"] ?? "UTC"
         pid = try spawnChild(
             executable, arguments, environment: env, standardInput: stdinPath ?? "/dev/null",
-            standardOutput: directory + "/stdout", standardError: directory + "/stderr"
+            standardOutput: directory + "/stdout", standardError: combined ? nil : directory + "/stderr"
         )
     }
 
@@ -162,4 +164,14 @@ func normalisedTimestamps(_ bytes: [UInt8]) -> String {
     // The remaining message expiry (86400 s when published) may have lost a second on the way to one of them.
     return s.replacingOccurrences(of: #""tst":\s*"[^"]*""#, with: #""tst":"T""#, options: .regularExpression)
         .replacingOccurrences(of: "86399", with: "86400")
+}
+
+/// This process's environment without the user's mosquitto options files (`HOME` is an empty directory, no
+/// `XDG_CONFIG_HOME`), and the directory to remove afterwards.
+func environmentWithoutOptionsFiles() -> ([String: String], String) {
+    let home = temporaryDirectory()
+    var env = ProcessInfo.processInfo.environment
+    env["HOME"] = home
+    env.removeValue(forKey: "XDG_CONFIG_HOME")
+    return (env, home)
 }

@@ -7,7 +7,7 @@ import Musl
 /// A JSON value printed byte for byte as cJSON (the library behind mosquitto_sub's `%j`/`%J`) prints it.
 ///
 /// Objects keep their key order and may repeat keys, as cJSON does.
-indirect enum CJSON: Equatable {
+indirect enum CJSON {
     case null
     case bool(Bool)
     case number(Double)
@@ -15,18 +15,6 @@ indirect enum CJSON: Equatable {
     case string([UInt8])
     case array([CJSON])
     case object([(String, CJSON)])
-
-    static func == (a: CJSON, b: CJSON) -> Bool {
-        switch (a, b) {
-        case (.null, .null): return true
-        case (.bool(let x), .bool(let y)): return x == y
-        case (.number(let x), .number(let y)): return x == y
-        case (.string(let x), .string(let y)): return x == y
-        case (.array(let x), .array(let y)): return x == y
-        case (.object(let x), .object(let y)): return x.count == y.count && zip(x, y).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
-        default: return false
-        }
-    }
 
     static func string(_ s: String) -> CJSON { .string(Array(s.utf8)) }
     static func int(_ i: Int) -> CJSON { .number(Double(i)) }

@@ -12,6 +12,9 @@ enum MessagePrinter {
     /// The characters that may separate groups of hex digits: `%.2:x`.
     static let hexSeparators: [UInt8] = Array("!\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~ ".utf8)
 
+    /// The largest field width or precision a `-F` format may ask for.
+    static let maximumWidth = 65535
+
     /// mosquitto's `check_format`: validates a `-F` format, printing mosquitto's message when it is not.
     static func checkFormat(_ format: UnsafePointer<CChar>) -> Bool {
         let f = cBytes(format)
@@ -32,8 +35,10 @@ enum MessagePrinter {
                         return false
                     }
                 }
+                var width = 0
                 while isDigit(at(i + 1)) {
                     i += 1
+                    width = min(width * 10 + Int(f[i] - 48), maximumWidth + 1)
                     if i == len - 1 {
                         errorPrintf("Error: Incomplete format specifier.\n")
                         return false
@@ -45,13 +50,22 @@ enum MessagePrinter {
                         errorPrintf("Error: Incomplete format specifier.\n")
                         return false
                     }
+                    var precision = 0
                     while isDigit(at(i + 1)) {
                         i += 1
+                        precision = min(precision * 10 + Int(f[i] - 48), maximumWidth + 1)
                         if i == len - 1 {
                             errorPrintf("Error: Incomplete format specifier.\n")
                             return false
                         }
                     }
+                    width = max(width, precision)
+                }
+                if width > maximumWidth {
+                    // mosquitto_sub overflows an int here and may then print billions of pad characters; a width
+                    // that large is a typo, not a layout.
+                    errorPrintf("Error: Format width or precision too large (at most %d).\n", Int32(maximumWidth))
+                    return false
                 }
                 if hexSeparators.contains(at(i + 1)) { i += 1 }
                 let spec = at(i + 1)
