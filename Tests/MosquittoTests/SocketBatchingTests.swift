@@ -227,4 +227,44 @@ struct SocketBatchingTests {
         #expect(corrupt.restored == 1)
         #expect(corrupt.failure.map { String(cString: $0) }?.contains("read through the patched slot") == true)
     }
+
+    @Test("Rehearsals of the installation while clients connect and exchange messages leave them batched and intact")
+    func rehearsalsLeaveClientsAlone() async throws {
+        _ = SocketBatching.isAvailable
+        let stop = Locked(false)
+        let rehearsals = Locked((count: 0, unrestored: 0))
+        // A thread of its own: a loop on the cooperative pool would starve the clients' tasks on two cores.
+        let thread = Thread {
+            var n: Int32 = 0
+            while !stop.value {
+                let r = Self.rehearse(failAt: n % 4 - 1, sabotage: n % 3)
+                rehearsals.withLock { $0.count += 1; if r.restored != 1 { $0.unrestored += 1 } }
+                n += 1
+                usleep(200)
+            }
+        }
+        thread.start()
+        defer { stop.withLock { $0 = true } }
+        try await withBroker { broker in
+            for round in 0..<4 {
+                // Each connection attaches its buffers while the rehearsals rewrite the slots; the check that the
+                // slots hold the interceptors waits for the rehearsal to put them back, instead of failing.
+                let sub = try await connected(broker)
+                let pub = try await connected(broker)
+                let topic = "batch/rehearsal/\(round)"
+                let stream = try await sub.subscribe(topic, qos: .atLeastOnce)
+                for i in 0..<100 {
+                    try await pub.publish(MQTTMessage(topic: topic, payload: Self.sized(i), qos: .atLeastOnce), completion: .enqueued)
+                }
+                let got = try await collect(stream, count: 100, timeout: .seconds(60))
+                #expect(got.map(\.payload) == (0..<100).map(Self.sized), "round \(round): \(got.count) of 100 arrived, or altered")
+                #expect((sub.core.socketIOCounters?.socketReads ?? 0) > 0, "round \(round): the subscriber's connection was not batched")
+                #expect((pub.core.socketIOCounters?.socketSends ?? 0) > 0, "round \(round): the publisher's connection was not batched")
+                await pub.shutdown()
+                await sub.shutdown()
+            }
+        }
+        let done = rehearsals.value
+        #expect(done.count > 0 && done.unrestored == 0, "\(done.count) rehearsals, \(done.unrestored) left a slot changed")
+    }
 }
