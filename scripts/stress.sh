@@ -86,16 +86,30 @@ stop_hogs() {
     done
     hog_pids=()
 }
+# The running stage and everything under it (swift test starts the test process in a process group of its own,
+# which then starts brokers and CLIs): ended by process id, leaves first, when the script is interrupted.
+stage_pid=""
+kill_tree() {
+    local child
+    for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
+    kill "$1" 2>/dev/null || true
+}
 trap stop_hogs EXIT
-trap 'stop_hogs; echo "stress: interrupted" >&2; exit 130' INT TERM
+trap '[ -n "$stage_pid" ] && kill_tree "$stage_pid"; stop_hogs; echo "stress: interrupted" >&2; exit 130' INT TERM
 
-# One stage of one run; its output goes to its log file. Returns swift test's status.
+# One stage of one run; its output goes to its log file. Returns swift test's status. Runs in the background so
+# that an interrupt reaches the trap at once.
 run_stage() {
-    local stage="$1" log="$2"
+    local stage="$1" log="$2" status
     case "$stage" in
-        normal) bash scripts/test.sh "${test_args[@]+"${test_args[@]}"}" >"$log" 2>&1 ;;
-        thread) bash scripts/sanitize.sh thread "${test_args[@]+"${test_args[@]}"}" >"$log" 2>&1 ;;
+        normal) bash scripts/test.sh "${test_args[@]+"${test_args[@]}"}" >"$log" 2>&1 & ;;
+        thread) bash scripts/sanitize.sh thread "${test_args[@]+"${test_args[@]}"}" >"$log" 2>&1 & ;;
     esac
+    stage_pid=$!
+    status=0
+    wait "$stage_pid" || status=$?
+    stage_pid=""
+    return "$status"
 }
 
 # The failures of a stage's log: the summary scripts/bootstrap.sh's swift_test prints, else the last lines.
@@ -158,5 +172,7 @@ for ((run = 1; run <= runs; run++)); do
 done
 stop_hogs
 total=$((SECONDS - total_start))
-echo "stress: $passed of $done_runs loaded runs passed ($hogs hog(s); $total s in all, $((total / done_runs)) s per run; logs in $logs)"
+stopped=""
+if [ "$done_runs" -lt "$runs" ]; then stopped="stopped at the first failure, $runs planned; "; fi
+echo "stress: $passed of $done_runs loaded runs passed (${stopped}$hogs hog(s); $total s in all, $((total / done_runs)) s per run; logs in $logs)"
 [ "$passed" = "$done_runs" ] && [ "$done_runs" = "$runs" ]
