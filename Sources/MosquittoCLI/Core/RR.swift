@@ -123,6 +123,10 @@ final class RRSession: Session {
     }
 
     static let onAlarm: @convention(c) (Int32) -> Void = { signum in
+        // A signal handler must leave errno as it found it: the interrupted code may be about to read it
+        // (ThreadSanitizer: "signal handler spoils errno", and mqtt-rr exited 66 under it).
+        let savedErrno = errno
+        defer { errno = savedErrno }
         guard signum == SIGALRM, let s = RRSession.current else { return }
         s.processMessages = false
         _ = mosquitto_disconnect_v5(s.mosq, Int32(MQTT_RC_DISCONNECT_WITH_WILL_MSG.rawValue), s.config.disconnectProperties)
