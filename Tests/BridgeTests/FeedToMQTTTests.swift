@@ -21,7 +21,7 @@ struct FeedToMQTTTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("feeds/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("feeds/#", qos: .atLeastOnce, buffer: .recorder))
             let config = bridgeConfig(broker, spool: dir, routes: [try serverRoute("lines", topic: "feeds/{feed}/{field:0}")])
             try await withBridge(config) { bridge in
                 let port = try #require(bridge.port(ofRoute: "lines"))
@@ -60,7 +60,7 @@ struct FeedToMQTTTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("bin/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("bin/#", qos: .atLeastOnce, buffer: .recorder))
             let routes = [try serverRoute("bin", topic: "bin/{feed}", framing: .lengthPrefixed(width: 2, byteOrder: .bigEndian), maxFrame: 512),
                           try serverRoute("txt", topic: "bin/{feed}", maxFrame: 100)]
             try await withBridge(bridgeConfig(broker, spool: dir, routes: routes)) { bridge in
@@ -104,7 +104,7 @@ struct FeedToMQTTTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("p/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("p/#", qos: .atLeastOnce, buffer: .recorder))
             try await withBridge(bridgeConfig(broker, spool: dir, routes: [try serverRoute("p", topic: "p/x")])) { bridge in
                 let port = try #require(bridge.port(ofRoute: "p"))
                 let first = try await FeedPeer.connect(port: port)
@@ -132,7 +132,7 @@ struct FeedToMQTTTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("h/#", "dlq/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("h/#", "dlq/#", qos: .atLeastOnce, buffer: .recorder))
             var route = try serverRoute("h", topic: "h/{field:0}", maxFrame: 100_000)
             route.deadLetterTopic = "dlq/h"
             try await withBridge(bridgeConfig(broker, spool: dir, routes: [route])) { bridge in

@@ -91,7 +91,7 @@ struct HardeningTests {
             var config = try ConfigParser.parse(text, base: bridgeConfig(broker, spool: dir, routes: []))
             config.spoolDirectory = dir
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("lb/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("lb/#", qos: .atLeastOnce, buffer: .recorder))
             try await withBridge(config) { bridge in
                 #expect(bridge.address(ofRoute: "t") == "127.0.0.1")
                 #expect(bridge.address(ofRoute: "u") == "127.0.0.1")
@@ -127,7 +127,7 @@ struct HardeningTests {
             let routes = [try route("tdeny", .tcpServer, allow: ["10.0.0.0/8"]), try route("tok", .tcpServer, allow: ["127.0.0.1/32", "::1"]),
                           try route("udeny", .udp, allow: ["192.168.0.0/16"]), try route("uok", .udp, allow: ["127.0.0.0/8"])]
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("al/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("al/#", qos: .atLeastOnce, buffer: .recorder))
             try await withBridge(bridgeConfig(broker, spool: dir, routes: routes)) { bridge in
                 let denied = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "tdeny")))
                 try? await denied.write(Array("never\n".utf8))
@@ -165,7 +165,7 @@ struct HardeningTests {
                                                                    maxConnections: 2),
                                            topic: try TopicTemplate("lim/x"))
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("lim/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("lim/#", qos: .atLeastOnce, buffer: .recorder))
             try await withBridge(bridgeConfig(broker, spool: dir, routes: [route])) { bridge in
                 let port = try #require(bridge.port(ofRoute: "lim"))
                 let m = bridge.metrics.route("lim")
@@ -203,7 +203,7 @@ struct HardeningTests {
                                            feed: FeedConfiguration(mode: .udp, addresses: [SocketAddressSpec(host: "127.0.0.1", port: 0)]),
                                            framing: .lf, maxFrame: 10, topic: try TopicTemplate("um/x"))
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("um/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("um/#", qos: .atLeastOnce, buffer: .recorder))
             try await withBridge(bridgeConfig(broker, spool: dir, routes: [route])) { bridge in
                 try await sendDatagrams([Array("short\n0123456789ABCDEF\nlast\n".utf8)], to: try #require(bridge.port(ofRoute: "um")))
                 let m = bridge.metrics.route("um")
@@ -232,7 +232,7 @@ struct HardeningTests {
             let routes = [RouteConfiguration(name: "idle", direction: .toMQTT, feed: feed, topic: try TopicTemplate("idle/up")),
                           RouteConfiguration(name: "idleout", direction: .toFeed, feed: feed, subscriptions: ["idle/down"])]
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("idle/up", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("idle/up", qos: .atLeastOnce, buffer: .recorder))
             try await withBridge(bridgeConfig(broker, spool: dir, routes: routes)) { bridge in
                 let m = bridge.metrics.route("idle")
                 let mo = bridge.metrics.route("idleout")
@@ -289,7 +289,7 @@ struct HardeningTests {
                                                     attributes: [.posixPermissions: 0o755])
             _ = chmod(spoolDir + "/m", 0o755)
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("mo/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("mo/#", qos: .atLeastOnce, buffer: .recorder))
             try await withBridge(bridgeConfig(broker, spool: spoolDir, routes: [try serverRoute("m", topic: "mo/x")])) { bridge in
                 let peer = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "m")))
                 try await peer.write(Array((0..<100).map { "m\($0)\n" }.joined().utf8))
@@ -324,7 +324,7 @@ struct HardeningTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("ok/#", "no/#", "dlq/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("ok/#", "no/#", "dlq/#", qos: .atLeastOnce, buffer: .recorder))
             var route = try serverRoute("acl", topic: "{field:0}/x")
             route.deadLetterTopic = "dlq/acl"
             try await withBridge(bridgeConfig(broker, spool: dir, routes: [route])) { bridge in
@@ -381,7 +381,7 @@ struct HardeningTests {
             qos 1
             """, to: configFile)
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("churn/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("churn/#", qos: .atLeastOnce, buffer: .recorder))
             // A separate process, so that other suites running in this one do not move the figures.
             let child = try Child(executable, ["--config", configFile, "--log-level", "warning"], output: dir + "/bridge.log")
             defer {

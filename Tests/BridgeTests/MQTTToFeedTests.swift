@@ -112,7 +112,7 @@ struct MQTTToFeedTests {
                 let peer = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "loop")))
                 #expect(await eventually { bridge.metrics.route("loop").isSubscribed && bridge.metrics.route("loop").openConnectionCount == 1 })
                 let sub = try await connected(broker)
-                let recorder = Recorder(try await sub.subscribe("loop/feed"))
+                let recorder = Recorder(try await sub.subscribe("loop/feed", buffer: .recorder))
                 try await peer.write(Array("from-feed-1\nfrom-feed-2\n".utf8))
                 #expect(await eventually { recorder.count == 2 })
                 let pub = try await connected(broker)
@@ -160,7 +160,7 @@ struct OtherFeedTests {
                                         udpTargets: [SocketAddressSpec(host: "127.0.0.1", port: sinkPort)]),
                 framing: .raw, topic: try TopicTemplate("udp/in/{peer}"), subscriptions: ["udp/out"])
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("udp/in/#"))
+            let recorder = Recorder(try await sub.subscribe("udp/in/#", buffer: .recorder))
             try await withBridge(bridgeConfig(broker, spool: dir, routes: [route])) { bridge in
                 let port = try #require(bridge.port(ofRoute: "udp"))
                 let sender = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
@@ -211,7 +211,7 @@ struct OtherFeedTests {
                 topic: try TopicTemplate("dial/{feed}"))
             route.qos = .atLeastOnce
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("dial/#"))
+            let recorder = Recorder(try await sub.subscribe("dial/#", buffer: .recorder))
             try await withBridge(bridgeConfig(broker, spool: dir, routes: [route])) { bridge in
                 #expect(await eventually { recorder.count >= 1500 })
                 let expected = (1...3).flatMap { b in (0..<500).map { "b\(b):\($0)" } }
@@ -258,8 +258,8 @@ struct OtherFeedTests {
             var config = bridgeConfig(broker, spool: dir, routes: [try serverRoute("m", topic: "m/x")])
             config.metricsAddress = SocketAddressSpec(host: "127.0.0.1", port: 0)
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("m/x"))
-            let state = Recorder(try await sub.subscribe(config.statePrefix + "/state"))
+            let recorder = Recorder(try await sub.subscribe("m/x", buffer: .recorder))
+            let state = Recorder(try await sub.subscribe(config.statePrefix + "/state", buffer: .recorder))
             try await withBridge(config) { bridge in
                 let http = try #require(bridge.metricsPort)
                 #expect(await eventually { bridge.isReady })

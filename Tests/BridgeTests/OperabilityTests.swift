@@ -303,7 +303,7 @@ struct OperabilityTests {
             watcherConfig.credentials = .init(username: "watcher", password: "w")
             let watcher = try MQTTClient(configuration: watcherConfig)
             try await watcher.connect()
-            let recorder = Recorder(try await watcher.subscribe("op/rot", qos: .atLeastOnce))
+            let recorder = Recorder(try await watcher.subscribe("op/rot", qos: .atLeastOnce, buffer: .recorder))
 
             let capture = OpLogCapture()
             let config = opConfig(port: broker.port, spool: dir, routes: [opServerRoute("feed", topic: "op/rot")], capture: capture,
@@ -546,7 +546,7 @@ struct OperabilityTests {
             subConfig.keepAlive = 60
             let sub = try MQTTClient(configuration: subConfig)
             try await sub.connect()
-            let recorder = Recorder(try await sub.subscribe("op/stall", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("op/stall", qos: .atLeastOnce, buffer: .recorder))
             var config = opConfig(port: broker.port, spool: dir, routes: [opServerRoute("stall", topic: "op/stall")], capture: capture)
             // Long enough that the hung broker is not taken for a lost connection during the test.
             config.mqtt.keepAlive = 60

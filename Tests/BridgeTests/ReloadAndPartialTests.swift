@@ -16,7 +16,7 @@ struct ReloadAndPartialTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("pe/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("pe/#", qos: .atLeastOnce, buffer: .recorder))
             var route = try serverRoute("pe", topic: "pe/x")
             route.partialOnClose = .emit
             try await withBridge(bridgeConfig(broker, spool: dir, routes: [route])) { bridge in
@@ -47,7 +47,7 @@ struct ReloadAndPartialTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sub = try await connected(broker)
-            let recorder = Recorder(try await sub.subscribe("pd/#", "dlq/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("pd/#", "dlq/#", qos: .atLeastOnce, buffer: .recorder))
             var route = try serverRoute("pd", topic: "pd/x")
             route.partialOnClose = .deadletter
             route.deadLetterTopic = "dlq/pd"
@@ -82,7 +82,7 @@ struct ReloadAndPartialTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sub = try await connected(broker, id: "rl-sub", persistent: true)
-            let recorder = Recorder(try await sub.subscribe("rl/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("rl/#", qos: .atLeastOnce, buffer: .recorder))
             let before = try serverRoute("r", topic: "rl/x", framing: .lf)
             let config = bridgeConfig(broker, spool: dir, routes: [before], id: "rl-bridge")
             try await withBridge(config) { bridge in
@@ -154,7 +154,7 @@ struct ReloadAndPartialTests {
             }
             try writePrivate(config(topic: "hup/old"), to: configFile)
             let sub = try await connected(broker, id: "hup-sub", persistent: true)
-            let recorder = Recorder(try await sub.subscribe("hup/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("hup/#", qos: .atLeastOnce, buffer: .recorder))
             let child = try Child(executable, ["--config", configFile, "--log-level", "info"], output: dir + "/bridge.log")
             let up = await eventually { (try? await httpGet(port: httpPort, path: "/readyz"))?.0 == 200 }
             #expect(up, "bridge did not become ready: \((try? String(contentsOfFile: dir + "/bridge.log", encoding: .utf8)) ?? "")")

@@ -38,7 +38,7 @@ struct ResilienceTests {
             defer { try? FileManager.default.removeItem(atPath: dir) }
             // A persistent QoS 1 subscriber keeps its session across the restart.
             let sub = try await connected(broker, id: "restart-sub", persistent: true)
-            let recorder = Recorder(try await sub.subscribe("r/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("r/#", qos: .atLeastOnce, buffer: .recorder))
             let config = bridgeConfig(broker, spool: dir, routes: [try serverRoute("r", topic: "r/x")], id: "restart-bridge")
             try await withBridge(config) { bridge in
                 let peer = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "r")))
@@ -84,7 +84,7 @@ struct ResilienceTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sub = try await connected(broker, id: "q0-sub", persistent: true)
-            let recorder = Recorder(try await sub.subscribe("q0/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("q0/#", qos: .atLeastOnce, buffer: .recorder))
             var config = bridgeConfig(broker, spool: dir, routes: [try serverRoute("q0", topic: "q0/x", qos: .atMostOnce)], id: "q0-bridge")
             config.mqtt.reconnect.initialDelay = .milliseconds(1500)
             config.mqtt.reconnect.maximumDelay = .milliseconds(1500)
@@ -146,7 +146,7 @@ struct ResilienceTests {
             qos 1
             """.write(toFile: configFile, atomically: true, encoding: .utf8)
             let sub = try await connected(broker, id: "kill9-sub", persistent: true)
-            let recorder = Recorder(try await sub.subscribe("k/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("k/#", qos: .atLeastOnce, buffer: .recorder))
 
             func launch() async throws -> Child {
                 let child = try Child(executable, ["--config", configFile, "--log-level", "warning"], output: dir + "/bridge.log")

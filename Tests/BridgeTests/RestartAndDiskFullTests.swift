@@ -73,7 +73,7 @@ struct RestartAndDiskFullTests {
             arguments = ["--config", file, "--log-level", "info"]
         }
         let sub = try await connected(broker)
-        let recorder = Recorder(try await sub.subscribe("x", qos: .atLeastOnce))
+        let recorder = Recorder(try await sub.subscribe("x", qos: .atLeastOnce, buffer: .recorder))
         let log = dir + "/bridge.log"
         func logText() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
         var sent = 0
@@ -174,7 +174,7 @@ struct RestartAndDiskFullTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sub = try await connected(broker, id: "diskfull-sub", persistent: true)
-            let recorder = Recorder(try await sub.subscribe("d/#", qos: .atLeastOnce))
+            let recorder = Recorder(try await sub.subscribe("d/#", qos: .atLeastOnce, buffer: .recorder))
             try await withSmallFilesystem(at: dir + "/fs", size: "512k") {
                 await broker.stop()
                 // The default 16 MiB segments: the only segment fills the disk, so space comes back only when the

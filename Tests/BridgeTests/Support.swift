@@ -113,6 +113,14 @@ final class Locked<T: Sendable>: Sendable {
     var value: T { m.withLock { $0 } }
 }
 
+extension SubscriptionBuffer {
+    /// Room for every message a test sends: the recorders count what the bridge delivered, and with the default
+    /// buffer (4,096, then backpressure for at most 10 s, then a drop) a recorder starved of CPU under
+    /// ThreadSanitizer and load dropped message 4,097 by that documented policy, which the test then counted as
+    /// the bridge's loss.
+    static let recorder = SubscriptionBuffer(capacity: 1_000_000)
+}
+
 /// Collects every message of a subscription in the background.
 final class Recorder: Sendable {
     let messages = Locked<[MQTTMessage]>([])
