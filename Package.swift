@@ -59,7 +59,7 @@ let package = Package(
         ),
         // The engine of mqtt-pub, mqtt-sub and mqtt-rr: libmosquitto driven directly, as mosquitto's own clients
         // do, with nothing else linked (a short run starts in about the time mosquitto_pub does).
-        .target(name: "MosquittoCLICore", dependencies: ["CMosquitto"], path: "Sources/MosquittoCLI/Core"),
+        .target(name: "MosquittoCLICore", dependencies: ["CMosquitto", "CMosquittoIO"], path: "Sources/MosquittoCLI/Core"),
         // mqtt-bridge's broker options (and the older shared CLI code).
         .target(
             name: "MosquittoCLI",

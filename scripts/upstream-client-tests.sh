@@ -11,7 +11,7 @@
 #
 # Environment:
 #   CLIENTS     a directory with mqtt-pub/mqtt-sub/mqtt-rr or mosquitto_pub/mosquitto_sub/mosquitto_rr
-#               (default: a static release build in .build-cli-release-static, built unless SKIP_BUILD=1)
+#               (default: the installable build, scripts/build-cli.sh, made first unless SKIP_BUILD=1)
 #   BROKER      the broker binary (default: mosquitto on PATH, else /usr/sbin/mosquitto)
 #   PARALLEL=1  use upstream's own runner, test.py (20 tests at once, 5 retries). By default the tests run one at a
 #               time in our loop, up to 3 attempts each: with test.py, 03-publish-qos1-ws-large fills its stdout
@@ -26,14 +26,12 @@ FILTER=${2:-}
 CHECKOUT=$(cd "$CHECKOUT" && pwd)
 [ -f "$CHECKOUT/test/client/test.py" ] || { echo "no test/client/test.py under $CHECKOUT" >&2; exit 2; }
 
-SCRATCH=${SCRATCH:-.build-cli-release-static}
 if [ -z "${CLIENTS:-}" ]; then
   if [ -z "${SKIP_BUILD:-}" ]; then
-    for p in mqtt-pub mqtt-sub mqtt-rr; do
-      swift build -c release --static-swift-stdlib --scratch-path "$SCRATCH" --product "$p" >/dev/null
-    done
+    CLIENTS=$(scripts/build-cli.sh 2>/dev/null)
+  else
+    CLIENTS="$ROOT/.build-cli-release-static/release"
   fi
-  CLIENTS="$ROOT/$SCRATCH/release"
 fi
 CLIENTS=$(cd "$CLIENTS" && pwd)
 BROKER=${BROKER:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}

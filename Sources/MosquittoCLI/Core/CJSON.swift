@@ -3,11 +3,12 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CMosquitto
 
 /// A JSON value printed byte for byte as cJSON (the library behind mosquitto_sub's `%j`/`%J`) prints it.
 ///
 /// Objects keep their key order and may repeat keys, as cJSON does.
-indirect enum CJSON {
+enum CJSON {
     case null
     case bool(Bool)
     case number(Double)
@@ -16,7 +17,6 @@ indirect enum CJSON {
     case array([CJSON])
     case object([(String, CJSON)])
 
-    static func string(_ s: String) -> CJSON { .string(Array(s.utf8)) }
     static func int(_ i: Int) -> CJSON { .number(Double(i)) }
 
     /// Appends the printed value: compact (`cJSON_PrintUnformatted`) or pretty (`cJSON_Print`, tabs).
@@ -225,5 +225,93 @@ indirect enum CJSON {
                 return nil
             }
         }
+    }
+}
+
+// mosquitto's `%j`/`%J` objects live here, beside the enum: built in another file of the module, the compiler
+// reported a "circular reference" on CJSON in incremental builds (Swift 6.1).
+extension MessagePrinter {
+    /// The `%j` (`escaped`) or `%J` object of mosquitto 2.1; nil for `%J` when the payload is not JSON.
+    static func mosquittoJSON(_ m: mosquitto_message, _ properties: OpaquePointer?, escaped: Bool, clock: Clock) -> CJSON? {
+        var pairs: [(String, CJSON)] = [
+            ("tst", .string(timestamp(clock))),
+            ("topic", .string(Array(cBytes(m.topic)))),
+            ("qos", .int(Int(m.qos))),
+            ("retain", .bool(m.retain)),
+            ("payloadlen", .int(Int(m.payloadlen))),
+        ]
+        if m.qos > 0 { pairs.append(("mid", .int(Int(m.mid)))) }
+        if let properties { pairs.append(("properties", .object(jsonProperties(properties)))) }
+        if escaped {
+            pairs.append(("payload", m.payload == nil ? .null : .string(cTruncated(m.payload, Int(m.payloadlen)))))
+        } else if m.payload == nil {
+            pairs.append(("payload", .null))
+        } else {
+            guard let parsed = CJSON.parse(Array(UnsafeRawBufferPointer(start: m.payload, count: Int(m.payloadlen)))) else { return nil }
+            pairs.append(("payload", parsed))
+        }
+        return .object(pairs)
+    }
+
+    /// The message's properties in the order they arrived; user properties are one array of `{name: value}`
+    /// objects, where the first of them arrived.
+    static func jsonProperties(_ properties: OpaquePointer) -> [(String, CJSON)] {
+        var out: [(String, CJSON)] = []
+        var users: [CJSON] = []
+        var userIndex = -1
+        var p: OpaquePointer? = properties
+        while let prop = p {
+            let identifier = mosquitto_property_identifier(prop)
+            let name = String(cString: mosquitto_property_identifier_to_string(identifier))
+            var i8: UInt8 = 0
+            var i16: UInt16 = 0
+            var i32: UInt32 = 0
+            switch identifier {
+            case Int32(MQTT_PROP_PAYLOAD_FORMAT_INDICATOR.rawValue):
+                _ = mosquitto_property_read_byte(prop, identifier, &i8, false)
+                out.append((name, .int(Int(i8))))
+            case Int32(MQTT_PROP_MESSAGE_EXPIRY_INTERVAL.rawValue):
+                _ = mosquitto_property_read_int32(prop, identifier, &i32, false)
+                out.append((name, .number(Double(i32))))
+            case Int32(MQTT_PROP_CONTENT_TYPE.rawValue), Int32(MQTT_PROP_RESPONSE_TOPIC.rawValue):
+                var value: CStr?
+                _ = mosquitto_property_read_string(prop, identifier, &value, false)
+                if let value {
+                    out.append((name, .string(Array(cBytes(value)))))
+                    free(value)
+                }
+            case Int32(MQTT_PROP_CORRELATION_DATA.rawValue):
+                var value: UnsafeMutableRawPointer?
+                _ = mosquitto_property_read_binary(prop, identifier, &value, &i16, false)
+                if let value {
+                    out.append((name, .string(cTruncated(value, Int(i16)))))
+                    free(value)
+                }
+            case Int32(MQTT_PROP_SUBSCRIPTION_IDENTIFIER.rawValue):
+                _ = mosquitto_property_read_varint(prop, identifier, &i32, false)
+                out.append((name, .number(Double(i32))))
+            case Int32(MQTT_PROP_TOPIC_ALIAS.rawValue):
+                _ = mosquitto_property_read_int16(prop, identifier, &i16, false)
+                out.append((name, .int(Int(i16))))
+            case Int32(MQTT_PROP_USER_PROPERTY.rawValue):
+                var key: CStr?
+                var value: CStr?
+                _ = mosquitto_property_read_string_pair(prop, identifier, &key, &value, false)
+                if let key, let value {
+                    if userIndex < 0 {
+                        userIndex = out.count
+                        out.append(("user-properties", .array([])))
+                    }
+                    users.append(.object([(String(decoding: cBytes(key), as: UTF8.self), .string(Array(cBytes(value))))]))
+                }
+                free(key)
+                free(value)
+            default:
+                break
+            }
+            p = mosquitto_property_next(prop)
+        }
+        if userIndex >= 0 { out[userIndex] = ("user-properties", .array(users)) }
+        return out
     }
 }

@@ -15,6 +15,8 @@ final class SubSession: Session {
     var running = true
     /// `--no-reconnect`: the connection was lost and the loop was stopped.
     var lostWithoutReconnect = false
+    /// The batched loop, for plain connections when batching is available (else mosquitto_loop_forever).
+    var loop: BatchedLoop?
 
     init() { super.init(kind: .sub, defaultName: "mqtt-sub") }
 
@@ -54,8 +56,16 @@ final class SubSession: Session {
         }
         if config.timeout > 0 { alarm(config.timeout) }
 
+        if !config.messageRate && !config.usesTLS && config.socksHost == nil, let io = Batching.start() {
+            let l = BatchedLoop(mosq: m, io: io)
+            l.onSignal = { [unowned self] signal in self.act(on: signal) }
+            loop = l
+        }
+
         var rc: Int32
-        if config.messageRate {
+        if let loop {
+            rc = loop.run()
+        } else if config.messageRate {
             rc = mosquitto_loop_start(m)
             if rc != 0 { return rc }
             while running {
@@ -85,19 +95,33 @@ final class SubSession: Session {
     }
 
     /// SIGINT, SIGTERM and `-W`'s SIGALRM: a DISCONNECT with reason 4 ("disconnect with will message") once
-    /// connected, an immediate exit(-1) before, as mosquitto_sub does.
+    /// connected, an immediate exit(-1) before, as mosquitto_sub does. The batched loop acts on it between passes
+    /// (its buffers are not for a signal handler to touch); otherwise the handler disconnects, as mosquitto_sub's.
     static let onSignal: @convention(c) (Int32) -> Void = { signum in
         guard let s = SubSession.current else { exit(-1) }
-        if signum == SIGALRM || signum == SIGTERM || signum == SIGINT {
-            if s.connackReceived {
-                s.processMessages = false
-                _ = mosquitto_disconnect_v5(s.mosq, Int32(MQTT_RC_DISCONNECT_WITH_WILL_MSG.rawValue), s.config.disconnectProperties)
-            } else {
-                exit(-1)
-            }
-            s.running = false
+        guard signum == SIGALRM || signum == SIGTERM || signum == SIGINT else { return }
+        if !s.connackReceived { exit(-1) }
+        if s.loop != nil {
+            pendingSignal.store(signum, ordering: .relaxed)
+        } else {
+            s.act(on: signum)
         }
-        if signum == SIGALRM { s.timedOut = true }
+    }
+
+    func act(on signum: Int32) {
+        processMessages = false
+        disconnect(Int32(MQTT_RC_DISCONNECT_WITH_WILL_MSG.rawValue))
+        running = false
+        if signum == SIGALRM { timedOut = true }
+    }
+
+    /// mosquitto_disconnect_v5 with the `-D disconnect` properties (through the batched loop when there is one).
+    func disconnect(_ reason: Int32 = 0) {
+        if let loop {
+            loop.disconnect(reason: reason, properties: config.disconnectProperties)
+        } else {
+            _ = mosquitto_disconnect_v5(mosq, reason, config.disconnectProperties)
+        }
     }
 
     static let onMessage: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, UnsafePointer<mosquitto_message>?, OpaquePointer?) -> Void = { mosq, obj, message, properties in
@@ -109,7 +133,7 @@ final class SubSession: Session {
         let m = message.pointee
         if config.retainedOnly && !m.retain {
             s.processMessages = false
-            if s.lastMid == 0 { _ = mosquitto_disconnect_v5(mosq, 0, config.disconnectProperties) }
+            if s.lastMid == 0 { s.disconnect() }
             return
         }
         if m.retain && config.noRetain { return }
@@ -122,12 +146,12 @@ final class SubSession: Session {
             _ = mosquitto_publish(mosq, &s.lastMid, m.topic, 0, nil, 1, true)
         }
         MessagePrinter.print(config, message, properties)
-        if ferror(cStdout) != 0 { _ = mosquitto_disconnect_v5(mosq, 0, config.disconnectProperties) }
+        if ferror(cStdout) != 0 { s.disconnect() }
         if config.messageCount > 0 {
             s.messageCount += 1
             if s.messageCount == config.messageCount {
                 s.processMessages = false
-                if s.lastMid == 0 { _ = mosquitto_disconnect_v5(mosq, 0, config.disconnectProperties) }
+                if s.lastMid == 0 { s.disconnect() }
             }
         }
     }
@@ -139,6 +163,7 @@ final class SubSession: Session {
         s.connackReceived = true
         s.connackResult = result
         if result == 0 {
+            s.loop?.connackArrived = true
             config.topics.withUnsafeBufferPointer { topics in
                 topics.withMemoryRebound(to: UnsafeMutablePointer<CChar>?.self) { list in
                     _ = mosquitto_subscribe_multiple(mosq, nil, Int32(list.count), list.baseAddress, config.qos,
@@ -150,7 +175,7 @@ final class SubSession: Session {
             }
         } else {
             config.reportConnack(result)
-            _ = mosquitto_disconnect_v5(mosq, 0, config.disconnectProperties)
+            s.disconnect()
         }
     }
 
@@ -169,10 +194,10 @@ final class SubSession: Session {
         }
         if shouldPrint { outPrintf("\n") }
         if !someAllowed {
-            _ = mosquitto_disconnect_v5(mosq, 0, config.disconnectProperties)
+            s.disconnect()
             config.errPrintf("All subscription requests were denied.\n")
         }
-        if config.exitAfterSubscribe { _ = mosquitto_disconnect_v5(mosq, 0, config.disconnectProperties) }
+        if config.exitAfterSubscribe { s.disconnect() }
     }
 
     /// `--no-reconnect`: a lost connection ends the run (exit 7) instead of libmosquitto reconnecting.
@@ -180,7 +205,9 @@ final class SubSession: Session {
         let s = session(obj)
         guard rc != 0, let mosq else { return }
         s.lostWithoutReconnect = true
-        _ = mosquitto_disconnect(mosq)  // marks the client as disconnecting: mosquitto_loop_forever returns
+        // Marks the client as disconnecting, so that the loop returns instead of reconnecting.
+        s.loop?.disconnecting = true
+        _ = mosquitto_disconnect(mosq)
     }
 }
 
