@@ -45,7 +45,7 @@ struct MQTTToFeedTests {
                 #expect(await eventually(timeout: .seconds(60)) { lines(fast.received).count >= count })
                 let fastLines = lines(fast.received)
                 #expect(fastLines.count == count)
-                #expect(fastLines.enumerated().allSatisfy { $0.element.hasPrefix("\($0.offset):") })
+                #expect(fastLines.indices.allSatisfy { fastLines[$0].hasPrefix("\($0):") })
                 // The slow reader's queue never went past its bound (plus one message).
                 #expect(m.maxQueuedBytesPerConnection <= bound + 2100)
                 #expect(m.dropped(.slowReader) > 0)

@@ -72,7 +72,7 @@ struct SpoolModelTests {
     static func record(_ seq: UInt64, size: Int, rng: inout SeededGenerator) -> SpoolRecord {
         // Distinct per record, cheap to make (a debug build fills random bytes one by one slowly).
         var payload = [UInt8](repeating: UInt8(truncatingIfNeeded: rng.next()), count: size)
-        withUnsafeBytes(of: seq.littleEndian) { for (i, b) in $0.enumerated() where i < size { payload[i] = b } }
+        withUnsafeBytes(of: seq.littleEndian) { for i in 0..<min(8, size) { payload[i] = $0[i] } }
         let topic = ["a", "b/c", "sensors/\(seq % 3)"][Int(seq % 3)]
         let qos: QoS = seq % 2 == 0 ? .atLeastOnce : .atMostOnce
         return SpoolRecord(topic: topic, payload: payload, qos: qos, flags: seq % 5 == 0 ? .retain : [])
