@@ -235,7 +235,7 @@ extension ClientCore {
 // MARK: - C callbacks: the single entry point from libmosquitto into Swift
 
 /// Calls `body` with the client whose `userdata` libmosquitto passed, without retaining it: the network thread
-/// (or, for `on_log`, the gated caller) holds a strong reference for as long as a callback can run (invariant 4).
+/// (or, for `on_log`, the gated caller) holds a strong reference for as long as a callback can run (ClientCore's "The single entry from C").
 /// A retain here is not free: the weak references that streams keep to the core give it a side table, which
 /// makes every retain and release of it take the slow path, twice per message.
 @inline(__always)

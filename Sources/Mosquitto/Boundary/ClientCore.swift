@@ -15,27 +15,28 @@ import Synchronization
 
 /// The one place where libmosquitto meets Swift.
 ///
-/// Invariants (read these before changing anything here):
-/// 1. `mosq` is created in `init` and destroyed exactly once, by `destroyHandle()`: on the network thread after it
+/// Invariants, referred to by name (read these before changing anything here; the state itself lives in the
+/// machines of `StateMachines/`, which this class runs under `state` and whose actions it performs after unlocking):
+/// - **One handle, destroyed once.** `mosq` is created in `init` and destroyed exactly once, by `destroyHandle()`: on the network thread after it
 ///    left its loop, or on the caller's thread when the network thread never started. Before destroying,
 ///    `handleClosed` is set and every other thread's C call has left the gate (`activeCalls == 0`).
-/// 2. Every libmosquitto call made from a thread other than the network thread is bracketed by
+/// - **The gate.** Every libmosquitto call made from a thread other than the network thread is bracketed by
 ///    `enterGate()`/`leaveGate()`. Callbacks run on the network thread and call C without the gate.
-/// 3. `state` is never locked across a call into libmosquitto, a continuation resume, a buffer push or a
+/// - **No lock across C.** `state` is never locked across a call into libmosquitto, a continuation resume, a buffer push or a
 ///    semaphore wait. Work is decided under the lock and carried out after it.
-/// 4. The C callbacks are the file-scope `@convention(c)` functions at the bottom; each copies what it needs out
+/// - **The single entry from C.** The C callbacks are the file-scope `@convention(c)` functions at the bottom; each copies what it needs out
 ///    of C memory before returning. `userdata` is `Unmanaged.passUnretained(self)`: valid because callbacks only
 ///    run inside `mosquitto_*` calls made by the network thread (which holds a strong reference to the core) or,
 ///    for `on_log`, inside gated calls made by a thread that holds a reference.
-/// 5. No callback setter, `loop_stop` or `destroy` is ever called from a callback. The client never uses
+/// - **Nothing re-entrant from callbacks.** No callback setter, `loop_stop` or `destroy` is ever called from a callback. The client never uses
 ///    `mosquitto_loop_start`; it owns its network thread and its reconnect loop.
-/// 6. Tasks that prefer ``executor`` run on the network thread between loop passes (and, while a subscription
+/// - **Executor jobs.** Tasks that prefer ``executor`` run on the network thread between loop passes (and, while a subscription
 ///    buffer is full, from inside `on_message`); they call libmosquitto like any other thread.
-/// 7. The network thread never calls `mosquitto_loop`, whose `pselect` cannot watch a descriptor numbered 1024 or
+/// - **Our own poll.** The network thread never calls `mosquitto_loop`, whose `pselect` cannot watch a descriptor numbered 1024 or
 ///    more: it polls the socket and the executor's wake pipe itself (``pollPass(wakeFD:)``). libmosquitto only
 ///    pokes its internal socket pair, which nothing watches, so every C call that queues a packet from another
 ///    thread is followed by `executor.wakeIfSleeping()` (in `leaveGate` and `publish`).
-/// 8. `io` (batched socket I/O, `Sources/CMosquittoIO`) is bound to the network thread for its whole life and used
+/// - **Batched socket I/O.** `io` (batched socket I/O, `Sources/CMosquittoIO`) is bound to the network thread for its whole life and used
 ///    only there: libmosquitto's reads and writes of the connection go through its buffers once CONNACK arrived
 ///    (plain TCP and Unix sockets; not TLS). The loop flushes the output buffer after every pass's reads, jobs and
 ///    writes, polls for POLLOUT while output is buffered, and does not sleep while input is buffered.
@@ -69,7 +70,7 @@ final class ClientCore: @unchecked Sendable {
     var nextHousekeeping = ContinuousClock.now
     /// The most packets read in one pass (see ``drainReadable()``).
     static let readBatch = 256
-    /// Buffers for libmosquitto's socket reads and writes (see invariant 8); nil when batching is off or
+    /// Buffers for libmosquitto's socket reads and writes (see "Batched socket I/O" above); nil when batching is off or
     /// unavailable.
     let io: OpaquePointer?
 
@@ -374,7 +375,7 @@ final class ClientCore: @unchecked Sendable {
     /// the SOCKS5 exchange and the CONNACK itself.
     ///
     /// libmosquitto writes a byte to its internal socket pair for every packet it queues, which nothing reads here.
-    /// With batching (invariant 8) the byte is skipped; without it the pair fills and the writes fail with `EAGAIN`,
+    /// With batching ("Batched socket I/O" above) the byte is skipped; without it the pair fills and the writes fail with `EAGAIN`,
     /// as libmosquitto expects of a full pair, until the next `connect` replaces the pair.
     private func pollPass(wakeFD: Int32) -> Int32 {
         assertOnNetworkThread()
@@ -388,7 +389,7 @@ final class ClientCore: @unchecked Sendable {
             let rc = mosquitto_loop_misc(mosq)
             if rc != MOSQ_ERR_SUCCESS.rawValue { return rc }
         }
-        // Order matters (see NetworkExecutor, invariant 3): declare the sleep, then look for output.
+        // Order matters (see NetworkExecutor, "Sleep first"): declare the sleep, then look for output.
         let bufferedInput = io.map { mosq_io_pending_input($0) > 0 } ?? false
         let declaredSleep = executor.prepareToSleep()
         let mayWait = declaredSleep && !closingHint.load(ordering: .sequentiallyConsistent)
@@ -426,7 +427,7 @@ final class ClientCore: @unchecked Sendable {
     }
 
     /// True when output waits for the socket: packets queued in libmosquitto, or bytes in the batching's buffer
-    /// (invariant 8).
+    /// ("Batched socket I/O" above).
     private var hasPendingOutput: Bool {
         mosquitto_want_write(mosq) || (io.map { mosq_io_pending_output($0) > 0 } ?? false)
     }

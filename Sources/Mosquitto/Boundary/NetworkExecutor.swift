@@ -14,13 +14,13 @@ import Darwin
 /// thread that read it, with no hand-over to the cooperative pool and no thread wake-up per burst.
 ///
 /// Invariants (read with ``ClientCore``'s):
-/// 1. Jobs are kept only while the network thread runs its connected poll loop (between ``beginPolling()`` and
+/// - **Never stranded.** Jobs are kept only while the network thread runs its connected poll loop (between ``beginPolling()`` and
 ///    ``endPolling()``). At any other time, and for whatever is still queued at ``endPolling()``, jobs go to the global
 ///    concurrent executor: no job is ever stranded, whatever state the client is in.
-/// 2. `state` is never held while a job runs or while the wake pipe is written.
-/// 3. The network thread sets `sleeping` (under the lock) *before* it looks for work and calls `poll`. Any thread
+/// - **No lock across a job.** `state` is never held while a job runs or while the wake pipe is written.
+/// - **Sleep first.** The network thread sets `sleeping` (under the lock) *before* it looks for work and calls `poll`. Any thread
 ///    that queues work after that (a job, or a packet for libmosquitto) sees `sleeping` and writes the pipe.
-/// 4. ``runJobs()`` and the poll bookkeeping run on the network thread only.
+/// - **Network thread only.** ``runJobs()`` and the poll bookkeeping run on the network thread only.
 final class NetworkExecutor: TaskExecutor, @unchecked Sendable {
     private struct State {
         var jobs: [UnownedJob] = []
