@@ -90,7 +90,7 @@ final class ClientCore: @unchecked Sendable {
             throw MQTTError(.invalidArgument, "Could not create the MQTT client: \(String(cString: strerror(errno))).")
         }
         self.mosq = handle
-        self.io = configuration.batchesSocketIO && SocketBatching.isAvailable ? mosq_io_create() : nil
+        self.io = configuration.batchesSocketIO && SocketBatching.isAvailable(logger: configuration.logger) ? mosq_io_create() : nil
         // On failure the object is fully initialised, so deinit runs and destroys the handle.
         try configureHandle()
         guard executor.enable() else {
