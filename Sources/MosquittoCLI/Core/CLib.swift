@@ -15,9 +15,10 @@ import CMosquitto
 /// A C string owned for the life of the process (command-line arguments, options-file words, copies).
 typealias CStr = UnsafeMutablePointer<CChar>
 
-/// glibc's `stdout` and `stderr` (Swift 6 does not let code read the C variables directly).
-nonisolated(unsafe) let cStdout: UnsafeMutablePointer<FILE> = standardStream("stdout")
-nonisolated(unsafe) let cStderr: UnsafeMutablePointer<FILE> = standardStream("stderr")
+/// glibc's `stdout` and `stderr` (Swift 6 does not let code read the C variables directly); ``MessageRendering``
+/// points them at memory streams while it renders.
+nonisolated(unsafe) var cStdout: UnsafeMutablePointer<FILE> = standardStream("stdout")
+nonisolated(unsafe) var cStderr: UnsafeMutablePointer<FILE> = standardStream("stderr")
 
 private func standardStream(_ name: String) -> UnsafeMutablePointer<FILE> {
     guard let address = dlsym(nil, name) else { return fdopen(name == "stdout" ? 1 : 2, "w")! }
