@@ -55,6 +55,8 @@ extension ClientConfig {
         if (caFile != nil || caPath != nil), let ctx = TLSContext.make(config: self) {
             _ = mosquitto_void_option(mosq, MOSQ_OPT_SSL_CTX, UnsafeMutableRawPointer(ctx))
             _ = mosquitto_int_option(mosq, MOSQ_OPT_SSL_CTX_WITH_DEFAULTS, 1)
+        } else if tlsKeylog != nil && usesTLS {
+            errPrintf("Warning: --tls-keylog needs --cafile or --capath with libmosquitto 2.0.11; no keys are logged.\n")
         }
         if caFile != nil || caPath != nil {
             let rc = mosquitto_tls_set(mosq, caFile, caPath, certFile, keyFile, nil)
