@@ -98,6 +98,9 @@ final class SubSession: Session {
     /// connected, an immediate exit(-1) before, as mosquitto_sub does. The batched loop acts on it between passes
     /// (its buffers are not for a signal handler to touch); otherwise the handler disconnects, as mosquitto_sub's.
     static let onSignal: @convention(c) (Int32) -> Void = { signum in
+        // Leave errno as the interrupted code had it (act(on:) calls libmosquitto), as mqtt-rr's handler does.
+        let savedErrno = errno
+        defer { errno = savedErrno }
         guard let s = SubSession.current else { exit(-1) }
         guard signum == SIGALRM || signum == SIGTERM || signum == SIGINT else { return }
         if !s.connackReceived { exit(-1) }
