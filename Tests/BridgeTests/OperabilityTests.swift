@@ -100,19 +100,7 @@ func withOccupiedTCPPort<T>(_ body: (Int) async throws -> T) async throws -> T {
 /// Runs a bridge that logs into `capture` for the duration of `body`; stops it gracefully afterwards.
 func opWithBridge<T: Sendable>(_ configuration: BridgeConfiguration, _ capture: OpLogCapture,
                                _ body: (BridgeService) async throws -> T) async throws -> T {
-    let bridge = BridgeService(configuration: configuration, logger: capture.logger("bridge"))
-    let task = Task { try await bridge.run() }
-    do {
-        try await bridge.waitUntilStarted()
-        let r = try await body(bridge)
-        bridge.triggerGracefulShutdown()
-        try await task.value
-        return r
-    } catch {
-        bridge.triggerGracefulShutdown()
-        _ = try? await task.value
-        throw error
-    }
+    try await withBridge(configuration, logger: capture.logger("bridge"), body)
 }
 
 /// Runs `bridge` until it returns or throws; the error, if any.

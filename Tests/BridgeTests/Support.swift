@@ -77,9 +77,9 @@ func bridgeConfig(_ broker: MosquittoBroker, spool: String, routes: [RouteConfig
 }
 
 /// Runs a bridge for the duration of `body`; stops it gracefully afterwards.
-func withBridge<T: Sendable>(_ configuration: BridgeConfiguration,
+func withBridge<T: Sendable>(_ configuration: BridgeConfiguration, logger: Logger = quietLogger("bridge"),
                              _ body: (BridgeService) async throws -> T) async throws -> T {
-    let bridge = BridgeService(configuration: configuration, logger: quietLogger("bridge"))
+    let bridge = BridgeService(configuration: configuration, logger: logger)
     let task = Task { try await bridge.run() }
     do {
         try await bridge.waitUntilStarted()

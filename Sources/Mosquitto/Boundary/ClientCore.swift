@@ -17,7 +17,7 @@ import Synchronization
 ///
 /// Invariants, referred to by name (read these before changing anything here; the state itself lives in the
 /// machines of `StateMachines/`, which this class runs under `state` and whose actions it performs after unlocking):
-/// - **One handle, destroyed once.** `mosq` is created in `init` and destroyed exactly once, by `destroyHandle()`: on the network thread after it
+/// - **One handle, destroyed once.** `mosq` is created in `init` and destroyed exactly once (`teardown`, or `shutdown` when no thread started): on the network thread after it
 ///    left its loop, or on the caller's thread when the network thread never started. Before destroying,
 ///    `handleClosed` is set and every other thread's C call has left the gate (`activeCalls == 0`).
 /// - **The gate.** Every libmosquitto call made from a thread other than the network thread is bracketed by
