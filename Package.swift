@@ -34,8 +34,9 @@ let package = Package(
             pkgConfig: "libmosquitto",
             providers: [.apt(["libmosquitto-dev"]), .brew(["mosquitto"])]
         ),
-        // A pthread-based lock that ThreadSanitizer understands, shared by every module.
-        .target(name: "MosquittoSync"),
+        // POSIX building blocks the other targets share: a pthread mutex box (LockedValue, which ThreadSanitizer
+        // understands), a detached pthread, and posix_spawn of child processes.
+        .target(name: "MosquittoPOSIX"),
         // Batched socket I/O under libmosquitto (Sources/CMosquittoIO/mosquitto_io.c says how and why).
         .target(name: "CMosquittoIO", linkerSettings: [.linkedLibrary("dl")]),
         // The client library.
@@ -44,7 +45,7 @@ let package = Package(
             dependencies: [
                 "CMosquitto",
                 "CMosquittoIO",
-                "MosquittoSync",
+                "MosquittoPOSIX",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
@@ -53,7 +54,7 @@ let package = Package(
         .target(
             name: "MosquittoBroker",
             dependencies: [
-                "MosquittoSync",
+                "MosquittoPOSIX",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -66,7 +67,7 @@ let package = Package(
             dependencies: [
                 "MosquittoCLICore",
                 "Mosquitto",
-                "MosquittoSync",
+                "MosquittoPOSIX",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -75,23 +76,35 @@ let package = Package(
         .executableTarget(name: "mqtt-pub", dependencies: ["MosquittoCLICore"]),
         .executableTarget(name: "mqtt-sub", dependencies: ["MosquittoCLICore"]),
         .executableTarget(name: "mqtt-rr", dependencies: ["MosquittoCLICore"]),
-        // The MQTT <-> TCP/UDP bridge as a library (a ServiceLifecycle Service) and its executable.
+        // The MQTT <-> TCP/UDP bridge as a library (a ServiceLifecycle Service), with no command-line code in it.
         .target(
             name: "MQTTBridge",
             dependencies: [
                 "Mosquitto",
-                "MosquittoSync",
-                "MosquittoCLI",
+                "MosquittoPOSIX",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .executableTarget(name: "mqtt-bridge", dependencies: ["MQTTBridge"]),
+        // mqtt-bridge's command line (BridgeCommand): the broker options of MosquittoCLI, the route, spool and
+        // operations flags, the signals; and the thin executable that runs it.
+        .target(
+            name: "MQTTBridgeCommand",
+            dependencies: [
+                "MQTTBridge",
+                "Mosquitto",
+                "MosquittoCLI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(name: "mqtt-bridge", dependencies: ["MQTTBridgeCommand"]),
         // The demo: a private broker, simulated telemetry and a wildcard subscriber.
         .executableTarget(
             name: "mosquitto-demo",
@@ -131,18 +144,26 @@ let package = Package(
             name: "FuzzRegressionTests",
             dependencies: ["FuzzTargets"]
         ),
+        // What every test target shares: a private broker per test, polling, a lock box, child processes, the
+        // built executables. A test target, not a product: the examples do not use it.
+        .target(
+            name: "MosquittoTestSupport",
+            dependencies: ["Mosquitto", "MosquittoBroker", "MosquittoPOSIX", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/MosquittoTestSupport"
+        ),
         .testTarget(
             name: "MosquittoTests",
-            dependencies: ["Mosquitto", "MosquittoBroker", "MosquittoSync", "CMosquitto"]
+            dependencies: ["Mosquitto", "MosquittoBroker", "MosquittoPOSIX", "MosquittoTestSupport", "CMosquitto"]
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["MosquittoCLI", "Mosquitto", "MosquittoBroker", "MosquittoSync"]
+            dependencies: ["MosquittoCLI", "Mosquitto", "MosquittoBroker", "MosquittoPOSIX", "MosquittoTestSupport"]
         ),
         .testTarget(
             name: "BridgeTests",
             dependencies: [
-                "MQTTBridge", "Mosquitto", "MosquittoBroker", "MosquittoSync",
+                "MQTTBridge", "MQTTBridgeCommand", "Mosquitto", "MosquittoBroker", "MosquittoTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
@@ -150,7 +171,7 @@ let package = Package(
         // The examples: one runnable program per messaging pattern (Examples/README.md), and their smoke tests.
         .target(
             name: "ExampleSupport",
-            dependencies: ["Mosquitto", "MosquittoBroker", "MosquittoSync", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Mosquitto", "MosquittoBroker", "MosquittoPOSIX", .product(name: "Logging", package: "swift-log")],
             path: "Examples/Support"
         ),
         .executableTarget(name: "example-telemetry", dependencies: exampleDependencies, path: "Examples/Telemetry"),
@@ -161,7 +182,7 @@ let package = Package(
         .executableTarget(name: "example-fan-in-logger", dependencies: exampleDependencies, path: "Examples/FanInLogger"),
         .executableTarget(name: "example-tcp-feed", dependencies: exampleDependencies + ["mqtt-bridge"], path: "Examples/TCPFeed"),
         .executableTarget(name: "example-udp-feed", dependencies: exampleDependencies + ["mqtt-bridge"], path: "Examples/UDPFeed"),
-        .testTarget(name: "ExampleTests", dependencies: ["MosquittoBroker"]),
+        .testTarget(name: "ExampleTests", dependencies: ["MosquittoBroker", "MosquittoTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

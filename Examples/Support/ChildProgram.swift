@@ -7,11 +7,11 @@ import Darwin
 #endif
 
 import Foundation
-import MosquittoSync
+import MosquittoPOSIX
 
 /// A program the example starts (`mqtt-bridge`, `mqtt-rr`, or the example itself in a worker role).
 ///
-/// It is started with `spawnChild` (`MosquittoSync`): an empty signal mask, default signal actions and no
+/// It is started with `spawnChild` (`MosquittoPOSIX`): an empty signal mask, default signal actions and no
 /// inherited descriptors. A program started with Foundation's `Process` from async code inherits the signal
 /// mask of a Swift concurrency thread, where SIGTERM and SIGINT are blocked, and would then ignore
 /// ``terminate(grace:)``.

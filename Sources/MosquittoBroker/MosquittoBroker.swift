@@ -1,4 +1,4 @@
-import MosquittoSync
+import MosquittoPOSIX
 #if canImport(Darwin)
 import Darwin
 #elseif canImport(Glibc)

@@ -1,4 +1,4 @@
-import MosquittoSync
+import MosquittoPOSIX
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

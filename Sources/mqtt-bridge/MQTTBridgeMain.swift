@@ -1,6 +1,6 @@
-import MQTTBridge
+import MQTTBridgeCommand
 
-/// `mqtt-bridge`: everything lives in the MQTTBridge library; see ``BridgeCommand``.
+/// `mqtt-bridge`: the command line lives in MQTTBridgeCommand (``BridgeCommand``), the bridge in MQTTBridge.
 @main
 enum MQTTBridgeMain {
     static func main() async {

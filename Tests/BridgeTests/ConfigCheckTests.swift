@@ -2,7 +2,9 @@ import ArgumentParser
 import Foundation
 import Logging
 import Mosquitto
+import MosquittoTestSupport
 import MQTTBridge
+import MQTTBridgeCommand
 import Testing
 
 #if canImport(Glibc)
@@ -19,7 +21,7 @@ private struct BridgeRun {
 /// Runs `mqtt-bridge` with `arguments`, standard output and error to files (so a large output cannot block it);
 /// fails the test if it has not ended after `timeout`.
 private func runBridge(_ arguments: [String], timeout: Duration = .seconds(20)) async throws -> BridgeRun {
-    let executable = try #require(bridgeExecutable(), "build the mqtt-bridge executable first (swift build)")
+    let executable = try #require(builtExecutable("mqtt-bridge"), "build the mqtt-bridge executable first (swift build)")
     let dir = temporaryDirectory()
     defer { try? FileManager.default.removeItem(atPath: dir) }
     FileManager.default.createFile(atPath: dir + "/out", contents: nil)

@@ -1,6 +1,7 @@
 import Foundation
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import MQTTBridge
 import NIOCore
 import NIOPosix
@@ -359,12 +360,12 @@ struct HardeningTests {
 
     @Test("10,000 feed connections opened and dropped: the mqtt-bridge process's file descriptors and resident memory end where they began")
     func connectionChurn() async throws {
-        let executable = try #require(bridgeExecutable(), "build the mqtt-bridge executable first (swift build)")
+        let executable = try #require(builtExecutable("mqtt-bridge"), "build the mqtt-bridge executable first (swift build)")
         try await withBroker { broker in
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
-            let feedPort = freePort()
-            let httpPort = freePort()
+            let feedPort = freeLoopbackPort()
+            let httpPort = freeLoopbackPort()
             let configFile = dir + "/bridge.conf"
             try writePrivate("""
             address \(broker.host):\(broker.port)
@@ -450,7 +451,7 @@ struct HardeningTests {
             #expect(recorder.count == 5250)
             #expect(Set(recorder.strings).count == 5250)
             child.signal(SIGTERM)
-            #expect(await child.wait() != nil)
+            #expect(await child.exitStatus() != nil)
             recorder.stop()
             await sub.shutdown()
         }

@@ -3,6 +3,7 @@ import Logging
 import Mosquitto
 import MosquittoBroker
 @testable import MQTTBridge
+import MosquittoTestSupport
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -82,7 +83,7 @@ func opServerRoute(_ name: String, host: String = "127.0.0.1", port: Int = 0, to
 }
 
 /// A port nothing listens on (bound and released), for a broker that is down.
-func opDeadPort() -> Int { freePort() }
+func opDeadPort() -> Int { freeLoopbackPort() }
 
 /// A TCP listener that holds `port` for the duration of `body` (as another process would).
 func withOccupiedTCPPort<T>(_ body: (Int) async throws -> T) async throws -> T {
@@ -162,13 +163,13 @@ struct OperabilityTests {
 
     @Test("mqtt-bridge with its feed port in use exits non-zero and prints the route and address, not NIO's bind text")
     func portInUseExecutable() async throws {
-        let executable = try #require(bridgeExecutable(), "build the mqtt-bridge executable first (swift build)")
+        let executable = try #require(builtExecutable("mqtt-bridge"), "build the mqtt-bridge executable first (swift build)")
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try await withOccupiedTCPPort { busy in
             let child = try Child(executable, ["-h", "127.0.0.1", "-p", "\(opDeadPort())", "--tcp-listen", "127.0.0.1:\(busy)",
                                                "--topic", "op/x", "--spool-dir", dir + "/spool"], output: dir + "/out.log")
-            let status = try #require(await child.wait())
+            let status = try #require(await child.exitStatus())
             let output = (try? String(contentsOfFile: dir + "/out.log", encoding: .utf8)) ?? ""
             #expect(status != 0, "\(output)")
             #expect(output.contains("Error: Route 'feed': cannot listen on 127.0.0.1:\(busy): address already in use (another process has this port; pick another port or stop it)"), "\(output)")
@@ -257,7 +258,7 @@ struct OperabilityTests {
 
     @Test("mqtt-bridge stopped with SIGTERM while the broker is down exits 0 and prints no error line")
     func sigtermNeverConnectedExecutable() async throws {
-        let executable = try #require(bridgeExecutable(), "build the mqtt-bridge executable first (swift build)")
+        let executable = try #require(builtExecutable("mqtt-bridge"), "build the mqtt-bridge executable first (swift build)")
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let log = dir + "/out.log"
@@ -272,7 +273,7 @@ struct OperabilityTests {
         func output() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
         #expect(await eventually { output().contains("unavailable") })
         child.signal(SIGTERM)
-        let status = try #require(await child.wait())
+        let status = try #require(await child.exitStatus())
         #expect(status == 0, "\(output())")
         #expect(!output().contains(" error "), "\(output())")
         #expect(output().contains("mqtt-bridge stopped"), "\(output())")
@@ -361,7 +362,7 @@ struct OperabilityTests {
 
     @Test("mqtt-bridge with auth_failure_limit exits non-zero after that many refusals, saying why")
     func authFailureLimitExecutable() async throws {
-        let executable = try #require(bridgeExecutable(), "build the mqtt-bridge executable first (swift build)")
+        let executable = try #require(builtExecutable("mqtt-bridge"), "build the mqtt-bridge executable first (swift build)")
         try await withBroker(.init(users: ["alice": "right"])) { broker in
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -390,7 +391,7 @@ struct OperabilityTests {
                     _ = waitpid(child.pid, nil, 0)
                 }
             }
-            let status = try #require(await child.wait(timeout: .seconds(30)))
+            let status = try #require(await child.exitStatus(timeout: .seconds(30)))
             let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
             #expect(status != 0, "\(output)")
             #expect(output.contains("refused the connection 2 times in a row"), "\(output)")

@@ -1,6 +1,7 @@
 import Foundation
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import MQTTBridge
 import Testing
 
@@ -128,12 +129,12 @@ struct ReloadAndPartialTests {
 
     @Test("SIGHUP: a running mqtt-bridge picks up a route's new topic from its file, keeps the feed connection, loses no frame")
     func sighupReload() async throws {
-        let executable = try #require(bridgeExecutable(), "build the mqtt-bridge executable first (swift build)")
+        let executable = try #require(builtExecutable("mqtt-bridge"), "build the mqtt-bridge executable first (swift build)")
         try await withBroker { broker in
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
-            let feedPort = freePort()
-            let httpPort = freePort()
+            let feedPort = freeLoopbackPort()
+            let httpPort = freeLoopbackPort()
             let configFile = dir + "/bridge.conf"
             func config(topic: String) -> String {
                 """
@@ -194,7 +195,7 @@ struct ReloadAndPartialTests {
             }
             await peer.close()
             child.signal(SIGTERM)
-            #expect(await child.wait() != nil)
+            #expect(await child.exitStatus() != nil)
             recorder.stop()
             await sub.shutdown()
         }

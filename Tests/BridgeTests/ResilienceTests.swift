@@ -1,6 +1,7 @@
 import Foundation
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import MQTTBridge
 import Testing
 
@@ -119,15 +120,15 @@ struct ResilienceTests {
 
     @Test("the bridge is killed with kill -9 mid-stream and restarted: every spooled frame arrives")
     func bridgeKill9() async throws {
-        let executable = try #require(bridgeExecutable(), "build the mqtt-bridge executable first (swift build)")
+        let executable = try #require(builtExecutable("mqtt-bridge"), "build the mqtt-bridge executable first (swift build)")
         var brokerConfig = MosquittoBroker.Configuration(persistence: true)
         brokerConfig.maxInflightMessages = 1  // slow the broker side down so the kill lands mid-publish
         brokerConfig.maxQueuedMessages = 0
         try await withBroker(brokerConfig) { broker in
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
-            let feedPort = freePort()
-            let httpPort = freePort()
+            let feedPort = freeLoopbackPort()
+            let httpPort = freeLoopbackPort()
             let configFile = dir + "/bridge.conf"
             try """
             address \(broker.host):\(broker.port)
@@ -167,7 +168,7 @@ struct ResilienceTests {
             #expect(spooled)
             let deliveredAtKill = Set(recorder.strings).count
             first.signal(SIGKILL)
-            _ = await first.wait()
+            _ = await first.exitStatus()
             await peer1.close()
             #expect(deliveredAtKill < phase1, "the kill should land while frames are still being published")
 
@@ -185,7 +186,7 @@ struct ResilienceTests {
             print("kill -9: \(total) produced, \(distinct.count) delivered, \(recorder.count - distinct.count) duplicates, \(deliveredAtKill) delivered at the kill")
             await peer2.close()
             second.signal(SIGTERM)
-            let status = await second.wait()
+            let status = await second.exitStatus()
             #expect(status != nil, "SIGTERM should stop the bridge")
             recorder.stop()
             await sub.shutdown()

@@ -1,6 +1,7 @@
 import Foundation
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import MQTTBridge
 import Testing
 
@@ -47,11 +48,11 @@ struct RestartAndDiskFullTests {
     /// Runs `mqtt-bridge` with the reproduction's flags against `broker`, stopping it with `signals` in turn; every
     /// round's 100 lines must arrive before the next stop.
     func restartRounds(broker: MosquittoBroker, extraConfig: String?, signals: [Int32]) async throws {
-        let executable = try #require(bridgeExecutable(), "build the mqtt-bridge executable first (swift build)")
+        let executable = try #require(builtExecutable("mqtt-bridge"), "build the mqtt-bridge executable first (swift build)")
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let feedPort = freePort()
-        let httpPort = freePort()
+        let feedPort = freeLoopbackPort()
+        let httpPort = freeLoopbackPort()
         var arguments = ["-h", broker.host, "-p", String(broker.port), "-i", "restart-\(UUID().uuidString.prefix(6))",
                          "--tcp-listen", "127.0.0.1:\(feedPort)", "--topic", "x", "--spool-dir", dir + "/sp",
                          "--metrics", "127.0.0.1:\(httpPort)", "--log-level", "info"]
@@ -91,7 +92,7 @@ struct RestartAndDiskFullTests {
             // Idle: every record acknowledged. Let the watermark reach the disk before a kill.
             try await Task.sleep(for: .milliseconds(200))
             child.signal(signal)
-            let status = await child.wait(timeout: .seconds(60) * testTimeScale)
+            let status = await child.exitStatus(timeout: .seconds(60) * testTimeScale)
             #expect(status != nil, "round \(round): the bridge did not stop:\n\(logText())")
             if signal == SIGTERM, let status {
                 #expect(status == 0, "round \(round): an idle bridge stops cleanly on SIGTERM (wait status \(status))")

@@ -1,5 +1,6 @@
 import Foundation
 import Mosquitto
+import MosquittoTestSupport
 import MQTTBridge
 import Testing
 

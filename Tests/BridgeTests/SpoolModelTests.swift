@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Mosquitto
+import MosquittoTestSupport
 import Testing
 import MQTTBridge
 

@@ -1,8 +1,8 @@
-import MosquittoSync
 import Foundation
 import Logging
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import MQTTBridge
 import NIOCore
 import NIOPosix
@@ -12,33 +12,6 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Starts a private broker for the duration of `body`, and always shuts it down.
-func withBroker<T>(_ configuration: MosquittoBroker.Configuration = .init(),
-                   _ body: (MosquittoBroker) async throws -> T) async throws -> T {
-    // mosquitto drops QoS 1/2 messages beyond max_queued_messages (1000 by default) for a subscriber that falls
-    // behind, which a test process starved of CPU can. A million unless a test sets it, so that a count that
-    // comes up short is the toolkit's loss, not the broker's policy. (Not 0, "no limit": with 0, mosquitto 2.0.11
-    // disconnects every client whose publish its ACL refuses.)
-    var configuration = configuration
-    if configuration.maxQueuedMessages == nil { configuration.maxQueuedMessages = 1_000_000 }
-    let broker = try MosquittoBroker(configuration: configuration)
-    try await broker.start()
-    do {
-        let r = try await body(broker)
-        await broker.shutdown()
-        return r
-    } catch {
-        await broker.shutdown()
-        throw error
-    }
-}
-
-func quietLogger(_ label: String = "test") -> Logger {
-    var logger = Logger(label: label)
-    logger.logLevel = .warning
-    return logger
-}
 
 func clientConfig(_ broker: MosquittoBroker, id: String? = nil, persistent: Bool = false) -> MQTTConfiguration {
     var c = MQTTConfiguration(host: broker.host, port: broker.port, clientID: id ?? "t-\(UUID().uuidString.prefix(8))")
@@ -56,13 +29,6 @@ func connected(_ broker: MosquittoBroker, id: String? = nil, persistent: Bool = 
     let client = try MQTTClient(configuration: clientConfig(broker, id: id, persistent: persistent))
     try await client.connect()
     return client
-}
-
-/// A temporary directory, removed by `cleanup()`.
-func temporaryDirectory() -> String {
-    let path = NSTemporaryDirectory() + "bridge-test-" + UUID().uuidString.prefix(8)
-    try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    return path
 }
 
 /// A bridge configuration for one route, against `broker`.
@@ -92,25 +58,6 @@ func withBridge<T: Sendable>(_ configuration: BridgeConfiguration, logger: Logge
         _ = try? await task.value
         throw error
     }
-}
-
-/// Polls `condition` every 20 ms until it holds or `timeout` passes.
-func eventually(timeout: Duration = .seconds(15), _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout * testTimeScale
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return try await condition()
-}
-
-/// A lock-protected value that closures and tasks can share.
-final class Locked<T: Sendable>: Sendable {
-    private let m: LockedValue<T>
-    init(_ value: T) { m = LockedValue(value) }
-    @discardableResult
-    func withLock<R: Sendable>(_ body: (inout T) throws -> R) rethrows -> R { try m.withLock(body) }
-    var value: T { m.withLock { $0 } }
 }
 
 extension SubscriptionBuffer {
@@ -193,11 +140,6 @@ func lines(_ bytes: [UInt8]) -> [String] {
     return out
 }
 
-/// A free TCP port on loopback (bound then released).
-func freePort() -> Int {
-    (try? MosquittoBroker.freeLoopbackPort()) ?? 0
-}
-
 /// GET over HTTP/1.1 on loopback; returns status and body.
 func httpGet(port: Int, path: String) async throws -> (Int, String) {
     let peer = try await FeedPeer.connect(port: port)
@@ -216,45 +158,3 @@ func metricValue(_ text: String, _ name: String, route: String) -> Double? {
     }
     return nil
 }
-
-/// A child process started with `spawnChild`: an empty signal mask (Foundation's Process inherits the async thread's
-/// blocked SIGTERM) and no inherited descriptors, so that SIGTERM and SIGKILL behave as they would from a shell.
-final class Child: Sendable {
-    let pid: pid_t
-
-    init(_ path: String, _ arguments: [String], output: String) throws {
-        pid = try spawnChild(path, arguments, standardOutput: output, appendOutput: true)
-    }
-
-    func signal(_ s: Int32) { kill(pid, s) }
-
-    /// Waits for the exit (polling, so no thread blocks); returns the raw wait status or nil on timeout.
-    func wait(timeout: Duration = .seconds(15)) async -> Int32? {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid { return status }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return nil
-    }
-}
-
-/// The built `mqtt-bridge` executable next to the test bundle, if it was built.
-func bridgeExecutable() -> String? {
-    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-    var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
-    for _ in 0..<4 {
-        let candidate = dir.appendingPathComponent("mqtt-bridge").path
-        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        dir = dir.deletingLastPathComponent()
-    }
-    return nil
-}
-
-/// Sanitizer runs are 5-15x slower: scripts/sanitize.sh sets MOSQUITTO_TEST_TIME_SCALE so that waits for
-/// something to happen stretch accordingly (the conditions themselves stay as strict).
-let testTimeScale: Int = Int(ProcessInfo.processInfo.environment["MOSQUITTO_TEST_TIME_SCALE"] ?? "") ?? 1
-
-/// Set by scripts/test.sh and scripts/sanitize.sh for the tests that need a `swift test` process of their own.
-let processAlone = ProcessInfo.processInfo.environment["MOSQUITTO_PROCESS_ALONE"] == "1"

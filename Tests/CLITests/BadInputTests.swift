@@ -1,6 +1,7 @@
 import Foundation
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import Testing
 
 /// Bad command lines: one `Error:` line that says what to change, mosquitto's exit code, nothing published.

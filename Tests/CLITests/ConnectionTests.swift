@@ -1,6 +1,7 @@
 import Foundation
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import Testing
 
 /// The ways of reaching a broker (TLS, mutual TLS, TLS-PSK, a Unix socket, a bind address, a SOCKS5 proxy) and the

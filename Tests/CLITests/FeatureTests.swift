@@ -1,6 +1,7 @@
 import Foundation
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import Testing
 
 /// What the originals do not have, or do differently: secrets, JSON lines, rr, options file, exit codes.

@@ -1,6 +1,7 @@
 import Foundation
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import Testing
 
 /// `mqtt-pub -l`: every line delivered, in order, before the process exits 0.

@@ -1,5 +1,5 @@
 import Foundation
-import MosquittoSync
+import MosquittoPOSIX
 
 #if canImport(Glibc)
 import Glibc

@@ -1,6 +1,7 @@
 import Foundation
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import Testing
 
 /// `-D` for every packet mosquitto's tools accept it for, `-x` without `-c`, and `-V mqttv31`: checked on the wire

@@ -1,6 +1,7 @@
 import Foundation
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import Testing
 
 /// mqtt-pub against mosquitto_pub: a mosquitto_sub listener must see the same messages from both.

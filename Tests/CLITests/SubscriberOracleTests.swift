@@ -1,6 +1,7 @@
 import Foundation
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import Testing
 
 /// mqtt-sub against mosquitto_sub: the same messages through both must print the same bytes.

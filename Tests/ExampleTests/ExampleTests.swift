@@ -1,5 +1,6 @@
 import Foundation
 import MosquittoBroker
+import MosquittoTestSupport
 import Testing
 
 /// Smoke tests for Examples/: each runs a built example executable, as `swift run example-<name>` would, and
@@ -133,20 +134,13 @@ func runExample(_ name: String, _ arguments: [String] = [], sourceLocation: Sour
 
 /// The built example executable, which sits next to the test bundle in the build directory.
 func examplePath(_ name: String) throws -> String {
-    var candidates: [URL] = [Bundle.main.bundleURL, Bundle.main.bundleURL.deletingLastPathComponent()]
-    for b in Bundle.allBundles { candidates += [b.bundleURL, b.bundleURL.deletingLastPathComponent()] }
-    candidates.append(URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent())
-    for c in candidates {
-        let path = c.appendingPathComponent(name).path
-        if FileManager.default.isExecutableFile(atPath: path) { return path }
-    }
-    throw ExampleNotBuilt(name: name, searched: candidates.map(\.path))
+    guard let path = builtExecutable(name) else { throw ExampleNotBuilt(name: name) }
+    return path
 }
 
 struct ExampleNotBuilt: Error, CustomStringConvertible {
     var name: String
-    var searched: [String]
     var description: String {
-        "\(name) is not built (looked in \(Set(searched).sorted().joined(separator: ", "))); run `swift build --build-tests` first"
+        "\(name) is not built next to the test bundle; run `swift build --build-tests` first"
     }
 }

@@ -7,7 +7,8 @@ import Darwin
 #endif
 
 import Foundation
-import MosquittoSync
+import MosquittoPOSIX
+import MosquittoTestSupport
 import Testing
 
 /// `spawnChild` starts the CLIs, the bridge and the examples' programs in the tests and the examples.

@@ -1,6 +1,7 @@
 import Foundation
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import Testing
 
 @Suite("Client: endpoints, identities, buffers and cancellation", .timeLimit(.minutes(2)))

@@ -2,6 +2,7 @@ import CMosquitto
 import Foundation
 @testable import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import Synchronization
 import Testing
 

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 @testable import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import Testing
 
 @Suite("Hardening: limits, secrets, PSK, id exhaustion, stability", .serialized, .timeLimit(.minutes(5)))

@@ -1,8 +1,9 @@
-import MosquittoSync
+import MosquittoPOSIX
 import Foundation
 import Logging
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import Synchronization
 import Testing
 

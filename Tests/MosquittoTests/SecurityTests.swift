@@ -1,6 +1,7 @@
 import Foundation
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import Testing
 
 @Suite("Authentication, authorisation and TLS", .timeLimit(.minutes(2)))

@@ -3,7 +3,8 @@ import Foundation
 import Logging
 @testable import Mosquitto
 import MosquittoBroker
-import MosquittoSync
+import MosquittoPOSIX
+import MosquittoTestSupport
 import Testing
 
 /// The batched socket I/O under libmosquitto (`batchesSocketIO`, on by default): the bytes and their order must be

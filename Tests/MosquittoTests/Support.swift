@@ -1,22 +1,10 @@
-import MosquittoSync
 import Foundation
 import Logging
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import Synchronization
 import Testing
-
-/// Starts a private broker for the duration of `body`, and always shuts it down.
-func withBroker<T>(_ configuration: MosquittoBroker.Configuration = .init(),
-                   _ body: (MosquittoBroker) async throws -> T) async throws -> T {
-    // mosquitto drops QoS 1/2 messages beyond max_queued_messages (1000 by default) for a subscriber that falls
-    // behind, which a test process starved of CPU can. A million unless a test sets it, so that a count that
-    // comes up short is the toolkit's loss, not the broker's policy. (Not 0, "no limit": with 0, mosquitto 2.0.11
-    // disconnects every client whose publish its ACL refuses.)
-    var configuration = configuration
-    if configuration.maxQueuedMessages == nil { configuration.maxQueuedMessages = 1_000_000 }
-    return try await MosquittoBroker.with(configuration, body)
-}
 
 func config(_ broker: MosquittoBroker, id: String? = nil, version: MQTTProtocolVersion = .v5) -> MQTTConfiguration {
     var c = MQTTConfiguration(host: broker.host, port: broker.port, clientID: id ?? "t-\(UUID().uuidString.prefix(8))", protocolVersion: version)
@@ -74,16 +62,6 @@ private func collect(_ stream: MessageStream, timeout: Duration,
     return box.value
 }
 
-/// Polls `condition` every 20 ms until it holds or `timeout` passes.
-func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout * testTimeScale
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return try await condition()
-}
-
 /// Resident set size of this process in bytes (Linux /proc).
 func residentBytes() -> Int {
     guard let s = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
@@ -106,20 +84,6 @@ func threads(named name: String) -> Int {
 }
 
 func payload(_ i: Int) -> [UInt8] { Array("message-\(i)".utf8) }
-
-/// A lock-protected value that closures and tasks can share.
-final class Locked<T: Sendable>: Sendable {
-    private let m: LockedValue<T>
-    init(_ value: T) { m = LockedValue(value) }
-    @discardableResult
-    func withLock<R: Sendable>(_ body: (inout T) throws -> R) rethrows -> R { try m.withLock(body) }
-    var value: T { m.withLock { $0 } }
-}
-
-/// A free TCP port on 127.0.0.1 (bound, read back, closed).
-func freeLoopbackPort() -> Int {
-    (try? MosquittoBroker.freeLoopbackPort()) ?? 0
-}
 
 /// Open file descriptors of this process (Linux /proc).
 func openFileDescriptors() -> Int {
@@ -146,21 +110,3 @@ func tcpDescriptors(toPort port: Int) -> [Int32] {
         return Int32(name)
     }.sorted()
 }
-
-/// A log handler that keeps every line, to check what the library logs.
-struct CapturingLogHandler: LogHandler {
-    let lines: Locked<[String]>
-    var logLevel: Logger.Level = .trace
-    var metadata: Logger.Metadata = [:]
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(event: LogEvent) {
-        lines.withLock { $0.append("\(event.level) \(event.message) \(event.metadata ?? [:])") }
-    }
-}
-
-/// Sanitizer runs are 5-15x slower: scripts/sanitize.sh sets MOSQUITTO_TEST_TIME_SCALE so that waits for
-/// something to happen stretch accordingly (the conditions themselves stay as strict).
-let testTimeScale: Int = Int(ProcessInfo.processInfo.environment["MOSQUITTO_TEST_TIME_SCALE"] ?? "") ?? 1

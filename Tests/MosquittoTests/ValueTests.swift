@@ -1,5 +1,6 @@
 import Mosquitto
 import MosquittoBroker
+import MosquittoTestSupport
 import Testing
 
 /// The value types a user builds and compares, and the receive path's shortcuts (shared property storage,

@@ -9,8 +9,8 @@ public enum RouteDirection: String, Sendable, Hashable, CaseIterable {
     /// Both; the route's subscriptions use MQTT 5 no-local so its own publications do not come back.
     case both
 
-    var readsFeed: Bool { self != .toFeed }
-    var writesFeed: Bool { self != .toMQTT }
+    package var readsFeed: Bool { self != .toFeed }
+    package var writesFeed: Bool { self != .toMQTT }
 }
 
 /// A host and port.

@@ -258,7 +258,7 @@ public enum ConfigParser {
 
     /// `message` with every single-quoted part longer than `limit` characters cut to `limit` and `…`, and the
     /// whole cut to 1,000 characters: for messages from elsewhere (topic templates) that quote a value whole.
-    static func shorten(_ message: String, limit: Int = 80) -> String {
+    package static func shorten(_ message: String, limit: Int = 80) -> String {
         guard message.utf8.count > limit else { return message }
         var out = ""
         var quoted = ""

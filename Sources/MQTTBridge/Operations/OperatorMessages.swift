@@ -1,5 +1,5 @@
 import Logging
-import MosquittoSync
+import MosquittoPOSIX
 import NIOCore
 
 #if canImport(Glibc)

@@ -1,4 +1,4 @@
-import MosquittoSync
+import MosquittoPOSIX
 import Logging
 import Mosquitto
 import NIOCore

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import MosquittoSync
+import MosquittoPOSIX
 import Glibc
 #elseif canImport(Musl)
 import Musl

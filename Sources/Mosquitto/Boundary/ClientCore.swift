@@ -1,6 +1,6 @@
 import CMosquitto
 import CMosquittoIO
-import MosquittoSync
+import MosquittoPOSIX
 import DequeModule
 import Dispatch
 #if canImport(Glibc)

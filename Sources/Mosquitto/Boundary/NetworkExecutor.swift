@@ -1,4 +1,4 @@
-import MosquittoSync
+import MosquittoPOSIX
 import Synchronization
 #if canImport(Glibc)
 import Glibc

@@ -1,4 +1,4 @@
-import MosquittoSync
+import MosquittoPOSIX
 import Dispatch
 import DequeModule
 import Synchronization

@@ -7,13 +7,13 @@ import Darwin
 #endif
 
 /// Why ``spawnChild(_:_:environment:standardInput:standardOutput:standardError:appendOutput:)`` failed.
-public struct SpawnError: Error, CustomStringConvertible, Sendable {
+package struct SpawnError: Error, CustomStringConvertible, Sendable {
     /// The `errno` value that `posix_spawn` returned.
-    public let code: Int32
+    package let code: Int32
     /// The program that could not be started.
-    public let executable: String
+    package let executable: String
 
-    public var description: String {
+    package var description: String {
         "cannot start \(executable): \(String(cString: strerror(code)))"
     }
 }
@@ -39,7 +39,7 @@ public struct SpawnError: Error, CustomStringConvertible, Sendable {
 ///   - standardOutput: The file standard output goes to; created with mode 0600 if missing.
 ///   - standardError: The file standard error goes to; when `nil`, the same file as standard output.
 ///   - appendOutput: Appends to the output files instead of truncating them.
-public func spawnChild(
+package func spawnChild(
     _ executable: String,
     _ arguments: [String],
     environment: [String: String]? = nil,

@@ -17,7 +17,7 @@ import Darwin
 ///   - body: The work; the thread ends when it returns.
 /// - Returns: The `pthread_create` error number, or 0 when the thread started.
 @discardableResult
-public func startDetachedThread(stackSize: Int = 1 << 20, _ body: @escaping @Sendable () -> Void) -> Int32 {
+package func startDetachedThread(stackSize: Int = 1 << 20, _ body: @escaping @Sendable () -> Void) -> Int32 {
     final class Start {
         let body: @Sendable () -> Void
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import MQTTBridge
 import Mosquitto
 import MosquittoCLI
 import ServiceLifecycle
@@ -16,8 +17,8 @@ import UnixSignals
 /// ```
 ///
 /// SIGTERM and SIGINT drain and stop; SIGHUP reloads the configuration file. `--help` prints ``helpText``.
-public struct BridgeCommand: AsyncParsableCommand, Sendable {
-    public static let configuration = CommandConfiguration(
+package struct BridgeCommand: AsyncParsableCommand, Sendable {
+    package static let configuration = CommandConfiguration(
         commandName: "mqtt-bridge",
         abstract: "Forward between MQTT topics and TCP/UDP feeds without losing frames.",
         usage: """
@@ -40,11 +41,11 @@ public struct BridgeCommand: AsyncParsableCommand, Sendable {
     @OptionGroup(title: "Spool") var spool: SpoolOptions
     @OptionGroup(title: "Operations") var operations: OperationsOptions
 
-    public init() {}
+    package init() {}
 
     /// Runs the command line: `--help` prints ``helpText`` (grouped like `mqtt-pub`'s, with the bridge's defaults);
     /// everything else goes to the argument parser. `mqtt-bridge`'s `main`.
-    public static func runCommandLine(_ arguments: [String] = Array(CommandLine.arguments.dropFirst())) async {
+    package static func runCommandLine(_ arguments: [String] = Array(CommandLine.arguments.dropFirst())) async {
         if arguments.prefix(while: { $0 != "--" }).contains("--help") {
             print(helpText)
             Self.exit()
@@ -52,7 +53,7 @@ public struct BridgeCommand: AsyncParsableCommand, Sendable {
         await main(arguments)
     }
 
-    public mutating func run() async throws {
+    package mutating func run() async throws {
         var mutableLogger = Logger(label: "mqtt-bridge")
         mutableLogger.logLevel = try operations.resolvedLogLevel(debug: connection.debug, quiet: connection.quiet)
         let logger = mutableLogger
@@ -103,14 +104,14 @@ public struct BridgeCommand: AsyncParsableCommand, Sendable {
     }
 
     /// The route flags given on the command line, by their long names.
-    public var routeFlagsGiven: [String] { route.given }
+    package var routeFlagsGiven: [String] { route.given }
 
     /// The configuration these arguments describe: the file's (`--config`, or `file`), with the broker options,
     /// `--metrics`, `--spool-stall-timeout` and `--auth-failure-limit` as defaults its keys override and `--spool-dir`
     /// overriding `spool_dir`; or one route from the route flags.
     /// - Throws: `ValidationError` for a bad flag or route flags given with a file, ``ConfigFileError`` when the
     ///   file cannot be read, ``ConfigErrors`` for its problems, `CLIError` for bad broker options.
-    public func makeConfiguration(logger: Logger, file: String? = nil) throws -> BridgeConfiguration {
+    package func makeConfiguration(logger: Logger, file: String? = nil) throws -> BridgeConfiguration {
         var mqtt = try connection.makeConfiguration(defaultProtocol: .v5, logger: logger)
         if mqtt.clientID == nil {
             let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
@@ -308,7 +309,7 @@ extension BridgeCommand {
         """
 
     /// The `--help` text, grouped the way `mqtt-pub`'s is: broker, route, spool, operations, then examples.
-    public static let helpText = """
+    package static let helpText = """
         mqtt-bridge forwards between MQTT topics and TCP/UDP feeds. Feed to MQTT is at least once, through an on-disk
         spool that survives broker and bridge restarts; MQTT to the feed uses MQTT 5 no-local, so a route both ways
         does not echo its own publications. It publishes 1/0 on the retained topic mqtt-bridge/<client id>/state.
