@@ -13,7 +13,7 @@ import MosquittoCLI
 ///
 /// `Fuzz/run.sh TARGET SECONDS` fuzzes one target; `FuzzRegressionTests` replays every committed corpus
 /// and crash file in the normal test run.
-public enum FuzzTarget: String, CaseIterable, Sendable {
+package enum FuzzTarget: String, CaseIterable, Sendable {
     case topics
     case url
     case framing
@@ -23,7 +23,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case properties
 
     /// Runs one input through the target.
-    public func run(_ data: [UInt8]) {
+    package func run(_ data: [UInt8]) {
         switch self {
         case .topics: fuzzTopics(data)
         case .url: fuzzURL(data)

@@ -3,31 +3,31 @@
 /// The text follows mosquitto's clients: it starts with `Error:` and says what to change.
 /// When ``showsUsageHint`` is set (argument errors) the tools add mosquitto's
 /// `Use 'mqtt-pub --help' to see usage.` line after a blank line.
-public struct CLIError: Error, Sendable, Hashable, CustomStringConvertible {
+package struct CLIError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The message, including the `Error:` prefix.
-    public var message: String
+    package var message: String
     /// The process exit status.
-    public var exitCode: Int32
+    package var exitCode: Int32
     /// Whether the tool prints the `--help` hint after the message (argument errors do).
-    public var showsUsageHint: Bool
+    package var showsUsageHint: Bool
 
     /// Creates an error.
     /// - Parameters:
     ///   - message: the full line, for example `Error: Invalid QoS given: 3`.
     ///   - exitCode: the exit status (1 unless mosquitto uses another code).
     ///   - showsUsageHint: whether to point at `--help`.
-    public init(_ message: String, exitCode: Int32 = 1, showsUsageHint: Bool = false) {
+    package init(_ message: String, exitCode: Int32 = 1, showsUsageHint: Bool = false) {
         self.message = message
         self.exitCode = exitCode
         self.showsUsageHint = showsUsageHint
     }
 
     /// An argument error: exit code 1 and the `--help` hint, as mosquitto's clients do.
-    public static func usage(_ message: String) -> CLIError {
+    package static func usage(_ message: String) -> CLIError {
         CLIError(message, exitCode: 1, showsUsageHint: true)
     }
 
-    public var description: String { message }
+    package var description: String { message }
 }
 
 /// C's `atoi`: optional blanks and sign, then as many digits as there are; anything else is ignored.

@@ -30,107 +30,107 @@ import Mosquitto
 ///
 /// Numbers are kept as the strings the user typed and read the way mosquitto reads them (C `atoi`), so that
 /// the errors are mosquitto's (`Error: Invalid port given: 70000`). Every check throws ``CLIError``.
-public struct ConnectionOptions: ParsableArguments, Sendable {
+package struct ConnectionOptions: ParsableArguments, Sendable {
     // MARK: Where
 
     /// `-h`, `--host`: the broker host (default `localhost`).
     @Option(name: [.customShort("h"), .customLong("host")], parsing: .unconditional,
             help: ArgumentHelp("Broker host name or address (default: localhost).", valueName: "host"))
-    public var host: String?
+    package var host: String?
 
     /// `-p`, `--port`: the broker port (default 1883, or 8883 with `--cafile`, `--capath` or `--psk`).
     @Option(name: [.customShort("p"), .customLong("port")], parsing: .unconditional,
             help: ArgumentHelp("Broker port (default: 1883, or 8883 for TLS).", valueName: "port"))
-    public var port: String?
+    package var port: String?
 
     /// `--unix`: connect through a Unix domain socket instead of TCP.
     @Option(name: .customLong("unix"), parsing: .unconditional,
             help: ArgumentHelp("Connect through a Unix domain socket, e.g. /tmp/mosquitto.sock.", valueName: "path"))
-    public var unixSocket: String?
+    package var unixSocket: String?
 
     /// `-L`, `--url`: `mqtt(s)://[username[:password]@]host[:port]/topic`.
     @Option(name: [.customShort("L"), .customLong("url")], parsing: .unconditional,
             help: ArgumentHelp("User, password, host, port and topic as one URL: mqtt(s)://[user[:password]@]host[:port]/topic",
                                valueName: "URL"))
-    public var url: String?
+    package var url: String?
 
     /// `-A`: the local address to bind the outgoing socket to.
     @Option(name: .customShort("A"), parsing: .unconditional,
             help: ArgumentHelp("Bind the outgoing socket to this local address.", valueName: "address"))
-    public var bindAddress: String?
+    package var bindAddress: String?
 
     /// `--nodelay`: disable Nagle's algorithm.
     @Flag(name: .customLong("nodelay"), help: "Disable Nagle's algorithm (TCP_NODELAY).")
-    public var noDelay = false
+    package var noDelay = false
 
     /// `--proxy`: a SOCKS5 proxy, `socks5h://[username[:password]@]host[:port]`.
     @Option(name: .customLong("proxy"), parsing: .unconditional,
             help: ArgumentHelp("SOCKS5 proxy: socks5h://[user[:password]@]host[:port].", valueName: "socks-url"))
-    public var proxy: String?
+    package var proxy: String?
 
     // MARK: Who
 
     /// `-i`, `--id`: the client id.
     @Option(name: [.customShort("i"), .customLong("id")], parsing: .unconditional,
             help: ArgumentHelp("Client id (default: mqtt-pub/mqtt-sub/mqtt-rr let the broker choose; mqtt-bridge uses mqtt-bridge-<host>-<route>).", valueName: "id"))
-    public var clientID: String?
+    package var clientID: String?
 
     /// `-I`, `--id-prefix`: the client id is this prefix followed by the process id.
     @Option(name: [.customShort("I"), .customLong("id-prefix")], parsing: .unconditional,
             help: ArgumentHelp("Client id = this prefix + the process id.", valueName: "prefix"))
-    public var clientIDPrefix: String?
+    package var clientIDPrefix: String?
 
     /// `-u`, `--username`.
     @Option(name: [.customShort("u"), .customLong("username")], parsing: .unconditional,
             help: ArgumentHelp("User name.", valueName: "username"))
-    public var username: String?
+    package var username: String?
 
     /// `-P`, `--pw`: the password on the command line (visible to other users in `ps`; prefer the others).
     @Option(name: [.customShort("P"), .customLong("pw")], parsing: .unconditional,
             help: ArgumentHelp("Password (visible in 'ps': prefer --password-file, --password-env or --password-prompt).",
                                valueName: "password"))
-    public var password: String?
+    package var password: String?
 
     /// `--password-file`: read the password from the first line of this file.
     @Option(name: .customLong("password-file"), parsing: .unconditional,
             help: ArgumentHelp("Read the password from the first line of this file.", valueName: "path"))
-    public var passwordFile: String?
+    package var passwordFile: String?
 
     /// `--password-env`: read the password from this environment variable.
     @Option(name: .customLong("password-env"), parsing: .unconditional,
             help: ArgumentHelp("Read the password from this environment variable.", valueName: "variable"))
-    public var passwordEnvironmentVariable: String?
+    package var passwordEnvironmentVariable: String?
 
     /// `--password-prompt`: ask for the password on the terminal (also: `-P` as the last argument).
     @Flag(name: .customLong("password-prompt"), help: "Ask for the password on the terminal, without echo.")
-    public var passwordPrompt = false
+    package var passwordPrompt = false
 
     // MARK: Session
 
     /// `-k`, `--keepalive`: seconds, 5…65535 (default 60).
     @Option(name: [.customShort("k"), .customLong("keepalive")], parsing: .unconditional,
             help: ArgumentHelp("Keepalive in seconds, 5 to 65535 (default: 60).", valueName: "seconds"))
-    public var keepalive: String?
+    package var keepalive: String?
 
     /// `-c`, `--disable-clean-session`: keep the session (needs `-i`).
     @Flag(name: [.customShort("c"), .customLong("disable-clean-session")],
           help: "Keep the session on the broker between connections (needs -i).")
-    public var disableCleanSession = false
+    package var disableCleanSession = false
 
     /// `-x`: MQTT 5 session expiry interval: 0…4294967295, or `-1`/`∞` for never.
     @Option(name: .customShort("x"), parsing: .unconditional,
             help: ArgumentHelp("MQTT 5 session expiry interval in seconds; -1 or ∞ for never.", valueName: "session-expiry"))
-    public var sessionExpiry: String?
+    package var sessionExpiry: String?
 
     /// `-V`, `--protocol-version`: `mqttv31`/`31`, `mqttv311`/`311` or `mqttv5`/`5`.
     @Option(name: [.customShort("V"), .customLong("protocol-version")], parsing: .unconditional,
             help: ArgumentHelp("MQTT version: mqttv5, mqttv311 or mqttv31 (default: mqttv311; mqtt-rr and mqtt-bridge: mqttv5).", valueName: "version"))
-    public var protocolVersion: String?
+    package var protocolVersion: String?
 
     /// `-M`: the most QoS 1/2 messages in flight (default 20).
     @Option(name: .customShort("M"), parsing: .unconditional,
             help: ArgumentHelp("Maximum QoS 1/2 messages in flight (default: 20).", valueName: "max-inflight"))
-    public var maxInflight: String?
+    package var maxInflight: String?
 
     /// `-D`, `--property`: MQTT 5 properties as `command name value` (or `command user-property key value`).
     ///
@@ -139,123 +139,123 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
     @Option(name: [.customShort("D"), .customLong("property")], parsing: .unconditionalSingleValue,
             help: ArgumentHelp("MQTT 5 property: -D <command> <name> <value>, e.g. -D publish content-type text/plain.",
                                valueName: "command name value"))
-    public var properties: [String] = []
+    package var properties: [String] = []
 
     // MARK: Will
 
     /// `--will-topic`.
     @Option(name: .customLong("will-topic"), parsing: .unconditional,
             help: ArgumentHelp("Topic of the will the broker publishes if this client dies.", valueName: "topic"))
-    public var willTopic: String?
+    package var willTopic: String?
 
     /// `--will-payload`.
     @Option(name: .customLong("will-payload"), parsing: .unconditional,
             help: ArgumentHelp("Payload of the will (default: empty).", valueName: "payload"))
-    public var willPayload: String?
+    package var willPayload: String?
 
     /// `--will-qos`.
     @Option(name: .customLong("will-qos"), parsing: .unconditional,
             help: ArgumentHelp("QoS of the will (default: 0).", valueName: "qos"))
-    public var willQoS: String?
+    package var willQoS: String?
 
     /// `--will-retain`.
     @Flag(name: .customLong("will-retain"), help: "Retain the will.")
-    public var willRetain = false
+    package var willRetain = false
 
     // MARK: TLS
 
     /// `--cafile`: trusted CA certificates (PEM); turns TLS on.
     @Option(name: .customLong("cafile"), parsing: .unconditional,
             help: ArgumentHelp("PEM file of trusted CA certificates; turns TLS on.", valueName: "file"))
-    public var caFile: String?
+    package var caFile: String?
 
     /// `--capath`: a directory of trusted CA certificates; turns TLS on.
     @Option(name: .customLong("capath"), parsing: .unconditional,
             help: ArgumentHelp("Directory of trusted CA certificates (c_rehash'ed); turns TLS on.", valueName: "dir"))
-    public var caPath: String?
+    package var caPath: String?
 
     /// `--cert`: client certificate (PEM).
     @Option(name: .customLong("cert"), parsing: .unconditional,
             help: ArgumentHelp("Client certificate (PEM); needs --key.", valueName: "file"))
-    public var certificateFile: String?
+    package var certificateFile: String?
 
     /// `--key`: client private key (PEM).
     @Option(name: .customLong("key"), parsing: .unconditional,
             help: ArgumentHelp("Client private key (PEM); needs --cert.", valueName: "file"))
-    public var keyFile: String?
+    package var keyFile: String?
 
     /// `--keyform`: `pem` or `engine`.
     @Option(name: .customLong("keyform"), parsing: .unconditional,
             help: ArgumentHelp("Key type: pem (a file) or engine (a key held by --tls-engine).", valueName: "keyform"))
-    public var keyForm: String?
+    package var keyForm: String?
 
     /// `--ciphers`: an OpenSSL cipher list.
     @Option(name: .customLong("ciphers"), parsing: .unconditional,
             help: ArgumentHelp("OpenSSL cipher list.", valueName: "ciphers"))
-    public var ciphers: String?
+    package var ciphers: String?
 
     /// `--tls-version`: `tlsv1.3`, `tlsv1.2` or `tlsv1.1`.
     @Option(name: .customLong("tls-version"), parsing: .unconditional,
             help: ArgumentHelp("tlsv1.3, tlsv1.2 or tlsv1.1.", valueName: "version"))
-    public var tlsVersion: String?
+    package var tlsVersion: String?
 
     /// `--tls-alpn`: the ALPN protocol to offer.
     @Option(name: .customLong("tls-alpn"), parsing: .unconditional,
             help: ArgumentHelp("ALPN protocol to offer.", valueName: "protocol"))
-    public var tlsALPN: String?
+    package var tlsALPN: String?
 
     /// `--tls-engine`: an OpenSSL engine, by id.
     @Option(name: .customLong("tls-engine"), parsing: .unconditional,
             help: ArgumentHelp("OpenSSL engine for TLS (for example a hardware key store).", valueName: "engine"))
-    public var tlsEngine: String?
+    package var tlsEngine: String?
 
     /// `--tls-engine-kpass-sha1`: SHA-1 of the engine key's password (40 hex digits).
     @Option(name: .customLong("tls-engine-kpass-sha1"), parsing: .unconditional,
             help: ArgumentHelp("SHA1 of the engine key password (needs --tls-engine and --keyform).", valueName: "sha1"))
-    public var tlsEngineKeyPasswordSHA1: String?
+    package var tlsEngineKeyPasswordSHA1: String?
 
     /// `--tls-use-os-certs`: trust the operating system's CA store; turns TLS on.
     @Flag(name: .customLong("tls-use-os-certs"), help: "Trust the operating system's CA certificates; turns TLS on.")
-    public var tlsUseOSCertificates = false
+    package var tlsUseOSCertificates = false
 
     /// `--insecure`: do not check the broker's host name against its certificate.
     @Flag(name: .customLong("insecure"), help: "Do not check the broker's host name against its certificate (testing only).")
-    public var insecure = false
+    package var insecure = false
 
     /// `--psk`: TLS pre-shared key in hex (no `0x`).
     @Option(name: .customLong("psk"), parsing: .unconditional,
             help: ArgumentHelp("TLS pre-shared key in hexadecimal (no 0x); needs --psk-identity.", valueName: "hex-key"))
-    public var psk: String?
+    package var psk: String?
 
     /// `--psk-identity`.
     @Option(name: .customLong("psk-identity"), parsing: .unconditional,
             help: ArgumentHelp("TLS-PSK identity.", valueName: "identity"))
-    public var pskIdentity: String?
+    package var pskIdentity: String?
 
     // MARK: Diagnostics
 
     /// `-d`, `--debug`: print libmosquitto's log lines on standard output.
     @Flag(name: [.customShort("d"), .customLong("debug")], help: "Print debug messages (libmosquitto's log) on standard output.")
-    public var debug = false
+    package var debug = false
 
     /// `--quiet`: do not print runtime errors (argument errors are still printed).
     @Flag(name: .customLong("quiet"), help: "Do not print runtime error messages.")
-    public var quiet = false
+    package var quiet = false
 
     /// Creates the defaults (everything unset).
-    public init() {}
+    package init() {}
 
     // MARK: Derived values
 
     /// The topic given in the `-L` URL, if any.
-    public func urlTopic() throws -> String? {
+    package func urlTopic() throws -> String? {
         guard let url else { return nil }
         return try BrokerURL.parse(url).topic
     }
 
     /// The MQTT version chosen with `-V`, or `defaultVersion`.
     /// - Throws: ``CLIError`` for an unknown version or for MQTT 3.1, which libmosquitto's Swift wrapper does not speak.
-    public func resolvedProtocolVersion(default defaultVersion: MQTTProtocolVersion = .v3_1_1) throws -> MQTTProtocolVersion {
+    package func resolvedProtocolVersion(default defaultVersion: MQTTProtocolVersion = .v3_1_1) throws -> MQTTProtocolVersion {
         guard let v = protocolVersion else { return defaultVersion }
         switch v {
         case "mqttv5", "5": return .v5
@@ -270,7 +270,7 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
     ///
     /// - Parameter environment: the process environment (injectable for tests).
     /// - Throws: ``CLIError`` when the file cannot be read, the variable is unset, or no terminal is available.
-    public func resolvedPassword(environment: [String: String]? = nil) throws -> String? {
+    package func resolvedPassword(environment: [String: String]? = nil) throws -> String? {
         let sources = [password != nil, passwordFile != nil, passwordEnvironmentVariable != nil, passwordPrompt].filter { $0 }.count
         if sources > 1 {
             throw CLIError.usage("Error: Give the password one way only: -P, --password-file, --password-env or --password-prompt.")
@@ -297,7 +297,7 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
     }
 
     /// Checks the combinations mosquitto checks after parsing, with mosquitto's messages.
-    public func validateCombinations() throws {
+    package func validateCombinations() throws {
         if clientID != nil && clientIDPrefix != nil {
             throw CLIError.usage("Error: -i and -I argument cannot be used together.")
         }
@@ -352,7 +352,7 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
     }
 
     /// Reads `-x`: a number 0…4294967295, `-1` or `∞` (never expires). Whole-argument parse, hex allowed, as mosquitto's `strtol(…, 0)`.
-    public static func parseSessionExpiry(_ s: String) throws -> UInt32 {
+    package static func parseSessionExpiry(_ s: String) throws -> UInt32 {
         if s == "∞" || s == "-1" { return UInt32.max }
         let value: Int64?
         if s.hasPrefix("0x") || s.hasPrefix("0X") { value = Int64(s.dropFirst(2), radix: 16) }
@@ -378,7 +378,7 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
     ///   - logger: the client's logger; by default ``makeLogger()``.
     /// - Returns: a configuration ready for `MQTTClient(configuration:)`.
     /// - Throws: ``CLIError`` with mosquitto's message and exit code 1.
-    public func makeConfiguration(defaultProtocol: MQTTProtocolVersion = .v3_1_1,
+    package func makeConfiguration(defaultProtocol: MQTTProtocolVersion = .v3_1_1,
                                   environment: [String: String]? = nil,
                                   logger: Logger? = nil) throws -> MQTTConfiguration {
         try validateCombinations()
@@ -501,7 +501,7 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
     }
 
     /// A logger that prints libmosquitto's log lines on standard output with `-d` and nothing otherwise.
-    public func makeLogger(label: String = "mqtt") -> Logger {
+    package func makeLogger(label: String = "mqtt") -> Logger {
         let debugOn = debug
         var logger = Logger(label: label) { _ in DebugLogHandler(enabled: debugOn) }
         logger.logLevel = debugOn ? .trace : .critical
@@ -513,23 +513,23 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
 ///
 /// `mqtt(s)://[username[:password]@]host[:port]/topic`: the scheme is case-insensitive, the topic is everything
 /// after the first `/`, user info is split at the first `@` and the first `:`; there is no percent-decoding.
-public struct BrokerURL: Sendable, Hashable {
+package struct BrokerURL: Sendable, Hashable {
     /// `mqtts://`.
-    public var isTLS: Bool
+    package var isTLS: Bool
     /// User name, if any.
-    public var username: String?
+    package var username: String?
     /// Password, if any.
-    public var password: String?
+    package var password: String?
     /// Host.
-    public var host: String
+    package var host: String
     /// Port (1883, or 8883 for `mqtts`, unless given).
-    public var port: Int
+    package var port: Int
     /// The topic after the first `/`.
-    public var topic: String
+    package var topic: String
 
     /// Parses a `-L` argument.
     /// - Throws: ``CLIError`` with mosquitto's messages.
-    public static func parse(_ url: String) throws -> BrokerURL {
+    package static func parse(_ url: String) throws -> BrokerURL {
         let lower = url.lowercased()
         var rest: Substring
         let tls: Bool
@@ -565,18 +565,18 @@ public struct BrokerURL: Sendable, Hashable {
 
 /// A parsed `--proxy` URL: `socks5h://[username[:password]@]host[:port]`, user and password percent-decoded
 /// (`%25`, `%3A` and, unlike mosquitto 2.0.11 which turns it into `:`, `%40` as `@`).
-public struct SOCKSURL: Sendable, Hashable {
+package struct SOCKSURL: Sendable, Hashable {
     /// Proxy host.
-    public var host: String
+    package var host: String
     /// Proxy port (default 1080).
-    public var port: Int
+    package var port: Int
     /// User name.
-    public var username: String?
+    package var username: String?
     /// Password.
-    public var password: String?
+    package var password: String?
 
     /// Parses a `--proxy` argument.
-    public static func parse(_ url: String) throws -> SOCKSURL {
+    package static func parse(_ url: String) throws -> SOCKSURL {
         guard url.hasPrefix("socks5h://") else { throw CLIError.usage("Error: Unsupported proxy protocol: \(url)") }
         var rest = Substring(url).dropFirst("socks5h://".count)
         var username: String?

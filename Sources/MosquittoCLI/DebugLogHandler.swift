@@ -10,25 +10,25 @@ import Logging
 /// print them. Other library messages are printed only at `notice` or above, prefixed with their level.
 ///
 /// Passwords and PSK keys never reach it: libmosquitto does not log them and the tools never log options.
-public struct DebugLogHandler: LogHandler {
+package struct DebugLogHandler: LogHandler {
     /// Whether anything is printed at all.
-    public var enabled: Bool
+    package var enabled: Bool
     /// The level; set by the logger.
-    public var logLevel: Logger.Level = .trace
+    package var logLevel: Logger.Level = .trace
     /// Metadata (unused).
-    public var metadata: Logger.Metadata = [:]
+    package var metadata: Logger.Metadata = [:]
 
     /// Creates a handler.
-    public init(enabled: Bool) { self.enabled = enabled }
+    package init(enabled: Bool) { self.enabled = enabled }
 
     /// Metadata access (unused).
-    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    package subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
 
     /// Prints a log line.
-    public func log(event: LogEvent) {
+    package func log(event: LogEvent) {
         guard enabled else { return }
         let text = event.message.description
         let line: String

@@ -3,9 +3,9 @@ import MosquittoCLICore
 
 /// mqtt-sub's printing of a library message: the payload, `-v`, a `-F` format or `--json`, through the same code
 /// the tool runs (``MessageRendering``), for programs and fuzzing that hold an `MQTTMessage`.
-public struct MessageFormatter: Sendable {
+package struct MessageFormatter: Sendable {
     /// How messages are printed.
-    public enum Style: Sendable, Hashable {
+    package enum Style: Sendable, Hashable {
         /// The raw payload (mosquitto_sub's default).
         case payload
         /// `topic payload` (`-v`).
@@ -17,17 +17,17 @@ public struct MessageFormatter: Sendable {
     }
 
     /// The style.
-    public let style: Style
+    package let style: Style
     /// Whether a newline follows each message (`-N` turns it off).
-    public let endOfLine: Bool
+    package let endOfLine: Bool
     /// Multi-line JSON for `%j`/`%J` (`--pretty`).
-    public let pretty: Bool
+    package let pretty: Bool
     /// A subscription identifier to report with each message (`%S`, the JSON).
-    public let subscriptionIdentifier: UInt32?
+    package let subscriptionIdentifier: UInt32?
 
     /// Creates a formatter.
     /// - Throws: ``CLIError`` for an invalid `-F` format, with mqtt-sub's message.
-    public init(style: Style, endOfLine: Bool = true, pretty: Bool = false, subscriptionIdentifier: UInt32? = nil) throws {
+    package init(style: Style, endOfLine: Bool = true, pretty: Bool = false, subscriptionIdentifier: UInt32? = nil) throws {
         if case .format(let f) = style, let error = MessageRendering.formatError(Array(f.utf8)) {
             var line = error
             while line.last == "\n" { line.removeLast() }
@@ -42,7 +42,7 @@ public struct MessageFormatter: Sendable {
     /// Appends the printed form of `message` to `out`.
     /// - Returns: what mqtt-sub would print on standard error for it (a `%J` payload that is not JSON), or nil.
     @discardableResult
-    public func append(_ message: MQTTMessage, to out: inout [UInt8]) -> String? {
+    package func append(_ message: MQTTMessage, to out: inout [UInt8]) -> String? {
         var format: [UInt8]?
         if case .format(let f) = style { format = Array(f.utf8) }
         let r = MessageRendering.render(format: format, verbose: style == .verbose, endOfLine: endOfLine, pretty: pretty,

@@ -6,33 +6,33 @@ import Mosquitto
 /// Each raw option is `command name value` or `command user-property key value`. The words are separated by
 /// U+001F (what the tools' argument reader produces from mosquitto's separate words) or, when there is none,
 /// by single spaces (for hand-written strings; the last word keeps its spaces).
-public struct PropertyOptions: Sendable, Hashable {
+package struct PropertyOptions: Sendable, Hashable {
     /// CONNECT user properties.
-    public var connectUserProperties: [UserProperty] = []
+    package var connectUserProperties: [UserProperty] = []
     /// CONNECT receive-maximum.
-    public var receiveMaximum: UInt16?
+    package var receiveMaximum: UInt16?
     /// CONNECT session-expiry-interval (like `-x`).
-    public var sessionExpiryInterval: UInt32?
+    package var sessionExpiryInterval: UInt32?
     /// PUBLISH properties (pub, rr).
-    public var publish = MessageProperties()
+    package var publish = MessageProperties()
     /// Will properties.
-    public var will = MessageProperties()
+    package var will = MessageProperties()
     /// Will delay interval.
-    public var willDelayInterval: UInt32?
+    package var willDelayInterval: UInt32?
     /// SUBSCRIBE subscription-identifier (sub, rr).
-    public var subscriptionIdentifier: UInt32?
+    package var subscriptionIdentifier: UInt32?
     /// The other CONNECT properties (maximum-packet-size, topic-alias-maximum, request-problem-information,
     /// request-response-information, authentication-method, authentication-data).
-    public var connect = ConnectProperties()
+    package var connect = ConnectProperties()
     /// SUBSCRIBE user properties (sub, rr).
-    public var subscribeUserProperties: [UserProperty] = []
+    package var subscribeUserProperties: [UserProperty] = []
     /// UNSUBSCRIBE user properties (sub).
-    public var unsubscribeUserProperties: [UserProperty] = []
+    package var unsubscribeUserProperties: [UserProperty] = []
     /// DISCONNECT properties.
-    public var disconnect = DisconnectProperties()
+    package var disconnect = DisconnectProperties()
 
     /// Creates an empty set.
-    public init() {}
+    package init() {}
 
     enum Kind { case byte, u16, u32, varint, string, binary, pair }
 
@@ -87,7 +87,7 @@ public struct PropertyOptions: Sendable, Hashable {
 
     /// Parses every `-D` option.
     /// - Throws: ``CLIError`` with mosquitto's messages (unknown command or property, not allowed, out of range, duplicate).
-    public static func parse(_ raws: [String]) throws -> PropertyOptions {
+    package static func parse(_ raws: [String]) throws -> PropertyOptions {
         var out = PropertyOptions()
         var seen = Set<String>()
         for raw in raws {

@@ -10,11 +10,11 @@ import Darwin
 /// The subscriber appends each formatted message and flushes when no further message is waiting, so a burst of
 /// messages costs one `write(2)` per 64 KiB instead of one per message, while a lone message still reaches the
 /// reader at once. A write error (for example a closed pipe) is remembered in ``failed``.
-public final class StandardOutput: Sendable {
+package final class StandardOutput: Sendable {
     /// Standard output.
-    public static let shared = StandardOutput(fileDescriptor: 1)
+    package static let shared = StandardOutput(fileDescriptor: 1)
     /// Standard error (unbuffered: every line is written at once).
-    public static let error = StandardOutput(fileDescriptor: 2)
+    package static let error = StandardOutput(fileDescriptor: 2)
 
     private struct State {
         var buffer: [UInt8] = []
@@ -23,18 +23,18 @@ public final class StandardOutput: Sendable {
     private let state = LockedValue(State())
     private let fd: Int32
     /// Bytes held before a write is forced.
-    public let threshold = 65536
+    package let threshold = 65536
 
     /// Creates a writer for `fileDescriptor`.
-    public init(fileDescriptor: Int32) {
+    package init(fileDescriptor: Int32) {
         fd = fileDescriptor
     }
 
     /// True once a write failed (the reader went away).
-    public var failed: Bool { state.withLock { $0.failed } }
+    package var failed: Bool { state.withLock { $0.failed } }
 
     /// Appends bytes; writes them out when more than ``threshold`` bytes are held.
-    public func append(_ bytes: [UInt8]) {
+    package func append(_ bytes: [UInt8]) {
         state.withLock { s in
             s.buffer.append(contentsOf: bytes)
             if s.buffer.count >= threshold { Self.drain(fd, &s) }
@@ -42,7 +42,7 @@ public final class StandardOutput: Sendable {
     }
 
     /// Appends a line and writes everything out.
-    public func writeLine(_ line: String) {
+    package func writeLine(_ line: String) {
         state.withLock { s in
             s.buffer.append(contentsOf: line.utf8)
             s.buffer.append(10)
@@ -52,7 +52,7 @@ public final class StandardOutput: Sendable {
 
     /// Writes out what is held. Returns false when the write failed.
     @discardableResult
-    public func flush() -> Bool {
+    package func flush() -> Bool {
         state.withLock { s in
             Self.drain(fd, &s)
             return !s.failed

@@ -6,7 +6,7 @@ import Musl
 import CMosquitto
 
 /// Which tool is reading its options (some options belong to one tool only).
-public enum ClientKind: Sendable {
+package enum ClientKind: Sendable {
     case pub, sub, rr
 
     /// The mosquitto client this tool stands in for; also the name of its options file.

@@ -7,9 +7,9 @@ import CMosquitto
 
 /// mqtt-sub's printing of one message, for tests and fuzzing: the bytes it would write on standard output and
 /// standard error, produced by the same code, into memory.
-public enum MessageRendering {
+package enum MessageRendering {
     /// A PUBLISH property, by MQTT 5 identifier.
-    public enum Property: Sendable, Hashable {
+    package enum Property: Sendable, Hashable {
         case byte(Int32, UInt8)
         case int16(Int32, UInt16)
         case int32(Int32, UInt32)
@@ -21,7 +21,7 @@ public enum MessageRendering {
     }
 
     /// What mqtt-sub prints for an invalid `-F` format (without the `--help` hint), or nil when it is valid.
-    public static func formatError(_ format: [UInt8]) -> String? {
+    package static func formatError(_ format: [UInt8]) -> String? {
         var ignored: [UInt8] = []
         var error: [UInt8] = []
         let valid = capture(stdout: &ignored, stderr: &error) {
@@ -32,7 +32,7 @@ public enum MessageRendering {
 
     /// The output for one message: `-F format` (else `-v` with `verbose`, else the payload), `-N` without
     /// `endOfLine`, `--pretty`, `--json`. The format must be valid (``formatError(_:)``).
-    public static func render(format: [UInt8]? = nil, verbose: Bool = false, endOfLine: Bool = true, pretty: Bool = false,
+    package static func render(format: [UInt8]? = nil, verbose: Bool = false, endOfLine: Bool = true, pretty: Bool = false,
                               json: Bool = false, topic: [UInt8], payload: [UInt8], qos: Int32 = 0, retain: Bool = false,
                               mid: Int32 = 0, properties: [Property] = []) -> (stdout: [UInt8], stderr: [UInt8]) {
         let config = ClientConfig(kind: .sub)

@@ -147,11 +147,11 @@ class Session {
 let toolsVersion: StaticString = "2.1.2"
 
 /// The entry points of `mqtt-pub`, `mqtt-sub` and `mqtt-rr`.
-public enum MosquittoTools {
+package enum MosquittoTools {
     /// `mqtt-pub`: never returns.
-    public static func pub() -> Never { exit(PubSession().run()) }
+    package static func pub() -> Never { exit(PubSession().run()) }
     /// `mqtt-sub`: never returns.
-    public static func sub() -> Never { exit(SubSession().run()) }
+    package static func sub() -> Never { exit(SubSession().run()) }
     /// `mqtt-rr`: never returns.
-    public static func rr() -> Never { exit(RRSession().run()) }
+    package static func rr() -> Never { exit(RRSession().run()) }
 }
