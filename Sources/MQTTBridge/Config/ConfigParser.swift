@@ -205,7 +205,7 @@ public enum ConfigParser {
     }
 
     /// The global keys (with mosquitto's bridge names and the aliases the parser accepts).
-    public static let globalKeys = [
+    package static let globalKeys = [
         "address", "addresses", "bridge_protocol_version", "protocol_version", "remote_clientid", "clientid", "local_clientid",
         "remote_username", "username", "remote_password", "password", "cleansession", "session_expiry",
         "bridge_session_expiry_interval", "keepalive_interval", "restart_timeout", "bridge_cafile", "bridge_capath",
@@ -216,7 +216,7 @@ public enum ConfigParser {
     ]
 
     /// The keys of a `route` block.
-    public static let routeKeys = [
+    package static let routeKeys = [
         "direction", "mode", "address", "addresses", "udp_target", "allow", "max_connections", "restart_timeout", "idle_timeout",
         "framing", "max_frame", "oversize", "partial_on_close", "topic", "dead_letter_topic", "field_separator", "topic_regex",
         "subscribe", "share_group", "qos", "retain", "out_queue_bytes", "slow_reader",
@@ -238,7 +238,7 @@ public enum ConfigParser {
 
     /// `text` in single quotes for a message: at most `limit` characters (then `…`), control characters escaped,
     /// so that a 50 MB line or a terminal escape sequence in a file never reaches the terminal whole.
-    public static func quote(_ text: some StringProtocol, limit: Int = 80) -> String {
+    package static func quote(_ text: some StringProtocol, limit: Int = 80) -> String {
         var out = "'"
         var n = 0
         for ch in text {
@@ -283,7 +283,7 @@ public enum ConfigParser {
 
     /// The known key closest to `key` (optimal string alignment distance, at most 1 for short keys, 2 up to 8
     /// characters and 3 beyond), or nil.
-    public static func suggestion(for key: String, among candidates: [String]) -> String? {
+    package static func suggestion(for key: String, among candidates: [String]) -> String? {
         guard key.utf8.count <= 64 else { return nil }
         let a = Array(key.lowercased().unicodeScalars)
         let limit = a.count <= 4 ? 1 : (a.count <= 8 ? 2 : 3)
@@ -311,7 +311,7 @@ public enum ConfigParser {
 
     /// Parses `host:port`, `[v6]:port`, `:port` or `port` (host `defaultHost`); with `defaultPort`, a bare host too.
     /// A port that is a number out of range is reported as such (`port 70000 out of range (1-65535)`).
-    public static func address(_ text: String, defaultHost: String = "127.0.0.1", defaultPort: Int? = nil,
+    package static func address(_ text: String, defaultHost: String = "127.0.0.1", defaultPort: Int? = nil,
                                minimumPort: Int = 0) -> Result<SocketAddressSpec, ConfigIssue> {
         let format = ConfigIssue(line: 0, message: "invalid address \(quote(text)): use " + (defaultPort == nil ? "host:port" : "host[:port]"))
         var host = defaultHost
@@ -343,7 +343,7 @@ public enum ConfigParser {
     }
 
     /// Parses a size such as `65536`, `64KiB`, `64KB`, `16MiB`, `2GB`, `1k`.
-    public static func size(_ s: String) -> Int? {
+    package static func size(_ s: String) -> Int? {
         let lower = s.lowercased()
         let units: [(String, Int)] = [("kib", 1 << 10), ("mib", 1 << 20), ("gib", 1 << 30), ("kb", 1 << 10), ("mb", 1 << 20),
                                       ("gb", 1 << 30), ("k", 1 << 10), ("m", 1 << 20), ("g", 1 << 30), ("b", 1)]
@@ -356,7 +356,7 @@ public enum ConfigParser {
     }
 
     /// Parses bytes written as `0x0D0A` (hex) or as text with `\n`, `\r`, `\t`, `\0`, `\\` escapes.
-    public static func bytes(_ s: String) -> [UInt8]? {
+    package static func bytes(_ s: String) -> [UInt8]? {
         if s.hasPrefix("0x") || s.hasPrefix("0X") {
             let hex = Array(s.dropFirst(2).utf8)
             guard !hex.isEmpty, hex.count % 2 == 0 else { return nil }
@@ -394,7 +394,7 @@ public enum ConfigParser {
     /// Parses a framing specification: `lf`, `crlf`, `line`, `delimiter <bytes>`, `fixed <n>`,
     /// `length <1|2|4|8> [be|le]`, `raw`. The whole specification may be in single or double quotes, as it is
     /// written for `--framing` on a command line (`'length 2 be'`).
-    public static func framing(_ s: String) -> Result<Framing, ConfigIssue> {
+    package static func framing(_ s: String) -> Result<Framing, ConfigIssue> {
         var s = Substring(s)
         if s.count >= 2, let first = s.first, first == "'" || first == "\"", s.last == first { s = s.dropFirst().dropLast() }
         let parts = s.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
@@ -436,7 +436,7 @@ public enum ConfigParser {
     }
 
     /// Parses a number of seconds (fractions allowed) up to about 31 years; nil for anything else (`inf`, `nan`).
-    public static func seconds(_ s: String) -> Duration? {
+    package static func seconds(_ s: String) -> Duration? {
         guard let d = Double(s), d.isFinite, d >= 0, d < 1e9 else { return nil }
         return .milliseconds(Int64(d * 1000))
     }

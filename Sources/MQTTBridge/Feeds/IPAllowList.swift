@@ -7,7 +7,7 @@ import Darwin
 #endif
 
 /// The peers a TCP server route accepts: IP addresses and CIDR blocks, IPv4 and IPv6. Empty allows everyone.
-public struct IPAllowList: Sendable, Hashable {
+package struct IPAllowList: Sendable, Hashable {
     struct Entry: Sendable, Hashable {
         var bytes: [UInt8]
         var prefix: Int
@@ -15,15 +15,15 @@ public struct IPAllowList: Sendable, Hashable {
     let entries: [Entry]
 
     /// Creates a list from entries such as `127.0.0.1`, `10.0.0.0/8` or `::1`. Invalid entries are skipped.
-    public init(_ entries: [String]) {
+    package init(_ entries: [String]) {
         self.entries = entries.compactMap(Self.parse)
     }
 
     /// Whether `entry` is an IP address or CIDR block.
-    public static func isValidEntry(_ entry: String) -> Bool { parse(entry) != nil }
+    package static func isValidEntry(_ entry: String) -> Bool { parse(entry) != nil }
 
     /// Whether `address` is allowed.
-    public func allows(_ address: String) -> Bool {
+    package func allows(_ address: String) -> Bool {
         if entries.isEmpty { return true }
         guard let a = Self.address(address) else { return false }
         for e in entries {

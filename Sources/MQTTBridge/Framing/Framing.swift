@@ -72,7 +72,7 @@ extension String {
 }
 
 /// One result of decoding.
-public enum FrameEvent: Sendable, Hashable {
+package enum FrameEvent: Sendable, Hashable {
     /// A complete frame's payload.
     case frame([UInt8])
     /// The first `maxFrame` bytes of an oversize frame (``OversizePolicy/truncate``).
@@ -87,13 +87,13 @@ public enum FrameEvent: Sendable, Hashable {
 ///
 /// Memory is bounded by the maximum frame size plus one read: an unterminated stream never grows the buffer
 /// beyond `maxFrame + delimiter length`.
-public struct FrameDecoder: Sendable {
+package struct FrameDecoder: Sendable {
     /// The framing.
-    public let framing: Framing
+    package let framing: Framing
     /// The largest payload accepted.
-    public let maxFrame: Int
+    package let maxFrame: Int
     /// The oversize policy.
-    public let oversize: OversizePolicy
+    package let oversize: OversizePolicy
 
     private var buffer: [UInt8] = []
     /// Bytes at the start of `buffer` already searched for a delimiter (minus the delimiter length - 1).
@@ -103,7 +103,7 @@ public struct FrameDecoder: Sendable {
     private var skippedSoFar = 0
 
     /// Creates a decoder.
-    public init(framing: Framing, maxFrame: Int = 65536, oversize: OversizePolicy = .discard) {
+    package init(framing: Framing, maxFrame: Int = 65536, oversize: OversizePolicy = .discard) {
         self.framing = framing
         self.maxFrame = max(1, maxFrame)
         self.oversize = oversize
@@ -111,10 +111,10 @@ public struct FrameDecoder: Sendable {
     }
 
     /// Bytes buffered as an incomplete frame.
-    public var bufferedCount: Int { buffer.count }
+    package var bufferedCount: Int { buffer.count }
 
     /// Feeds bytes and reports every event they complete, in order.
-    public mutating func decode(_ bytes: UnsafeRawBufferPointer, _ emit: (FrameEvent) -> Void) {
+    package mutating func decode(_ bytes: UnsafeRawBufferPointer, _ emit: (FrameEvent) -> Void) {
         switch framing {
         case .raw:
             var i = 0
@@ -133,12 +133,12 @@ public struct FrameDecoder: Sendable {
     }
 
     /// Feeds bytes from an array. See ``decode(_:_:)-(UnsafeRawBufferPointer,_)``.
-    public mutating func decode(_ bytes: [UInt8], _ emit: (FrameEvent) -> Void) {
+    package mutating func decode(_ bytes: [UInt8], _ emit: (FrameEvent) -> Void) {
         bytes.withUnsafeBytes { decode($0, emit) }
     }
 
     /// Ends the stream: returns the incomplete frame left over, if any, and resets the decoder.
-    public mutating func finish() -> [UInt8]? {
+    package mutating func finish() -> [UInt8]? {
         defer {
             buffer.removeAll(keepingCapacity: false)
             scanned = 0
@@ -345,15 +345,15 @@ public struct FrameDecoder: Sendable {
 }
 
 /// Turns payloads back into bytes on the wire, with the same framing the decoder reads.
-public struct FrameEncoder: Sendable {
+package struct FrameEncoder: Sendable {
     /// The framing.
-    public let framing: Framing
+    package let framing: Framing
 
     /// Creates an encoder.
-    public init(framing: Framing) { self.framing = framing }
+    package init(framing: Framing) { self.framing = framing }
 
     /// Why a payload cannot be framed without changing its meaning.
-    public enum Failure: String, Sendable, Error {
+    package enum Failure: String, Sendable, Error {
         /// The payload contains the delimiter, so the feed would see two frames.
         case containsDelimiter = "contains_delimiter"
         /// The payload is not exactly the fixed frame length.
@@ -363,7 +363,7 @@ public struct FrameEncoder: Sendable {
     }
 
     /// Appends the framed payload to `out`.
-    public func encode(_ payload: [UInt8], into out: inout [UInt8]) throws(Failure) {
+    package func encode(_ payload: [UInt8], into out: inout [UInt8]) throws(Failure) {
         switch framing {
         case .raw:
             out.append(contentsOf: payload)
@@ -388,7 +388,7 @@ public struct FrameEncoder: Sendable {
     }
 
     /// The framed payload.
-    public func encode(_ payload: [UInt8]) throws(Failure) -> [UInt8] {
+    package func encode(_ payload: [UInt8]) throws(Failure) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(payload.count + 8)
         try encode(payload, into: &out)

@@ -80,33 +80,33 @@ public struct SpoolError: Error, Sendable, CustomStringConvertible {
 }
 
 /// One spooled frame, ready to publish.
-public struct SpoolRecord: Sendable, Hashable {
+package struct SpoolRecord: Sendable, Hashable {
     /// Flags stored with a record.
-    public struct Flags: OptionSet, Sendable, Hashable {
-        public let rawValue: UInt8
-        public init(rawValue: UInt8) { self.rawValue = rawValue }
+    package struct Flags: OptionSet, Sendable, Hashable {
+        package let rawValue: UInt8
+        package init(rawValue: UInt8) { self.rawValue = rawValue }
         /// Publish with the retain flag.
-        public static let retain = Flags(rawValue: 1)
+        package static let retain = Flags(rawValue: 1)
         /// The frame was incomplete when its connection closed.
-        public static let partial = Flags(rawValue: 2)
+        package static let partial = Flags(rawValue: 2)
         /// The frame was cut at the maximum frame size.
-        public static let truncated = Flags(rawValue: 4)
+        package static let truncated = Flags(rawValue: 4)
         /// The record goes to the dead-letter topic.
-        public static let deadLetter = Flags(rawValue: 8)
+        package static let deadLetter = Flags(rawValue: 8)
     }
     /// The sequence number, increasing by one per record in a spool.
-    public var sequence: UInt64
+    package var sequence: UInt64
     /// The topic to publish to.
-    public var topic: String
+    package var topic: String
     /// The payload, byte-exact.
-    public var payload: [UInt8]
+    package var payload: [UInt8]
     /// The QoS to publish with.
-    public var qos: QoS
+    package var qos: QoS
     /// Flags.
-    public var flags: Flags
+    package var flags: Flags
 
     /// Creates a record (the sequence is assigned by ``Spool/append(_:)``).
-    public init(sequence: UInt64 = 0, topic: String, payload: [UInt8], qos: QoS, flags: Flags = []) {
+    package init(sequence: UInt64 = 0, topic: String, payload: [UInt8], qos: QoS, flags: Flags = []) {
         self.sequence = sequence
         self.topic = topic
         self.payload = payload
@@ -130,9 +130,9 @@ public struct SpoolRecord: Sendable, Hashable {
 ///
 /// Appends come from event-loop threads, reads and acknowledgements from the route's publisher task; one lock
 /// protects the state. The lock is never held across an `await`.
-public final class Spool: Sendable {
+package final class Spool: Sendable {
     /// The configuration.
-    public let configuration: SpoolConfiguration
+    package let configuration: SpoolConfiguration
 
     struct Segment {
         var first: UInt64
@@ -196,7 +196,7 @@ public final class Spool: Sendable {
     static let doneSlotBytes = 12
 
     /// Opens (or creates) the spool, checking every record and truncating a torn tail.
-    public init(configuration: SpoolConfiguration, logger: Logger = Logger(label: "mqtt-bridge.spool")) throws {
+    package init(configuration: SpoolConfiguration, logger: Logger = Logger(label: "mqtt-bridge.spool")) throws {
         self.configuration = configuration
         self.logger = logger
         let dir = configuration.directory
@@ -318,7 +318,7 @@ public final class Spool: Sendable {
     /// Appends records in one write, assigning their sequence numbers. Returns whether the spool is now full
     /// (the caller should stop reading its socket and wait with ``whenSpaceAvailable(_:)``).
     @discardableResult
-    public func append(_ records: [SpoolRecord]) throws -> Bool {
+    package func append(_ records: [SpoolRecord]) throws -> Bool {
         if records.isEmpty { return isFull }
         var bytes: [UInt8] = []
         var waiter: CheckedContinuation<Void, Never>?
@@ -362,13 +362,13 @@ public final class Spool: Sendable {
     }
 
     /// Whether ``close()`` was called.
-    public var isClosed: Bool { state.withLock { $0.closed } }
+    package var isClosed: Bool { state.withLock { $0.closed } }
 
     /// Whether the spool holds at least ``SpoolConfiguration/maxBytes`` of unacknowledged records.
-    public var isFull: Bool { state.withLock { $0.pendingBytes >= configuration.maxBytes } }
+    package var isFull: Bool { state.withLock { $0.pendingBytes >= configuration.maxBytes } }
 
     /// Calls `body` once the spool is no longer full (at once when it is not).
-    public func whenSpaceAvailable(_ body: @escaping @Sendable () -> Void) {
+    package func whenSpaceAvailable(_ body: @escaping @Sendable () -> Void) {
         let now = state.withLock { s -> Bool in
             if s.pendingBytes < configuration.maxBytes || s.closed { return true }
             s.spaceWaiters.append(body)
@@ -380,28 +380,28 @@ public final class Spool: Sendable {
     // MARK: Reading and acknowledging
 
     /// Unacknowledged records and bytes.
-    public var depth: (records: Int, bytes: Int) { state.withLock { ($0.pendingCount, $0.pendingBytes) } }
+    package var depth: (records: Int, bytes: Int) { state.withLock { ($0.pendingCount, $0.pendingBytes) } }
 
     /// The sequence number of the oldest unacknowledged record (the next one when every record is acknowledged).
-    public var firstUnacknowledged: UInt64 { state.withLock { $0.done + 1 } }
+    package var firstUnacknowledged: UInt64 { state.withLock { $0.done + 1 } }
 
     /// How long the oldest unacknowledged record has waited (since it was appended, or since the spool was opened
     /// for a recovered record); nil when every record is acknowledged.
-    public var oldestUnacknowledgedAge: Duration? {
+    package var oldestUnacknowledgedAge: Duration? {
         state.withLock { s in
             s.sizesHead < s.sizes.count ? ContinuousClock.now - s.sizes[s.sizesHead].appendedAt : nil
         }
     }
 
     /// Records found unacknowledged when the spool was opened.
-    public var recoveredRecords: Int { state.withLock { $0.recovered } }
+    package var recoveredRecords: Int { state.withLock { $0.recovered } }
 
     /// Bytes of torn or corrupt records truncated when the spool was opened.
-    public var corruptBytes: Int { state.withLock { $0.corruptBytes } }
+    package var corruptBytes: Int { state.withLock { $0.corruptBytes } }
 
     /// Waits until there is at least one record not yet handed out by ``readBatch(maxRecords:maxBytes:)``, or the
     /// spool is closed.
-    public func waitForRecords() async {
+    package func waitForRecords() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let now = state.withLock { s -> Bool in
                 if s.closed || s.readSequence < s.nextSequence { return true }
@@ -415,7 +415,7 @@ public final class Spool: Sendable {
     }
 
     /// Wakes a task blocked in ``waitForRecords()`` (used at shutdown).
-    public func wakeReader() {
+    package func wakeReader() {
         let w = state.withLock { s -> CheckedContinuation<Void, Never>? in
             defer { s.recordsWaiter = nil }
             return s.recordsWaiter
@@ -427,7 +427,7 @@ public final class Spool: Sendable {
     ///
     /// Reads the segment in blocks of up to 1 MiB and decodes every whole record in the block, so a batch costs a
     /// few `pread`s, not two per record.
-    public func readBatch(maxRecords: Int, maxBytes: Int = 4 << 20) throws -> [SpoolRecord] {
+    package func readBatch(maxRecords: Int, maxBytes: Int = 4 << 20) throws -> [SpoolRecord] {
         try state.withLock { s in
             var out: [SpoolRecord] = []
             out.reserveCapacity(min(maxRecords, 4096))
@@ -480,7 +480,7 @@ public final class Spool: Sendable {
 
     /// Marks every record up to `sequence` as acknowledged by the broker and records the watermark on disk at
     /// once: they will not be sent again, and segments holding only acknowledged records are deleted.
-    public func markDone(through sequence: UInt64) throws {
+    package func markDone(through sequence: UInt64) throws {
         acknowledge(through: sequence)
         try flushDone()
     }
@@ -488,7 +488,7 @@ public final class Spool: Sendable {
     /// Marks every record up to `sequence` as acknowledged, in memory only (cheap: called once per broker
     /// acknowledgement from the client's network thread). The watermark reaches the disk with ``flushDone()``;
     /// a crash before that resends the records acknowledged since the last flush (duplicates, never a loss).
-    public func acknowledge(through sequence: UInt64) {
+    package func acknowledge(through sequence: UInt64) {
         let wake = state.withLock { s -> [@Sendable () -> Void] in
             guard sequence > s.done else { return [] }
             s.done = sequence
@@ -515,7 +515,7 @@ public final class Spool: Sendable {
     /// Segments are deleted even when the watermark cannot be written: a record in a deleted segment was
     /// acknowledged, and an older watermark on disk only means some acknowledged records of later segments are
     /// sent again after a crash (duplicates, never a loss). Deleting is what frees space on a full disk.
-    public func flushDone() throws {
+    package func flushDone() throws {
         try state.withLock { s in
             guard s.doneDirty, !s.closed else { return }
             var failure: (any Error)?
@@ -531,7 +531,7 @@ public final class Spool: Sendable {
     }
 
     /// Hands out again every record not yet acknowledged (after a failed publish).
-    public func rewind() {
+    package func rewind() {
         state.withLock { s in
             let target = s.done + 1
             // Fast path: the oldest unacknowledged record's position is known.
@@ -570,12 +570,12 @@ public final class Spool: Sendable {
     }
 
     /// Flushes to disk if the fsync policy says it is time.
-    public func syncIfDue() {
+    package func syncIfDue() {
         state.withLock { s in syncIfDue(&s, force: false) }
     }
 
     /// Syncs and closes the files. Appends fail afterwards; waiters are released.
-    public func close() {
+    package func close() {
         let (w, spaces) = state.withLock { s -> (CheckedContinuation<Void, Never>?, [@Sendable () -> Void]) in
             if s.doneDirty && !s.closed {
                 if (try? self.writeDone(&s)) != nil { s.doneDirty = false }

@@ -2,18 +2,18 @@ import Foundation
 import Mosquitto
 
 /// What a connection contributes to a topic template.
-public struct ConnectionContext: Sendable, Hashable {
+package struct ConnectionContext: Sendable, Hashable {
     /// The route (feed) name.
-    public var feed: String
+    package var feed: String
     /// The peer's IP address, or the dialled host for a TCP client.
-    public var peerAddress: String
+    package var peerAddress: String
     /// The peer's port.
-    public var peerPort: Int
+    package var peerPort: Int
     /// A connection id, unique within the process.
-    public var connectionID: UInt64
+    package var connectionID: UInt64
 
     /// Creates a context.
-    public init(feed: String, peerAddress: String, peerPort: Int, connectionID: UInt64) {
+    package init(feed: String, peerAddress: String, peerPort: Int, connectionID: UInt64) {
         self.feed = feed
         self.peerAddress = peerAddress
         self.peerPort = peerPort
@@ -117,21 +117,21 @@ public struct TopicTemplate: Sendable, Hashable {
     public var usesRegex: Bool { parts.contains { if case .regex = $0 { return true } else { return false } } }
 
     /// Fills in the connection's values only; nil when the template also depends on the frame.
-    public func resolve(connection: ConnectionContext) -> Result<String, Failure>? {
+    package func resolve(connection: ConnectionContext) -> Result<String, Failure>? {
         if dependsOnFrame { return nil }
         return resolve(connection: connection, frame: [], options: .init())
     }
 
     /// Options for values taken from the frame.
-    public struct FrameOptions {
+    package struct FrameOptions {
         /// Separator for `{field:N}`.
-        public var fieldSeparator: [UInt8]
+        package var fieldSeparator: [UInt8]
         /// The pattern for `{regex:N}`.
-        public var regex: Regex<AnyRegexOutput>?
+        package var regex: Regex<AnyRegexOutput>?
         /// The longest value accepted from data.
-        public var maximumValueLength: Int
+        package var maximumValueLength: Int
         /// Creates options.
-        public init(fieldSeparator: [UInt8] = [UInt8(ascii: ",")], regex: Regex<AnyRegexOutput>? = nil, maximumValueLength: Int = 1024) {
+        package init(fieldSeparator: [UInt8] = [UInt8(ascii: ",")], regex: Regex<AnyRegexOutput>? = nil, maximumValueLength: Int = 1024) {
             self.fieldSeparator = fieldSeparator
             self.regex = regex
             self.maximumValueLength = maximumValueLength
@@ -139,7 +139,7 @@ public struct TopicTemplate: Sendable, Hashable {
     }
 
     /// Builds the topic for one frame.
-    public func resolve(connection: ConnectionContext, frame: [UInt8], options: FrameOptions) -> Result<String, Failure> {
+    package func resolve(connection: ConnectionContext, frame: [UInt8], options: FrameOptions) -> Result<String, Failure> {
         var out: [UInt8] = []
         var text: String?
         for part in parts {
