@@ -68,6 +68,17 @@ package struct BridgeCommand: AsyncParsableCommand, Sendable {
         let group = ServiceGroup(configuration: .init(services: [bridge], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         let file = configFile
         let base = self
+        do {
+            try await runGroup(group, bridge: bridge, file: file, base: base, logger: logger)
+        } catch let error as MQTTError where file == nil {
+            // The library says what is wrong; the command line names the flags to look at (with --config, the
+            // file's keys set the broker options, so there is no flag to name).
+            throw CommandFailure(description: ConnectionOptions.messageWithFlagHint(for: error, configuration: configuration.mqtt))
+        }
+    }
+
+    /// Runs the service group, and rereads `file` on SIGHUP.
+    private func runGroup(_ group: ServiceGroup, bridge: BridgeService, file: String?, base: BridgeCommand, logger: Logger) async throws {
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
             if let file {
@@ -156,6 +167,11 @@ package struct BridgeCommand: AsyncParsableCommand, Sendable {
         case .failure(let e): throw ValidationError("\(flag): \(e.message)")
         }
     }
+}
+
+/// A library error that ended the command, with the flags to check added to its message.
+struct CommandFailure: Error, CustomStringConvertible {
+    var description: String
 }
 
 /// One route from flags.
