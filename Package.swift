@@ -61,7 +61,8 @@ let package = Package(
         // The engine of mqtt-pub, mqtt-sub and mqtt-rr: libmosquitto driven directly, as mosquitto's own clients
         // do, with nothing else linked (a short run starts in about the time mosquitto_pub does).
         .target(name: "MosquittoCLICore", dependencies: ["CMosquitto", "CMosquittoIO"], path: "Sources/MosquittoCLI/Core"),
-        // mqtt-bridge's broker options, and mqtt-sub's printing for library messages (MessageFormatter).
+        // ArgumentParser options in the CLIs' spelling for library clients: mqtt-bridge's broker options (and the flags to
+        // name for a library error), -D properties, and mqtt-sub's printing for library messages (MessageFormatter).
         .target(
             name: "MosquittoCLI",
             dependencies: [
