@@ -154,19 +154,27 @@ let package = Package(
         ),
         .testTarget(
             name: "MosquittoTests",
-            dependencies: ["Mosquitto", "MosquittoBroker", "MosquittoPOSIX", "MosquittoTestSupport", "CMosquitto"]
+            dependencies: [
+                "Mosquitto", "MosquittoBroker", "MosquittoPOSIX", "MosquittoTestSupport", "CMosquitto", "CMosquittoIO",
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["MosquittoCLI", "Mosquitto", "MosquittoBroker", "MosquittoPOSIX", "MosquittoTestSupport"]
+            dependencies: [
+                "MosquittoCLI", "Mosquitto", "MosquittoBroker", "MosquittoPOSIX", "MosquittoTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "BridgeTests",
             dependencies: [
                 "MQTTBridge", "MQTTBridgeCommand", "Mosquitto", "MosquittoBroker", "MosquittoTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // The examples: one runnable program per messaging pattern (Examples/README.md), and their smoke tests.
