@@ -21,6 +21,8 @@ extension ConnectionOptions {
             }
             if (tls.certificateFile == nil) != (tls.keyFile == nil) { return ["--cert", "--key"] }
             return ["--cafile", "--capath", "--cert", "--key"]
+        case .requiresMQTT5:
+            return ["-V mqttv5"]
         case .invalidArgument:
             if let tls = configuration.tls, tls.psk != nil,
                tls.caFile != nil || tls.caDirectory != nil || tls.certificateFile != nil {
