@@ -385,13 +385,8 @@ struct HardeningTests {
             let recorder = Recorder(try await sub.subscribe("churn/#", qos: .atLeastOnce, buffer: .recorder))
             // A separate process, so that other suites running in this one do not move the figures.
             let child = try Child(executable, ["--config", configFile, "--log-level", "warning"], output: dir + "/bridge.log")
-            defer {
-                // Only if it is still our unreaped child (the normal path below stops it with SIGTERM).
-                if waitpid(child.pid, nil, WNOHANG) == 0 {
-                    child.signal(SIGKILL)
-                    _ = waitpid(child.pid, nil, 0)
-                }
-            }
+            // Only if it is still our unreaped child (the normal path below stops it with SIGTERM).
+            defer { child.killIfRunning() }
             #expect(await eventually { (try? await httpGet(port: httpPort, path: "/readyz"))?.0 == 200 })
             func fds() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(child.pid)/fd").count) ?? -1 }
             func rss() -> Int {

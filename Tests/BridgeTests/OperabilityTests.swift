@@ -264,12 +264,7 @@ struct OperabilityTests {
         let log = dir + "/out.log"
         let child = try Child(executable, ["-h", "127.0.0.1", "-p", "\(opDeadPort())", "--tcp-listen", "127.0.0.1:0",
                                            "--topic", "op/x", "--spool-dir", dir + "/spool"], output: log)
-        defer {
-            if waitpid(child.pid, nil, WNOHANG) == 0 {
-                child.signal(SIGKILL)
-                _ = waitpid(child.pid, nil, 0)
-            }
-        }
+        defer { child.killIfRunning() }
         func output() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
         #expect(await eventually { output().contains("unavailable") })
         child.signal(SIGTERM)
@@ -385,12 +380,7 @@ struct OperabilityTests {
             """, to: configFile)
             let log = dir + "/out.log"
             let child = try Child(executable, ["--config", configFile], output: log)
-            defer {
-                if waitpid(child.pid, nil, WNOHANG) == 0 {
-                    child.signal(SIGKILL)
-                    _ = waitpid(child.pid, nil, 0)
-                }
-            }
+            defer { child.killIfRunning() }
             let status = try #require(await child.exitStatus(timeout: .seconds(30)))
             let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
             #expect(status != 0, "\(output)")

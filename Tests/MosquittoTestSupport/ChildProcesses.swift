@@ -83,6 +83,15 @@ package final class Child: Sendable {
     /// Sends a signal.
     package func signal(_ sig: Int32) { kill(pid, sig) }
 
+    /// Kills and reaps the child if it is still our unreaped child: for a `defer`, after a normal path that stopped it
+    /// with a signal and waited.
+    package func killIfRunning() {
+        if waitpid(pid, nil, WNOHANG) == 0 {
+            kill(pid, SIGKILL)
+            _ = waitpid(pid, nil, 0)
+        }
+    }
+
     /// Waits for the exit, polling so that no thread blocks; the raw wait status, or nil when `timeout` passed
     /// first (the child then keeps running).
     package func exitStatus(timeout: Duration = .seconds(15)) async -> Int32? {
