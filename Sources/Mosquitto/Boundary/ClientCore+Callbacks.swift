@@ -49,7 +49,7 @@ extension ClientCore {
             let resend = s.filters.values.filter { !$0.confirmed }
             return (s.lifecycle.connAckAccepted(ack), resend)
         }
-        logger.info("Connected to \(config.endpoint) (session present: \(ack.sessionPresent))")
+        logger.debug("Connected to \(config.endpoint) (session present: \(ack.sessionPresent))")
         // Re-subscribe: libmosquitto never does it, and subscribe calls made while offline were not queued.
         // Before anyone hears of the connection: a task that publishes once it is connected must find the
         // SUBSCRIBE ahead of its PUBLISH in libmosquitto's queue, or the broker would not route the message

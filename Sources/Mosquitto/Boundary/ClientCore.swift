@@ -588,6 +588,32 @@ final class ClientCore: @unchecked Sendable {
         }
     }
 
+    // MARK: Connecting (the facade's entry; the rules live in ConnectionStateMachine)
+
+    /// Where the connection stands now.
+    var connectionState: ConnectionState { state.withLock { $0.lifecycle.connectionState } }
+
+    /// Connects and waits for the CONNACK (``MQTTClient/connect()``); starts the network thread on the first call.
+    func connect() async throws -> ConnAck {
+        let id = state.withLock { $0.nextID() }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<ConnAck, any Error>) in
+                let action = state.withLock { s in
+                    s.handleClosed ? .fail(s.closedError) : s.lifecycle.connect(id, waiter: c)
+                }
+                switch action {
+                case .connected(let ack): c.resume(returning: ack)
+                case .fail(let error): c.resume(throwing: error)
+                case .wait: break
+                case .startNetworkThread: startNetworkThread()
+                }
+            }
+        } onCancel: {
+            let c = state.withLock { $0.lifecycle.cancelConnect(id) }
+            c?.resume(throwing: CancellationError())
+        }
+    }
+
     // MARK: Events
 
     func emit(_ event: ConnectionEvent) {
