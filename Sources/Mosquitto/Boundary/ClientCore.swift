@@ -512,7 +512,7 @@ final class ClientCore: @unchecked Sendable {
         for (mid, p) in work.pending {
             p.fail(MQTTError(shutdownError.code, "Message \(mid) was not acknowledged by the broker before the client ended: \(shutdownError.message)", reasonCode: shutdownError.reasonCode))
         }
-        for w in work.subacks { w.resume(throwing: shutdownError) }
+        for w in work.subacks { w.userWaiter?.resume(throwing: shutdownError) }
         for c in work.unsubacks { c.resume(throwing: shutdownError) }
         for w in work.requests { w.fail(shutdownError) }
         for b in work.buffers { b.finish(error: failure) }
