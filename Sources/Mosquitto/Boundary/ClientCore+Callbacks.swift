@@ -14,15 +14,9 @@ import Logging
 extension ClientCore {
     /// Installs the trampolines below: the only functions libmosquitto calls into Swift.
     func installCallbacks() {
-        mosquitto_connect_v5_callback_set(mosq, onConnectTrampoline)
-        mosquitto_disconnect_v5_callback_set(mosq, onDisconnectTrampoline)
-        mosquitto_publish_v5_callback_set(mosq, onPublishTrampoline)
-        mosquitto_message_v5_callback_set(mosq, onMessageTrampoline)
-        mosquitto_subscribe_v5_callback_set(mosq, onSubscribeTrampoline)
-        mosquitto_unsubscribe_v5_callback_set(mosq, onUnsubscribeTrampoline)
-        if logger.logLevel <= .debug {
-            mosquitto_log_callback_set(mosq, onLogTrampoline)
-        }
+        mosq.setCallbacks(connect: onConnectTrampoline, disconnect: onDisconnectTrampoline, publish: onPublishTrampoline,
+                          message: onMessageTrampoline, subscribe: onSubscribeTrampoline, unsubscribe: onUnsubscribeTrampoline,
+                          log: logger.logLevel <= .debug ? onLogTrampoline : nil)
     }
 
     // MARK: Callback handlers (network thread)

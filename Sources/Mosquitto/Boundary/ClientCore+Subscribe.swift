@@ -13,15 +13,14 @@ import Logging
 extension ClientCore {
     // MARK: Subscribing (the rules live in SubscriptionStateMachine; this file performs its actions)
 
-    func sendSubscribe(_ h: OpaquePointer, entry: Subscriptions.Entry, mid: inout Int32) -> Int32 {
+    func sendSubscribe(_ h: MosquittoHandle, entry: Subscriptions.Entry, mid: inout Int32) -> Int32 {
+        var props = CPropertyList()
+        defer { props.free() }
         if isV5 {
-            var props = CPropertyList()
-            defer { props.free() }
             try? props.add(varint: MQTT_PROP_SUBSCRIPTION_IDENTIFIER, entry.id)
             for u in entry.userProperties { try? props.add(userProperty: u) }
-            return mosquitto_subscribe_v5(h, &mid, entry.filter, Int32(entry.qos.rawValue), entry.options, props.head)
         }
-        return mosquitto_subscribe(h, &mid, entry.filter, Int32(entry.qos.rawValue))
+        return h.subscribe(mid: &mid, filter: entry.filter, qos: Int32(entry.qos.rawValue), options: entry.options, properties: props.head, v5: isV5)
     }
 
     func subscribe(_ subscriptions: [Subscription], buffer policy: SubscriptionBuffer, userProperties: [UserProperty] = [],
@@ -101,7 +100,7 @@ extension ClientCore {
     func removeStream(_ streamID: UInt64) {
         let gone = state.withLock { $0.subscriptions.streamEnded(streamID) }
         for f in gone {
-            _ = try? withHandle { h in mosquitto_unsubscribe(h, nil, f) }
+            _ = try? withHandle { h in h.unsubscribe(mid: nil, filter: f, properties: nil) }
         }
     }
 
@@ -114,11 +113,10 @@ extension ClientCore {
             var mid: Int32 = 0
             let sentIn = state.withLock { $0.unsubacks.epoch }
             guard let rc = try withHandle({ h throws(MQTTError) -> Int32 in
-                if userProperties.isEmpty { return mosquitto_unsubscribe(h, &mid, f) }
                 var props = CPropertyList()
                 defer { props.free() }
                 for u in userProperties { try props.add(userProperty: u) }
-                return mosquitto_unsubscribe_v5(h, &mid, f, props.head)
+                return h.unsubscribe(mid: &mid, filter: f, properties: props.head)
             }) else { throw state.withLock { $0.closedError } }
             if rc == MOSQ_ERR_NO_CONN.rawValue { continue }
             if rc != MOSQ_ERR_SUCCESS.rawValue { throw MQTTError.fromLibrary(rc, context: "Unsubscribing from '\(f)'") }
