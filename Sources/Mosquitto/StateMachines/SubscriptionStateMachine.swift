@@ -54,7 +54,7 @@ struct SubscriptionStateMachine<Buffer: AnyObject, Waiter> {
     /// The filter of each live subscription identifier.
     private(set) var filtersByID: [UInt32: String] = [:]
     private(set) var streams: [UInt64: Buffer] = [:]
-    /// Streams that receive every message (``MQTTClient/messages(buffer:)``-style firehoses), by id.
+    /// Streams that receive every message (``MQTTClient/allMessages(buffer:)``), by id.
     private(set) var firehoses: [UInt64: Buffer] = [:]
     private(set) var nextSubscriptionID: UInt32 = 1
     /// SUBACK waiters, per connection (see ``AcknowledgementStateMachine``).
