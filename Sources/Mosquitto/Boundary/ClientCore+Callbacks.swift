@@ -14,15 +14,9 @@ import Logging
 extension ClientCore {
     /// Installs the trampolines below: the only functions libmosquitto calls into Swift.
     func installCallbacks() {
-        mosquitto_connect_v5_callback_set(mosq, onConnectTrampoline)
-        mosquitto_disconnect_v5_callback_set(mosq, onDisconnectTrampoline)
-        mosquitto_publish_v5_callback_set(mosq, onPublishTrampoline)
-        mosquitto_message_v5_callback_set(mosq, onMessageTrampoline)
-        mosquitto_subscribe_v5_callback_set(mosq, onSubscribeTrampoline)
-        mosquitto_unsubscribe_v5_callback_set(mosq, onUnsubscribeTrampoline)
-        if logger.logLevel <= .debug {
-            mosquitto_log_callback_set(mosq, onLogTrampoline)
-        }
+        mosq.setCallbacks(connect: onConnectTrampoline, disconnect: onDisconnectTrampoline, publish: onPublishTrampoline,
+                          message: onMessageTrampoline, subscribe: onSubscribeTrampoline, unsubscribe: onUnsubscribeTrampoline,
+                          log: logger.logLevel <= .debug ? onLogTrampoline : nil)
     }
 
     // MARK: Callback handlers (network thread)
@@ -42,14 +36,10 @@ extension ClientCore {
         // TLS reads and writes go through OpenSSL, which the batching does not see.
         if let io, config.tls == nil { _ = mosq_io_attach(io) }
         if !ack.sessionPresent { qos2Deduplicator.reset() }
-        let (waiters, resend) = state.withLock { s -> ([CheckedContinuation<ConnAck, any Error>], [CoreState.FilterEntry]) in
-            if !ack.sessionPresent {
-                for k in s.filters.keys { s.filters[k]!.confirmed = false }
-            }
-            let resend = s.filters.values.filter { !$0.confirmed }
-            return (s.lifecycle.connAckAccepted(ack), resend)
+        let (waiters, resend) = state.withLock { s in
+            (s.lifecycle.connAckAccepted(ack), s.subscriptions.connected(sessionPresent: ack.sessionPresent))
         }
-        logger.info("Connected to \(config.endpoint) (session present: \(ack.sessionPresent))")
+        logger.debug("Connected to \(config.endpoint) (session present: \(ack.sessionPresent))")
         // Re-subscribe: libmosquitto never does it, and subscribe calls made while offline were not queued.
         // Before anyone hears of the connection: a task that publishes once it is connected must find the
         // SUBSCRIBE ahead of its PUBLISH in libmosquitto's queue, or the broker would not route the message
@@ -59,7 +49,7 @@ extension ClientCore {
             let rc = sendSubscribe(mosq, entry: entry, mid: &mid)
             if rc == MOSQ_ERR_SUCCESS.rawValue {
                 // On the network thread, so its SUBACK cannot be handled before this registration.
-                state.withLock { $0.subacks.expect(UInt16(truncatingIfNeeded: mid), waiter: .resubscribe(entry.filter)) }
+                state.withLock { $0.subscriptions.resubscribeSent(UInt16(truncatingIfNeeded: mid), entry: entry) }
             } else {
                 logger.error("Re-subscribing to '\(entry.filter)' failed: \(MQTTError.libraryText(rc))")
             }
@@ -109,8 +99,8 @@ extension ClientCore {
     /// offline (their filters are re-sent on reconnect); an unsubscribe is complete (the broker forgets the
     /// subscription with the session, or the filter no longer routes anywhere here).
     func releaseAcknowledgementWaiters() {
-        let (subs, unsubs) = state.withLock { s in (s.subacks.connectionLost(), s.unsubacks.connectionLost()) }
-        for w in subs { w.resumeOffline() }
+        let (subs, unsubs) = state.withLock { s in (s.subscriptions.connectionLost(), s.unsubacks.connectionLost()) }
+        for c in subs { c.resume(returning: nil) }
         for c in unsubs { c.resume() }
     }
 
@@ -131,27 +121,13 @@ extension ClientCore {
     func handleSubscribed(mid: Int32, codes: [UInt8]) {
         assertOnNetworkThread()
         let id = UInt16(truncatingIfNeeded: mid)
-        let waiter = state.withLock { s -> CoreState.SubackWaiter? in
-            switch s.subacks.acknowledged(id, codes) {
-            case .resume(let w, _):
-                if let code = codes.first, code < 0x80 {
-                    switch w {
-                    case .resubscribe(let filter), .user(let filter, _): s.filters[filter]?.confirmed = true
-                    }
-                }
-                return w
-            case .stored:
-                return nil
-            }
-        }
-        guard let waiter else { return }
-        switch waiter {
-        case .user(_, let c): c.resume(returning: codes)
-        case .resubscribe(let filter):
-            if let code = codes.first, code >= 0x80 {
-                logger.error("The broker rejected the re-subscription to '\(filter)': \(MQTTError.reasonText(code))")
-                failFilter(filter, MQTTError(.subscriptionRejected, "The broker rejected the re-subscription to '\(filter)' after reconnecting: \(MQTTError.reasonText(code)).", reasonCode: code))
-            }
+        switch state.withLock({ $0.subscriptions.subackReceived(id, codes: codes) }) {
+        case .none: break
+        case .resume(let c, let codes): c.resume(returning: codes)
+        case .resubscriptionRefused(let filter, let code, let buffers):
+            logger.error("The broker rejected the re-subscription to '\(filter)': \(MQTTError.reasonText(code))")
+            let error = MQTTError(.subscriptionRejected, "The broker rejected the re-subscription to '\(filter)' after reconnecting: \(MQTTError.reasonText(code)).", reasonCode: code)
+            for b in buffers { b.finish(error: error) }
         }
     }
 
@@ -184,26 +160,7 @@ extension ClientCore {
             return
         }
         let (targets, request) = state.withLock { s -> ([MessageBuffer], CheckedContinuation<MQTTMessage, any Error>?) in
-            var targets: [MessageBuffer]
-            let ids = message.properties.firstSubscriptionID
-            if let ids, ids.count == 1 {
-                // MQTT 5: the broker says which subscription matched; the common case is one.
-                targets = s.routes(forSubscriptionID: ids.first)
-            } else if ids != nil {
-                var seen = Set<ObjectIdentifier>()
-                targets = []
-                for id in message.properties.subscriptionIdentifiers {
-                    for b in s.routes(forSubscriptionID: id) where seen.insert(ObjectIdentifier(b)).inserted { targets.append(b) }
-                }
-            } else {
-                // MQTT 3.1.1 (or no identifier): match the topic against every filter.
-                var streamIDs = Set<UInt64>()
-                for e in s.filters.values where MQTTTopic.matches(filter: e.filter, topic: message.topic) {
-                    streamIDs.formUnion(e.streams)
-                }
-                targets = streamIDs.compactMap { s.streams[$0] }
-            }
-            if !s.firehoses.isEmpty { targets.append(contentsOf: s.firehoses.values) }
+            let targets = s.subscriptions.messageArrived(topic: message.topic, properties: message.properties)
             var request: CheckedContinuation<MQTTMessage, any Error>?
             if !s.requests.pending.isEmpty, message.topic == responseTopic, let corr = message.properties.correlationData {
                 switch s.requests.replyArrived(corr, message) {
@@ -219,16 +176,6 @@ extension ClientCore {
             pendingWakes.append(t)
         }
         request?.resume(returning: message)
-    }
-
-    /// Ends the streams of a filter the broker refused.
-    func failFilter(_ filter: String, _ error: MQTTError) {
-        let buffers = state.withLock { s -> [MessageBuffer] in
-            guard let e = s.filters.removeValue(forKey: filter) else { return [] }
-            s.filtersByID.removeValue(forKey: e.id)
-            return e.streams.compactMap { s.streams[$0] }
-        }
-        for b in buffers { b.finish(error: error) }
     }
 }
 

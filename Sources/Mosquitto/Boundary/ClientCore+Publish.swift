@@ -86,8 +86,8 @@ extension ClientCore {
 
         var mid: Int32 = 0
         let rc: Int32 = message.payload.withUnsafeBytes { buf in
-            mosquitto_publish_v5(mosq, &mid, message.topic, Int32(buf.count), buf.baseAddress,
-                                 Int32(qos.rawValue), message.retain, props.head)
+            mosq.publish(mid: &mid, topic: message.topic, payload: buf, qos: Int32(qos.rawValue), retain: message.retain,
+                         properties: props.head)
         }
         let id = UInt16(truncatingIfNeeded: mid)
         let offline = rc == MOSQ_ERR_NO_CONN.rawValue

@@ -24,7 +24,7 @@ extension ClientCore {
             // An internal stream keeps the filter alive; replies are routed by correlation data.
             let stream = try await subscribe([Subscription(responseTopic, qos: .atLeastOnce)], buffer: .init(capacity: 1, overflow: .dropNewest))
             let waiters = state.withLock { s -> [RequestWaiter] in
-                s.filters[responseTopic]?.isInternal = true
+                s.subscriptions.markInternal(responseTopic)
                 s.responseStream = stream
                 return s.requests.subscriptionSucceeded()
             }

@@ -11,17 +11,16 @@ import Darwin
 import Logging
 
 extension ClientCore {
-    // MARK: Subscribing
+    // MARK: Subscribing (the rules live in SubscriptionStateMachine; this file performs its actions)
 
-    func sendSubscribe(_ h: OpaquePointer, entry: CoreState.FilterEntry, mid: inout Int32) -> Int32 {
+    func sendSubscribe(_ h: MosquittoHandle, entry: Subscriptions.Entry, mid: inout Int32) -> Int32 {
+        var props = CPropertyList()
+        defer { props.free() }
         if isV5 {
-            var props = CPropertyList()
-            defer { props.free() }
             try? props.add(varint: MQTT_PROP_SUBSCRIPTION_IDENTIFIER, entry.id)
             for u in entry.userProperties { try? props.add(userProperty: u) }
-            return mosquitto_subscribe_v5(h, &mid, entry.filter, Int32(entry.qos.rawValue), entry.options, props.head)
         }
-        return mosquitto_subscribe(h, &mid, entry.filter, Int32(entry.qos.rawValue))
+        return h.subscribe(mid: &mid, filter: entry.filter, qos: Int32(entry.qos.rawValue), options: entry.options, properties: props.head, v5: isV5)
     }
 
     func subscribe(_ subscriptions: [Subscription], buffer policy: SubscriptionBuffer, userProperties: [UserProperty] = [],
@@ -39,37 +38,15 @@ extension ClientCore {
         }
         let streamID = state.withLock { $0.nextID() }
         let buffer = MessageBuffer(policy: policy) { [weak self] in self?.removeStream(streamID) }
-        let toSend = try state.withLock { s throws(MQTTError) -> [CoreState.FilterEntry] in
+        let toSend = try state.withLock { s throws(MQTTError) -> [Subscriptions.Entry] in
             if s.isClosing { throw s.closedError }
-            s.streams[streamID] = buffer
-            var out: [CoreState.FilterEntry] = []
-            for sub in subscriptions {
-                if var e = s.filters[sub.filter] {
-                    e.streams.insert(streamID)
-                    if sub.qos > e.qos || sub.optionBits != e.options || !userProperties.isEmpty {
-                        e.qos = max(e.qos, sub.qos)
-                        e.options = sub.optionBits
-                        e.userProperties = userProperties
-                        out.append(e)
-                    }
-                    s.filters[sub.filter] = e
-                } else {
-                    let id = s.nextSubscriptionID
-                    s.nextSubscriptionID = s.nextSubscriptionID >= 268_435_455 ? 1 : s.nextSubscriptionID + 1
-                    var e = CoreState.FilterEntry(filter: sub.filter, id: id, qos: sub.qos, options: sub.optionBits, streams: [streamID])
-                    e.userProperties = userProperties
-                    s.filters[sub.filter] = e
-                    s.filtersByID[id] = sub.filter
-                    out.append(e)
-                }
-            }
-            return out
+            return s.subscriptions.subscribeRequested(streamID: streamID, buffer: buffer, subscriptions, userProperties: userProperties)
         }
         var granted: [String: QoS?] = [:]
         do {
             for entry in toSend {
                 var mid: Int32 = 0
-                let sentIn = state.withLock { $0.subacks.epoch }
+                let sentIn = state.withLock { $0.subscriptions.epoch }
                 guard let rc = try withHandle({ h in sendSubscribe(h, entry: entry, mid: &mid) }) else {
                     throw state.withLock { $0.closedError }
                 }
@@ -80,7 +57,7 @@ extension ClientCore {
                 if rc != MOSQ_ERR_SUCCESS.rawValue {
                     throw MQTTError.fromLibrary(rc, context: "Subscribing to '\(entry.filter)'")
                 }
-                let codes = try await awaitSuback(UInt16(truncatingIfNeeded: mid), sentIn: sentIn, filter: entry.filter)
+                let codes = try await awaitSuback(UInt16(truncatingIfNeeded: mid), sentIn: sentIn, entry: entry)
                 guard let codes else {
                     granted[entry.filter] = .some(nil)
                     continue
@@ -102,47 +79,28 @@ extension ClientCore {
         let filters = subscriptions.map(\.filter)
         let grants: [QoS?] = filters.map { f in
             if let g = granted[f] { return g }
-            return state.withLock { s in s.filters[f].map { $0.confirmed ? $0.qos : nil } ?? nil }
+            return state.withLock { $0.subscriptions.grantedQoS(f) }
         }
         return MessageStream(buffer: buffer, filters: filters, grantedQoS: grants)
     }
 
     /// Waits for the SUBACK of `mid`, sent on connection `sentIn`; nil when that connection ended first (the
     /// filter is re-sent on reconnect).
-    private func awaitSuback(_ mid: UInt16, sentIn: UInt64, filter: String) async throws -> [UInt8]? {
+    private func awaitSuback(_ mid: UInt16, sentIn: UInt64, entry: Subscriptions.Entry) async throws -> [UInt8]? {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<[UInt8]?, any Error>) in
-            let now = state.withLock { s -> [UInt8]?? in
-                switch s.subacks.wait(for: mid, sentIn: sentIn, waiter: .user(filter, c)) {
-                case .acknowledged(let codes):
-                    if let code = codes.first, code < 0x80 { s.filters[filter]?.confirmed = true }
-                    return .some(codes)
-                case .connectionLost, .closed: return .some(nil)
-                case .suspended: return .none
-                }
+            switch state.withLock({ $0.subscriptions.waitForSuback(mid, sentIn: sentIn, entry: entry, waiter: c) }) {
+            case .acknowledged(let codes): c.resume(returning: codes)
+            case .offline: c.resume(returning: nil)
+            case .suspended: break
             }
-            if case .some(let codes) = now { c.resume(returning: codes) }
         }
     }
 
     /// Removes a stream and unsubscribes the filters no other stream uses.
     func removeStream(_ streamID: UInt64) {
-        let gone = state.withLock { s -> [String] in
-            guard s.streams.removeValue(forKey: streamID) != nil else { return [] }
-            var gone: [String] = []
-            for (f, var e) in s.filters where e.streams.contains(streamID) {
-                e.streams.remove(streamID)
-                if e.streams.isEmpty && !e.isInternal {
-                    s.filters.removeValue(forKey: f)
-                    s.filtersByID.removeValue(forKey: e.id)
-                    gone.append(f)
-                } else {
-                    s.filters[f] = e
-                }
-            }
-            return gone
-        }
+        let gone = state.withLock { $0.subscriptions.streamEnded(streamID) }
         for f in gone {
-            _ = try? withHandle { h in mosquitto_unsubscribe(h, nil, f) }
+            _ = try? withHandle { h in h.unsubscribe(mid: nil, filter: f, properties: nil) }
         }
     }
 
@@ -150,25 +108,15 @@ extension ClientCore {
         if !isV5 && !userProperties.isEmpty {
             throw MQTTError(.requiresMQTT5, "UNSUBSCRIBE user properties need MQTT 5: connect with protocolVersion .v5 (-V mqttv5).")
         }
-        let buffers = state.withLock { s -> [MessageBuffer] in
-            var out: [MessageBuffer] = []
-            for f in filters {
-                if let e = s.filters.removeValue(forKey: f) {
-                    s.filtersByID.removeValue(forKey: e.id)
-                    out += e.streams.compactMap { s.streams[$0] }
-                }
-            }
-            return out
-        }
+        let buffers = state.withLock { $0.subscriptions.unsubscribeRequested(filters) }
         for f in filters {
             var mid: Int32 = 0
             let sentIn = state.withLock { $0.unsubacks.epoch }
             guard let rc = try withHandle({ h throws(MQTTError) -> Int32 in
-                if userProperties.isEmpty { return mosquitto_unsubscribe(h, &mid, f) }
                 var props = CPropertyList()
                 defer { props.free() }
                 for u in userProperties { try props.add(userProperty: u) }
-                return mosquitto_unsubscribe_v5(h, &mid, f, props.head)
+                return h.unsubscribe(mid: &mid, filter: f, properties: props.head)
             }) else { throw state.withLock { $0.closedError } }
             if rc == MOSQ_ERR_NO_CONN.rawValue { continue }
             if rc != MOSQ_ERR_SUCCESS.rawValue { throw MQTTError.fromLibrary(rc, context: "Unsubscribing from '\(f)'") }
@@ -183,21 +131,17 @@ extension ClientCore {
             }
         }
         // Streams whose every filter is gone end.
-        for b in buffers {
-            let stillUsed = state.withLock { s in s.filters.values.contains { e in e.streams.contains { s.streams[$0] === b } } }
-            if !stillUsed { b.finish() }
-        }
+        for b in state.withLock({ $0.subscriptions.orphans(buffers) }) { b.finish() }
     }
 
     func makeFirehose(buffer policy: SubscriptionBuffer) -> MessageStream {
         let id = state.withLock { $0.nextID() }
         let buffer = MessageBuffer(policy: policy) { [weak self] in
-            _ = self?.state.withLock { $0.firehoses.removeValue(forKey: id) }
+            self?.state.withLock { $0.subscriptions.firehoseEnded(id) }
         }
         let closed = state.withLock { s -> Bool in
             if s.handleClosed { return true }
-            s.firehoses[id] = buffer
-            return false
+            return !s.subscriptions.firehoseAdded(id, buffer: buffer)
         }
         if closed { buffer.finish() }
         return MessageStream(buffer: buffer, filters: ["#"], grantedQoS: [])

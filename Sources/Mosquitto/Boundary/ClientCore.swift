@@ -17,7 +17,8 @@ import Synchronization
 ///
 /// Invariants, referred to by name (read these before changing anything here; the state itself lives in the
 /// machines of `StateMachines/`, which this class runs under `state` and whose actions it performs after unlocking):
-/// - **One handle, destroyed once.** `mosq` is created in `init` and destroyed exactly once (`teardown`, or `shutdown` when no thread started): on the network thread after it
+/// - **One handle, destroyed once.** `mosq` (a ``MosquittoHandle``, the only holder of the C pointer and the one file
+///    with the engine's `mosquitto_*` calls) is created in `init` and destroyed exactly once (`teardown`, or `shutdown` when no thread started): on the network thread after it
 ///    left its loop, or on the caller's thread when the network thread never started. Before destroying,
 ///    `handleClosed` is set and every other thread's C call has left the gate (`activeCalls == 0`).
 /// - **The gate.** Every libmosquitto call made from a thread other than the network thread is bracketed by
@@ -41,7 +42,8 @@ import Synchronization
 ///    (plain TCP and Unix sockets; not TLS). The loop flushes the output buffer after every pass's reads, jobs and
 ///    writes, polls for POLLOUT while output is buffered, and does not sleep while input is buffered.
 final class ClientCore: @unchecked Sendable {
-    let mosq: OpaquePointer
+    /// The libmosquitto handle (see "One handle, destroyed once").
+    let mosq: MosquittoHandle
     let config: MQTTConfiguration
     let logger: Logger
     let state: LockedValue<CoreState>
@@ -86,7 +88,7 @@ final class ClientCore: @unchecked Sendable {
         self.responseTopic = "\(configuration.responseTopicPrefix)/\(token)"
         let clean: Bool
         if case .persistent = configuration.session { clean = false } else { clean = true }
-        guard let handle = mosquitto_new(configuration.clientID, clean, nil) else {
+        guard let handle = MosquittoHandle.create(clientID: configuration.clientID, cleanSession: clean) else {
             throw MQTTError(.invalidArgument, "Could not create the MQTT client: \(String(cString: strerror(errno))).")
         }
         self.mosq = handle
@@ -96,7 +98,7 @@ final class ClientCore: @unchecked Sendable {
         guard executor.enable() else {
             throw MQTTError(.system, "Could not create the MQTT client's wake-up pipe: \(String(cString: strerror(errno))). The process may have too many open files: close some, or raise the limit (ulimit -n).")
         }
-        mosquitto_user_data_set(handle, Unmanaged.passUnretained(self).toOpaque())
+        handle.setUserData(Unmanaged.passUnretained(self).toOpaque())
         installCallbacks()
     }
 
@@ -107,7 +109,7 @@ final class ClientCore: @unchecked Sendable {
             s.handleDestroyed = true
             return true
         }
-        if needsDestroy { mosquitto_destroy(mosq) }
+        if needsDestroy { mosq.destroy() }
         if let io { mosq_io_destroy(io) }
     }
 
@@ -123,30 +125,27 @@ final class ClientCore: @unchecked Sendable {
         case .v3_1_1: level = MQTT_PROTOCOL_V311
         case .v5: level = MQTT_PROTOCOL_V5
         }
-        try check(mosquitto_int_option(mosq, MOSQ_OPT_PROTOCOL_VERSION, level), "Setting the protocol version")
-        try check(mosquitto_threaded_set(mosq, true), "Setting threaded mode")
+        try check(mosq.setOption(MOSQ_OPT_PROTOCOL_VERSION, level), "Setting the protocol version")
+        try check(mosq.setThreaded(true), "Setting threaded mode")
         let inflight = config.maximumInflightMessages
-        try check(mosquitto_int_option(mosq, MOSQ_OPT_SEND_MAXIMUM, Int32(clamping: inflight)), "Setting the in-flight window")
+        try check(mosq.setOption(MOSQ_OPT_SEND_MAXIMUM, Int32(clamping: inflight)), "Setting the in-flight window")
         // libmosquitto's own receive quota (20 by default) counts a QoS 2 message until PUBREL, while mosquitto
         // brokers stop counting it at PUBREC; with both QoS in flight the broker overruns the quota and
         // libmosquitto drops the connection with a protocol error. Advertise a quota the broker can honour.
         if isV5 {
-            try check(mosquitto_int_option(mosq, MOSQ_OPT_RECEIVE_MAXIMUM, Int32(config.receiveMaximum)), "Setting the receive maximum")
+            try check(mosq.setOption(MOSQ_OPT_RECEIVE_MAXIMUM, Int32(config.receiveMaximum)), "Setting the receive maximum")
         }
         if config.tcpNoDelay {
-            try check(mosquitto_int_option(mosq, MOSQ_OPT_TCP_NODELAY, 1), "Setting TCP_NODELAY")
+            try check(mosq.setOption(MOSQ_OPT_TCP_NODELAY, 1), "Setting TCP_NODELAY")
         }
         if let creds = config.credentials {
-            try check(mosquitto_username_pw_set(mosq, creds.username, creds.password), "Setting the user name and password")
+            try check(mosq.setCredentials(username: creds.username, password: creds.password), "Setting the user name and password")
         }
         if let will = config.will {
             let m = will.message
             var props = isV5 ? try CPropertyList.publish(m.properties, willDelay: will.delayInterval) : CPropertyList()
             let rc: Int32 = m.payload.withUnsafeBytes { buf in
-                if isV5 {
-                    return mosquitto_will_set_v5(mosq, m.topic, Int32(buf.count), buf.baseAddress, Int32(m.qos.rawValue), m.retain, props.head)
-                }
-                return mosquitto_will_set(mosq, m.topic, Int32(buf.count), buf.baseAddress, Int32(m.qos.rawValue), m.retain)
+                mosq.setWill(topic: m.topic, payload: buf, qos: Int32(m.qos.rawValue), retain: m.retain, properties: props.head, v5: isV5)
             }
             // will_set_v5 takes ownership of the list on success only.
             if rc != MOSQ_ERR_SUCCESS.rawValue { props.free() }
@@ -154,12 +153,12 @@ final class ClientCore: @unchecked Sendable {
         }
         if let tls = config.tls {
             if let identity = tls.pskIdentity {
-                try check(mosquitto_tls_psk_set(mosq, tls.pskHexKey ?? "", identity, tls.ciphers), "Setting the TLS pre-shared key")
+                try check(mosq.setTLSPSK(hexKey: tls.pskHexKey ?? "", identity: identity, ciphers: tls.ciphers), "Setting the TLS pre-shared key")
             } else {
                 var caDir = tls.caDirectory
                 if tls.useSystemCertificates {
                     // Work around libmosquitto 2.0.11 #2288: OS certificates alone break reconnects.
-                    try check(mosquitto_int_option(mosq, MOSQ_OPT_TLS_USE_OS_CERTS, 1), "Enabling the system CA store")
+                    try check(mosq.setOption(MOSQ_OPT_TLS_USE_OS_CERTS, 1), "Enabling the system CA store")
                     if caDir == nil && tls.caFile == nil { caDir = "/etc/ssl/certs" }
                 }
                 if tls.caFile == nil && caDir == nil {
@@ -174,35 +173,35 @@ final class ClientCore: @unchecked Sendable {
                 if (tls.certificateFile == nil) != (tls.keyFile == nil) {
                     throw MQTTError(.tls, "Mutual TLS needs both a certificate (--cert) and its private key (--key).")
                 }
-                let rc = mosquitto_tls_set(mosq, tls.caFile, caDir, tls.certificateFile, tls.keyFile, nil)
+                let rc = mosq.setTLS(caFile: tls.caFile, caDirectory: caDir, certificateFile: tls.certificateFile, keyFile: tls.keyFile)
                 if rc != MOSQ_ERR_SUCCESS.rawValue {
                     throw MQTTError(.tls, "libmosquitto rejected the TLS files (\(MQTTError.libraryText(rc))): check the CA, certificate and key paths and that the key matches the certificate.")
                 }
-                try check(mosquitto_tls_opts_set(mosq, 1, tls.version, tls.ciphers), "Setting TLS options (version must be tlsv1.3, tlsv1.2 or tlsv1.1)")
-                if let engine = tls.engine, mosquitto_string_option(mosq, MOSQ_OPT_TLS_ENGINE, engine) != MOSQ_ERR_SUCCESS.rawValue {
+                try check(mosq.setTLSOptions(verifyPeer: true, version: tls.version, ciphers: tls.ciphers), "Setting TLS options (version must be tlsv1.3, tlsv1.2 or tlsv1.1)")
+                if let engine = tls.engine, mosq.setOption(MOSQ_OPT_TLS_ENGINE, engine) != MOSQ_ERR_SUCCESS.rawValue {
                     throw MQTTError(.tls, "Problem setting TLS engine, is \(engine) a valid engine?")
                 }
-                if tls.keyForm == .engine, mosquitto_string_option(mosq, MOSQ_OPT_TLS_KEYFORM, "engine") != MOSQ_ERR_SUCCESS.rawValue {
+                if tls.keyForm == .engine, mosq.setOption(MOSQ_OPT_TLS_KEYFORM, "engine") != MOSQ_ERR_SUCCESS.rawValue {
                     throw MQTTError(.tls, "Problem setting key form, it must be one of 'pem' or 'engine'.")
                 }
                 if let sha = tls.engineKeyPasswordSHA1,
-                   mosquitto_string_option(mosq, MOSQ_OPT_TLS_ENGINE_KPASS_SHA1, sha) != MOSQ_ERR_SUCCESS.rawValue {
+                   mosq.setOption(MOSQ_OPT_TLS_ENGINE_KPASS_SHA1, sha) != MOSQ_ERR_SUCCESS.rawValue {
                     throw MQTTError(.tls, "Problem setting TLS engine key pass sha, is it a 40 character hex string?")
                 }
             }
             if tls.insecure {
                 logger.warning("TLS host name verification is OFF (insecure): anyone can impersonate the broker. Use only for testing.")
-                try check(mosquitto_tls_insecure_set(mosq, true), "Disabling host name verification")
+                try check(mosq.setTLSInsecure(true), "Disabling host name verification")
             }
             if let alpn = tls.alpn {
-                try check(mosquitto_string_option(mosq, MOSQ_OPT_TLS_ALPN, alpn), "Setting ALPN")
+                try check(mosq.setOption(MOSQ_OPT_TLS_ALPN, alpn), "Setting ALPN")
             }
         }
         if let proxy = config.socks5Proxy {
-            try check(mosquitto_socks5_set(mosq, proxy.host, Int32(proxy.port), proxy.username, proxy.password), "Setting the SOCKS5 proxy")
+            try check(mosq.setSOCKS5(host: proxy.host, port: Int32(proxy.port), username: proxy.username, password: proxy.password), "Setting the SOCKS5 proxy")
         }
         if let bind = config.bindAddress {
-            try check(mosquitto_string_option(mosq, MOSQ_OPT_BIND_ADDRESS, bind), "Setting the bind address")
+            try check(mosq.setOption(MOSQ_OPT_BIND_ADDRESS, bind), "Setting the bind address")
         }
     }
 
@@ -232,7 +231,7 @@ final class ClientCore: @unchecked Sendable {
     }
 
     /// Runs `body` with the handle if it is still open; returns nil otherwise.
-    func withHandle<R>(_ body: (OpaquePointer) throws(MQTTError) -> R) throws(MQTTError) -> R? {
+    func withHandle<R>(_ body: (MosquittoHandle) throws(MQTTError) -> R) throws(MQTTError) -> R? {
         guard enterGate() else { return nil }
         defer { leaveGate() }
         return try body(mosq)
@@ -258,9 +257,9 @@ final class ClientCore: @unchecked Sendable {
         case .unixSocket(let path): host = path; port = 0
         }
         let keepalive = Int32(config.keepAlive)
+        var props = CPropertyList()
+        defer { props.free() }
         if isV5 {
-            var props = CPropertyList()
-            defer { props.free() }
             switch config.session {
             case .persistent(let expiry), .cleanStart(let expiry):
                 if expiry > 0 { try? props.add(int32: MQTT_PROP_SESSION_EXPIRY_INTERVAL, expiry) }
@@ -274,9 +273,8 @@ final class ClientCore: @unchecked Sendable {
             if let v = cp.authenticationMethod { try? props.add(string: MQTT_PROP_AUTHENTICATION_METHOD, v) }
             if let v = cp.authenticationData { try? props.add(binary: MQTT_PROP_AUTHENTICATION_DATA, v) }
             for u in config.connectUserProperties { try? props.add(userProperty: u) }
-            return mosquitto_connect_bind_v5(mosq, host, port, keepalive, config.bindAddress, props.head)
         }
-        return mosquitto_connect_bind(mosq, host, port, keepalive, config.bindAddress)
+        return mosq.connect(host: host, port: port, keepalive: keepalive, bindAddress: config.bindAddress, properties: props.head, v5: isV5)
     }
 
     private func networkMain() {
@@ -292,7 +290,7 @@ final class ClientCore: @unchecked Sendable {
             guard state.withLock({ $0.lifecycle.attemptStarting() }) == .connect else { break }
             sessionUp = false
             let rc = connectOnce()
-            if let io { mosq_io_set_connection(io, mosquitto_socket(mosq)) }
+            if let io { mosq_io_set_connection(io, mosq.socket) }
             var loopError: MQTTError?
             if rc == MOSQ_ERR_SUCCESS.rawValue {
                 while true {
@@ -347,9 +345,9 @@ final class ClientCore: @unchecked Sendable {
     /// (before CONNACK, reads drive the TLS handshake, where `EAGAIN` says nothing about the socket).
     private func drainReadable() -> Int32 {
         var n = 0
-        while sessionUp && n < Self.readBatch && mosquitto_socket(mosq) != -1 {
+        while sessionUp && n < Self.readBatch && mosq.socket != -1 {
             errno = 0
-            let rc = mosquitto_loop_read(mosq, 1)
+            let rc = mosq.loopRead()
             if rc != MOSQ_ERR_SUCCESS.rawValue { return rc }
             if errno == EAGAIN || errno == EWOULDBLOCK { break }
             // Something to send (a PUBACK or PUBREC for what was just read, or the next queued PUBLISH that an
@@ -357,8 +355,8 @@ final class ClientCore: @unchecked Sendable {
             // window keeps moving, and read on. With batching this fills the output buffer, which `writeQueued`
             // sends right after the drain, still before any consumer is woken. A socket that takes no more waits
             // for the next poll's writability check.
-            if mosquitto_want_write(mosq) {
-                let wrc = mosquitto_loop_write(mosq, 1)
+            if mosq.wantsWrite {
+                let wrc = mosq.loopWrite()
                 if wrc != MOSQ_ERR_SUCCESS.rawValue { return wrc }
             }
             n += 1
@@ -379,14 +377,14 @@ final class ClientCore: @unchecked Sendable {
     /// as libmosquitto expects of a full pair, until the next `connect` replaces the pair.
     private func pollPass(wakeFD: Int32) -> Int32 {
         assertOnNetworkThread()
-        let fd = mosquitto_socket(mosq)
+        let fd = mosq.socket
         if fd < 0 { return MOSQ_ERR_NO_CONN.rawValue }
         let now = ContinuousClock.now
         if now >= nextHousekeeping {
             // Keepalive: PINGREQ when due (written in this pass: it is queued before POLLOUT is decided), and the
             // end of a connection whose PINGRESP never came.
             nextHousekeeping = now + .seconds(1)
-            let rc = mosquitto_loop_misc(mosq)
+            let rc = mosq.loopMisc()
             if rc != MOSQ_ERR_SUCCESS.rawValue { return rc }
         }
         // Order matters (see NetworkExecutor, "Sleep first"): declare the sleep, then look for output.
@@ -406,7 +404,7 @@ final class ClientCore: @unchecked Sendable {
         }
         var rc = MOSQ_ERR_SUCCESS.rawValue
         if fds.0.revents != 0 || bufferedInput {
-            rc = sessionUp ? drainReadable() : mosquitto_loop_read(mosq, 1)
+            rc = sessionUp ? drainReadable() : mosq.loopRead()
         }
         if rc == MOSQ_ERR_SUCCESS.rawValue {
             rc = writeQueued()
@@ -429,14 +427,14 @@ final class ClientCore: @unchecked Sendable {
     /// True when output waits for the socket: packets queued in libmosquitto, or bytes in the batching's buffer
     /// ("Batched socket I/O" above).
     private var hasPendingOutput: Bool {
-        mosquitto_want_write(mosq) || (io.map { mosq_io_pending_output($0) > 0 } ?? false)
+        mosq.wantsWrite || (io.map { mosq_io_pending_output($0) > 0 } ?? false)
     }
 
     /// Hands libmosquitto's queued packets to the socket: with batching, into the output buffer and then to the
     /// socket in one `send`.
     private func writeQueued() -> Int32 {
-        if mosquitto_want_write(mosq) {
-            let rc = mosquitto_loop_write(mosq, 1)
+        if mosq.wantsWrite {
+            let rc = mosq.loopWrite()
             if rc != MOSQ_ERR_SUCCESS.rawValue { return rc }
         }
         if let io, mosq_io_flush(io) < 0 {
@@ -462,23 +460,23 @@ final class ClientCore: @unchecked Sendable {
         if let io { mosq_io_set_linger(io, 2000) }
         _ = sendDisconnect(mosq, reason: reason, properties: properties)
         let deadline = ContinuousClock.now + .seconds(2)
-        while mosquitto_socket(mosq) != -1 && ContinuousClock.now < deadline {
+        while mosq.socket != -1 && ContinuousClock.now < deadline {
             // Write before reading: a read error (a broker reply such as an UNSUBACK arriving as the connection
             // winds down) would end the loop without writing the queued DISCONNECT. libmosquitto closes the socket
             // once DISCONNECT is written.
             if hasPendingOutput {
-                if writeQueued() != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(mosq) == -1 { break }
+                if writeQueued() != MOSQ_ERR_SUCCESS.rawValue || mosq.socket == -1 { break }
                 if !hasPendingOutput { continue }
             }
             // The socket took only part of what is queued (or the handshake is not over): wait until it takes
             // more or the broker says something.
             var events = Int16(POLLIN)
             if hasPendingOutput { events |= Int16(POLLOUT) }
-            var socket = pollfd(fd: mosquitto_socket(mosq), events: events, revents: 0)
+            var socket = pollfd(fd: mosq.socket, events: events, revents: 0)
             let n = poll(&socket, 1, 100)
             if n < 0 && errno != EINTR { break }
             if n > 0 && socket.revents & Int16(POLLIN | POLLERR | POLLHUP) != 0,
-               mosquitto_loop_read(mosq, 1) != MOSQ_ERR_SUCCESS.rawValue {
+               mosq.loopRead() != MOSQ_ERR_SUCCESS.rawValue {
                 break
             }
         }
@@ -496,7 +494,7 @@ final class ClientCore: @unchecked Sendable {
             s.handleDestroyed = true
             return true
         }
-        if destroy { mosquitto_destroy(mosq) }
+        if destroy { mosq.destroy() }
         finishEverything(error: error)
     }
 
@@ -512,7 +510,7 @@ final class ClientCore: @unchecked Sendable {
         for (mid, p) in work.pending {
             p.fail(MQTTError(shutdownError.code, "Message \(mid) was not acknowledged by the broker before the client ended: \(shutdownError.message)", reasonCode: shutdownError.reasonCode))
         }
-        for w in work.subacks { w.resume(throwing: shutdownError) }
+        for w in work.subacks { w.userWaiter?.resume(throwing: shutdownError) }
         for c in work.unsubacks { c.resume(throwing: shutdownError) }
         for w in work.requests { w.fail(shutdownError) }
         for b in work.buffers { b.finish(error: failure) }
@@ -544,14 +542,14 @@ final class ClientCore: @unchecked Sendable {
     }
 
     /// Sends DISCONNECT with its MQTT 5 reason code and properties (both ignored on MQTT 3.x).
-    func sendDisconnect(_ h: OpaquePointer, reason: UInt8, properties: DisconnectProperties) -> Int32 {
-        guard isV5 else { return mosquitto_disconnect(h) }
+    func sendDisconnect(_ h: MosquittoHandle, reason: UInt8, properties: DisconnectProperties) -> Int32 {
+        guard isV5 else { return h.disconnect(reason: 0, properties: nil, v5: false) }
         var props = CPropertyList()
         defer { props.free() }
         if let v = properties.sessionExpiryInterval { try? props.add(int32: MQTT_PROP_SESSION_EXPIRY_INTERVAL, v) }
         if let v = properties.reasonString { try? props.add(string: MQTT_PROP_REASON_STRING, v) }
         for u in properties.userProperties { try? props.add(userProperty: u) }
-        return mosquitto_disconnect_v5(h, Int32(reason), props.head)
+        return h.disconnect(reason: Int32(reason), properties: props.head, v5: true)
     }
 
     func shutdown(disconnectReason: UInt8 = 0, properties: DisconnectProperties = .init()) async {
@@ -574,7 +572,7 @@ final class ClientCore: @unchecked Sendable {
             }
             if destroy {
                 while state.withLock({ $0.activeCalls }) > 0 { usleep(1000) }
-                mosquitto_destroy(mosq)
+                mosq.destroy()
             }
             finishEverything(error: nil)
         }
@@ -583,8 +581,34 @@ final class ClientCore: @unchecked Sendable {
     /// Closes the TCP socket under libmosquitto, as a network failure would (tests of wills and reconnects).
     func severConnectionForTesting() {
         _ = try? withHandle { h in
-            let fd = mosquitto_socket(h)
+            let fd = h.socket
             if fd >= 0 { _ = closeSocketForTesting(fd) }
+        }
+    }
+
+    // MARK: Connecting (the facade's entry; the rules live in ConnectionStateMachine)
+
+    /// Where the connection stands now.
+    var connectionState: ConnectionState { state.withLock { $0.lifecycle.connectionState } }
+
+    /// Connects and waits for the CONNACK (``MQTTClient/connect()``); starts the network thread on the first call.
+    func connect() async throws -> ConnAck {
+        let id = state.withLock { $0.nextID() }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<ConnAck, any Error>) in
+                let action = state.withLock { s in
+                    s.handleClosed ? .fail(s.closedError) : s.lifecycle.connect(id, waiter: c)
+                }
+                switch action {
+                case .connected(let ack): c.resume(returning: ack)
+                case .fail(let error): c.resume(throwing: error)
+                case .wait: break
+                case .startNetworkThread: startNetworkThread()
+                }
+            }
+        } onCancel: {
+            let c = state.withLock { $0.lifecycle.cancelConnect(id) }
+            c?.resume(throwing: CancellationError())
         }
     }
 
@@ -679,24 +703,5 @@ enum SocketBatching {
             return !written
         }
         if first { logger().debug("\(reason)") }
-    }
-}
-
-// MARK: - Library initialisation
-
-enum MosquittoLibrary {
-    /// `mosquitto_lib_init` is not thread-safe; a static `let` runs it exactly once.
-    private static let initialized: Bool = {
-        mosquitto_lib_init()
-        return true
-    }()
-
-    static func ensureInitialized() { _ = initialized }
-
-    /// The libmosquitto version, for example "2.0.11".
-    static var version: String {
-        var major: Int32 = 0, minor: Int32 = 0, rev: Int32 = 0
-        mosquitto_lib_version(&major, &minor, &rev)
-        return "\(major).\(minor).\(rev)"
     }
 }

@@ -40,34 +40,16 @@ enum RequestWaiter {
     }
 }
 
-struct CoreState {
-    struct FilterEntry {
-        var filter: String
-        var id: UInt32
-        var qos: QoS
-        var options: Int32
-        var streams: Set<UInt64>
-        var confirmed = false
-        var isInternal = false
-        /// MQTT 5 user properties sent with the SUBSCRIBE (again on re-subscribe).
-        var userProperties: [UserProperty] = []
-    }
-    enum SubackWaiter {
-        case user(String, CheckedContinuation<[UInt8]?, any Error>)
-        case resubscribe(String)
+/// The subscription table with the client's stream buffers and `subscribe` continuations (see
+/// ``SubscriptionStateMachine``).
+typealias Subscriptions = SubscriptionStateMachine<MessageBuffer, CheckedContinuation<[UInt8]?, any Error>>
 
-        func resumeOffline() {
-            if case .user(_, let c) = self { c.resume(returning: nil) }
-        }
-        func resume(throwing e: MQTTError) {
-            if case .user(_, let c) = self { c.resume(throwing: e) }
-        }
-    }
+struct CoreState {
     struct Teardown {
         var connectWaiters: [CheckedContinuation<ConnAck, any Error>] = []
         var slotWaiters: [CheckedContinuation<Void, any Error>] = []
         var pending: [(UInt16, PublishWindow.Pending)] = []
-        var subacks: [SubackWaiter] = []
+        var subacks: [Subscriptions.SubackWaiter] = []
         var unsubacks: [CheckedContinuation<Void, any Error>] = []
         var requests: [RequestWaiter] = []
         var buffers: [MessageBuffer] = []
@@ -95,15 +77,8 @@ struct CoreState {
     /// The bounded outgoing queue and the messages waited for (see ``PublishStateMachine``).
     var publishes: PublishWindow
 
-    var filters: [String: FilterEntry] = [:] { didSet { routesByID = nil } }
-    var filtersByID: [UInt32: String] = [:]
-    var nextSubscriptionID: UInt32 = 1
-    var streams: [UInt64: MessageBuffer] = [:] { didSet { routesByID = nil } }
-    /// Streams to deliver to, by MQTT 5 subscription identifier; rebuilt after any subscription change.
-    var routesByID: [UInt32: [MessageBuffer]]?
-    var firehoses: [UInt64: MessageBuffer] = [:]
-    /// Callers (and re-subscriptions) waiting for a SUBACK (see ``AcknowledgementStateMachine``).
-    var subacks = AcknowledgementStateMachine<[UInt8], SubackWaiter>()
+    /// The subscription table, its streams and SUBACK waiters (see ``SubscriptionStateMachine``).
+    var subscriptions = Subscriptions()
     /// Callers waiting for an UNSUBACK.
     var unsubacks = AcknowledgementStateMachine<Void, CheckedContinuation<Void, any Error>>()
     var messagesReceived = 0
@@ -111,17 +86,6 @@ struct CoreState {
     /// Pending requests and the response subscription (see ``RequestStateMachine``).
     var requests = RequestStateMachine<RequestWaiter>()
     var responseStream: MessageStream?
-
-    mutating func routes(forSubscriptionID id: UInt32) -> [MessageBuffer] {
-        if routesByID == nil {
-            var table: [UInt32: [MessageBuffer]] = [:]
-            for e in filters.values {
-                table[e.id] = e.streams.sorted().compactMap { streams[$0] }
-            }
-            routesByID = table
-        }
-        return routesByID?[id] ?? []
-    }
 
     init(lifecycle: ConnectionStateMachine<CheckedContinuation<ConnAck, any Error>>, queueLimit: Int) {
         self.lifecycle = lifecycle
@@ -147,11 +111,9 @@ struct CoreState {
         ended = true
         t.connectWaiters = lifecycle.ended(error: error)
         (t.slotWaiters, t.pending, t.drainWaiters) = publishes.close()
-        t.subacks = subacks.close()
+        (t.subacks, t.buffers) = subscriptions.close()
         t.unsubacks = unsubacks.close()
         t.requests = requests.close()
-        t.buffers = Array(streams.values) + Array(firehoses.values); streams.removeAll(); firehoses.removeAll()
-        filters.removeAll(); filtersByID.removeAll()
         t.events = Array(events.values); events.removeAll()
         t.joinWaiters = joinWaiters; joinWaiters.removeAll()
         t.responseStream = responseStream

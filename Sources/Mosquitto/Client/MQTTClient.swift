@@ -86,7 +86,7 @@ public final class MQTTClient: Sendable {
     }
 
     /// Where the connection stands now.
-    public var state: ConnectionState { core.state.withLock { $0.lifecycle.connectionState } }
+    public var state: ConnectionState { core.connectionState }
 
     /// Connection events (connected, disconnected, reconnecting in N s, gave up). Each call returns a new
     /// stream holding up to 256 unread events.
@@ -99,23 +99,7 @@ public final class MQTTClient: Sendable {
     /// client reconnects by itself. Calling `connect()` again while connected returns the current CONNACK.
     @discardableResult
     public func connect() async throws -> ConnAck {
-        let id = core.state.withLock { $0.nextID() }
-        return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<ConnAck, any Error>) in
-                let action = core.state.withLock { s in
-                    s.handleClosed ? .fail(s.closedError) : s.lifecycle.connect(id, waiter: c)
-                }
-                switch action {
-                case .connected(let ack): c.resume(returning: ack)
-                case .fail(let error): c.resume(throwing: error)
-                case .wait: break
-                case .startNetworkThread: core.startNetworkThread()
-                }
-            }
-        } onCancel: {
-            let c = core.state.withLock { $0.lifecycle.cancelConnect(id) }
-            c?.resume(throwing: CancellationError())
-        }
+        try await core.connect()
     }
 
     /// Publishes a message.
