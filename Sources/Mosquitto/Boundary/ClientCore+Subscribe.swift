@@ -31,10 +31,10 @@ extension ClientCore {
             try checkDepth(s.filter, what: "filter")
         }
         if !isV5 && !userProperties.isEmpty {
-            throw MQTTError(.requiresMQTT5, "SUBSCRIBE user properties need MQTT 5: connect with protocolVersion .v5 (-V mqttv5).")
+            throw MQTTError(.requiresMQTT5, "SUBSCRIBE user properties need MQTT 5: connect with protocolVersion .v5.")
         }
         if !isV5 && subscriptions.contains(where: { $0.optionBits != 0 }) {
-            throw MQTTError(.requiresMQTT5, "No-local, retain-as-published and retain handling need MQTT 5: connect with protocolVersion .v5 (-V mqttv5).")
+            throw MQTTError(.requiresMQTT5, "No-local, retain-as-published and retain handling need MQTT 5: connect with protocolVersion .v5.")
         }
         let streamID = state.withLock { $0.nextID() }
         let buffer = MessageBuffer(policy: policy) { [weak self] in self?.removeStream(streamID) }
@@ -106,7 +106,7 @@ extension ClientCore {
 
     func unsubscribe(_ filters: [String], userProperties: [UserProperty] = []) async throws {
         if !isV5 && !userProperties.isEmpty {
-            throw MQTTError(.requiresMQTT5, "UNSUBSCRIBE user properties need MQTT 5: connect with protocolVersion .v5 (-V mqttv5).")
+            throw MQTTError(.requiresMQTT5, "UNSUBSCRIBE user properties need MQTT 5: connect with protocolVersion .v5.")
         }
         let buffers = state.withLock { $0.subscriptions.unsubscribeRequested(filters) }
         for f in filters {

@@ -162,7 +162,7 @@ final class ClientCore: @unchecked Sendable {
                     if caDir == nil && tls.caFile == nil { caDir = "/etc/ssl/certs" }
                 }
                 if tls.caFile == nil && caDir == nil {
-                    throw MQTTError(.tls, "TLS needs trusted CA certificates: give a CA file (--cafile), a CA directory (--capath) or use the system store.")
+                    throw MQTTError(.tls, "TLS needs trusted CA certificates: set TLS.caFile, TLS.caDirectory or TLS.useSystemCertificates.")
                 }
                 let keyPath = tls.keyForm == .engine ? nil : tls.keyFile  // an engine key is named, not read from a file
                 for (path, what) in [(tls.caFile, "CA file"), (tls.certificateFile, "certificate file"), (keyPath, "key file")] {
@@ -171,7 +171,7 @@ final class ClientCore: @unchecked Sendable {
                     }
                 }
                 if (tls.certificateFile == nil) != (tls.keyFile == nil) {
-                    throw MQTTError(.tls, "Mutual TLS needs both a certificate (--cert) and its private key (--key).")
+                    throw MQTTError(.tls, "Mutual TLS needs both a client certificate (TLS.certificateFile) and its private key (TLS.keyFile).")
                 }
                 let rc = mosq.setTLS(caFile: tls.caFile, caDirectory: caDir, certificateFile: tls.certificateFile, keyFile: tls.keyFile)
                 if rc != MOSQ_ERR_SUCCESS.rawValue {
