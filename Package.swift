@@ -38,6 +38,8 @@ let package = Package(
         .target(name: "MosquittoSync"),
         // Batched socket I/O under libmosquitto (Sources/CMosquittoIO/mosquitto_io.c says how and why).
         .target(name: "CMosquittoIO", linkerSettings: [.linkedLibrary("dl")]),
+        // The one parser of `-L` style mqtt:// URLs, shared by the library and the CLIs (pure Swift, no Foundation).
+        .target(name: "MQTTURLParser"),
         // The client library.
         .target(
             name: "Mosquitto",
@@ -45,6 +47,7 @@ let package = Package(
                 "CMosquitto",
                 "CMosquittoIO",
                 "MosquittoSync",
+                "MQTTURLParser",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
@@ -59,7 +62,7 @@ let package = Package(
         ),
         // The engine of mqtt-pub, mqtt-sub and mqtt-rr: libmosquitto driven directly, as mosquitto's own clients
         // do, with nothing else linked (a short run starts in about the time mosquitto_pub does).
-        .target(name: "MosquittoCLICore", dependencies: ["CMosquitto", "CMosquittoIO"], path: "Sources/MosquittoCLI/Core"),
+        .target(name: "MosquittoCLICore", dependencies: ["CMosquitto", "CMosquittoIO", "MQTTURLParser"], path: "Sources/MosquittoCLI/Core"),
         // mqtt-bridge's broker options, and mqtt-sub's printing for library messages (MessageFormatter).
         .target(
             name: "MosquittoCLI",
@@ -67,6 +70,7 @@ let package = Package(
                 "MosquittoCLICore",
                 "Mosquitto",
                 "MosquittoSync",
+                "MQTTURLParser",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -133,7 +137,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MosquittoTests",
-            dependencies: ["Mosquitto", "MosquittoBroker", "MosquittoSync", "CMosquitto"]
+            dependencies: ["Mosquitto", "MosquittoBroker", "MosquittoSync", "CMosquitto", "MQTTURLParser"]
         ),
         .testTarget(
             name: "CLITests",
