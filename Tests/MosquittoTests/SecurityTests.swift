@@ -49,7 +49,7 @@ struct SecurityTests {
                     Issue.record("publishing outside the ACL must fail on MQTT 5")
                 } catch let e as MQTTError {
                     #expect(e.code == .notAuthorized)
-                    #expect(e.reasonCode == 0x87)
+                    #expect(e.reasonCode == .notAuthorized)
                 }
             }
             // mosquitto's ACL file does not refuse subscriptions (it filters deliveries), so there is no SUBACK

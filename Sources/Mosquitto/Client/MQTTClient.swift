@@ -44,7 +44,8 @@ public enum ConnectionEvent: Sendable, Hashable {
 /// once, and `publish` suspends while that queue is full. Each subscription stream has its own bounded buffer
 /// with a stated overflow policy and a drop counter.
 ///
-/// Call ``shutdown()`` when done: it sends DISCONNECT, joins the network thread and ends every stream.
+/// Call ``shutdown(disconnectReason:properties:)`` when done: it sends DISCONNECT, joins the network thread and ends
+/// every stream.
 public final class MQTTClient: Sendable {
     let core: ClientCore
 
@@ -139,15 +140,15 @@ public final class MQTTClient: Sendable {
     ///
     /// Returns as soon as the message is queued, like ``PublishCompletion/enqueued``; `onComplete` is then called
     /// exactly once, on the client's network thread, with the MQTT 5 reason code when the broker acknowledged the
-    /// message (PUBACK/PUBCOMP, or the socket write at QoS 0), or with the error when the broker refused it
-    /// (reason code 0x80 or above), the connection dropped a QoS 0 message, or the client ended first. It is not
-    /// called when this method throws. Keep `onComplete` short and non-blocking: it runs on the thread that
-    /// reads from the broker. This is how a store-and-forward caller (such as a spool) learns, per message, when
-    /// the broker has taken responsibility, without a task per message.
+    /// message (PUBACK/PUBCOMP, or the socket write at QoS 0; ``MQTTReasonCode/success`` on MQTT 3.x), or with the
+    /// error when the broker refused it (a reason code that ``MQTTReasonCode/isFailure``), the connection dropped a
+    /// QoS 0 message, or the client ended first. It is not called when this method throws. Keep `onComplete` short
+    /// and non-blocking: it runs on the thread that reads from the broker. This is how a store-and-forward caller
+    /// (such as a spool) learns, per message, when the broker has taken responsibility, without a task per message.
     @discardableResult
     public func publish(_ message: MQTTMessage,
-                        onComplete: @escaping @Sendable (Result<UInt8, MQTTError>) -> Void) async throws -> PublishReceipt {
-        try await core.publish(message, completion: .enqueued, onComplete: onComplete)
+                        onComplete: @escaping @Sendable (Result<MQTTReasonCode, MQTTError>) -> Void) async throws -> PublishReceipt {
+        try await core.publish(message, completion: .enqueued, onComplete: { onComplete($0.map(MQTTReasonCode.init(rawValue:))) })
     }
 
     /// Publishes bytes to a topic. See ``publish(_:completion:)``.
@@ -257,24 +258,25 @@ public final class MQTTClient: Sendable {
         }
     }
 
-    /// Disconnects cleanly (DISCONNECT, so no will is published), joins the network thread, fails what is still
-    /// waiting with `.shutDown`, and ends every stream. Safe to call more than once.
-    public func shutdown() async {
-        await core.shutdown()
-    }
-
-    /// Shuts down like ``shutdown()``, sending an MQTT 5 DISCONNECT reason code. Reason 4 (*Disconnect with Will
-    /// Message*) asks the broker to publish the will anyway, as `mosquitto_sub` does when interrupted. Ignored on
-    /// MQTT 3.1.1, where a DISCONNECT always discards the will.
-    public func shutdown(disconnectReason: UInt8) async {
-        await core.shutdown(disconnectReason: disconnectReason)
-    }
-
-    /// Shuts down like ``shutdown(disconnectReason:)``, with MQTT 5 DISCONNECT properties: a new session expiry
-    /// (for example 0 to have the broker discard a persistent session now), a reason string, user properties.
-    /// The broker refuses a non-zero session expiry when the client connected with none. Ignored on MQTT 3.x.
-    public func shutdown(disconnectReason: UInt8 = 0, properties: DisconnectProperties) async {
-        await core.shutdown(disconnectReason: disconnectReason, properties: properties)
+    /// Disconnects cleanly, joins the network thread, fails what is still waiting with `.shutDown`, and ends every
+    /// stream. Safe to call more than once.
+    ///
+    /// ```swift
+    /// await client.shutdown()                                              // no will is published
+    /// await client.shutdown(disconnectReason: .disconnectWithWillMessage)  // MQTT 5: publish the will anyway
+    /// await client.shutdown(properties: .init(sessionExpiryInterval: 0))   // MQTT 5: discard the session now
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - disconnectReason: The MQTT 5 DISCONNECT reason code. ``MQTTReasonCode/normalDisconnection`` (the default)
+    ///     has the broker discard the will; ``MQTTReasonCode/disconnectWithWillMessage`` asks it to publish the will
+    ///     anyway, as `mosquitto_sub` does when interrupted. Ignored on MQTT 3.x, where a DISCONNECT always discards
+    ///     the will.
+    ///   - properties: MQTT 5 DISCONNECT properties: a new session expiry (for example 0 to have the broker discard
+    ///     a persistent session now), a reason string, user properties. The broker refuses a non-zero session
+    ///     expiry when the client connected with none. Ignored on MQTT 3.x.
+    public func shutdown(disconnectReason: MQTTReasonCode = .normalDisconnection, properties: DisconnectProperties = .init()) async {
+        await core.shutdown(disconnectReason: disconnectReason.rawValue, properties: properties)
     }
 
     /// Connects, runs `body`, and shuts the client down however `body` ends.

@@ -82,19 +82,25 @@ public struct MQTTError: Error, Sendable, Hashable, CustomStringConvertible {
 
     /// What kind of failure this is.
     public var code: Code
-    /// The MQTT reason code (CONNACK, PUBACK, SUBACK or DISCONNECT) when the broker sent one.
-    public var reasonCode: UInt8?
+    /// The MQTT reason code (CONNACK, PUBACK, PUBREC, SUBACK or DISCONNECT) when the broker sent one. On an MQTT 3.x
+    /// CONNACK refusal it holds the 3.1.1 return code (1 to 5).
+    public var reasonCode: MQTTReasonCode?
     /// The `errno` value for ``Code/system`` and ``Code/connectionFailed`` errors.
     public var systemErrno: Int32?
     /// A sentence a person can act on.
     public var message: String
 
     /// Creates an error.
-    public init(_ code: Code, _ message: String, reasonCode: UInt8? = nil, systemErrno: Int32? = nil) {
+    public init(_ code: Code, _ message: String, reasonCode: MQTTReasonCode? = nil, systemErrno: Int32? = nil) {
         self.code = code
         self.message = message
         self.reasonCode = reasonCode
         self.systemErrno = systemErrno
+    }
+
+    /// Creates an error from the reason code byte the engine reads off the wire.
+    init(_ code: Code, _ message: String, reasonCode: UInt8?, systemErrno: Int32? = nil) {
+        self.init(code, message, reasonCode: reasonCode.map(MQTTReasonCode.init(rawValue:)), systemErrno: systemErrno)
     }
 
     /// The ``message``, which says what went wrong and what to do.
@@ -181,7 +187,7 @@ extension MQTTError {
             // v3: 1 unacceptable protocol, 2 identifier rejected. v5: 0x84 bad protocol, 0x85 bad client id,
             // 0x8A banned, 0x8C bad authentication method.
             guard let r = reasonCode else { return false }
-            return [1, 2, 0x84, 0x85, 0x8A, 0x8C].contains(r)
+            return [1, 2, 0x84, 0x85, 0x8A, 0x8C].contains(r.rawValue)
         default: return false
         }
     }
