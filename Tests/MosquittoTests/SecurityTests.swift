@@ -22,7 +22,7 @@ struct SecurityTests {
                 c.credentials = creds
                 c.reconnect.retryInitialConnect = true  // even so, fatal refusals must stop the retries
                 let client = try MQTTClient(configuration: c)
-                let events = client.events
+                let events = client.makeEventStream()
                 do {
                     try await client.connect()
                     Issue.record("connect with \(String(describing: creds)) must fail")

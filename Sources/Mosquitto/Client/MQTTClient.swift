@@ -13,7 +13,7 @@ public enum ConnectionState: Sendable, Hashable {
     case shutDown
 }
 
-/// Something that happened to the connection. Read them from ``MQTTClient/events``.
+/// Something that happened to the connection. Read them from a stream made by ``MQTTClient/makeEventStream()``.
 public enum ConnectionEvent: Sendable, Hashable {
     /// The broker accepted the connection.
     case connected(ConnAck)
@@ -89,9 +89,12 @@ public final class MQTTClient: Sendable {
     /// Where the connection stands now.
     public var state: ConnectionState { core.state.withLock { $0.lifecycle.connectionState } }
 
-    /// Connection events (connected, disconnected, reconnecting in N s, gave up). Each call returns a new
-    /// stream holding up to 256 unread events.
-    public var events: AsyncStream<ConnectionEvent> { core.makeEvents() }
+    /// Makes a new stream of connection events (connected, disconnected, reconnecting in N s, gave up, shut down).
+    ///
+    /// Each call makes a new, independent stream that sees the events from that moment on, holding up to 256
+    /// unread events (older ones are dropped first). Make it before ``connect()`` to see the first
+    /// ``ConnectionEvent/connected(_:)``. The stream ends after ``ConnectionEvent/shutDown``.
+    public func makeEventStream() -> AsyncStream<ConnectionEvent> { core.makeEvents() }
 
     /// Connects and waits for the broker's CONNACK.
     ///
