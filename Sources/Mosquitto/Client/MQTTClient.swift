@@ -46,6 +46,11 @@ public enum ConnectionEvent: Sendable, Hashable {
 ///
 /// Call ``shutdown(disconnectReason:properties:)`` when done: it sends DISCONNECT, joins the network thread and ends
 /// every stream.
+///
+/// Every failure is an ``MQTTError``. Methods that only check their arguments, such as ``init(configuration:)``,
+/// say so with a typed `throws(MQTTError)`. Methods that wait on the network, and the scoped
+/// ``withClient(_:isolation:_:)`` and ``withSubscription(_:buffer:isolation:_:)``, throw untyped: cancelling the
+/// waiting task throws `CancellationError`, and the scoped ones rethrow what their closure throws.
 public final class MQTTClient: Sendable {
     let core: ClientCore
 
@@ -201,9 +206,15 @@ public final class MQTTClient: Sendable {
         try await core.subscribe(filters.map { Subscription($0, qos: qos) }, buffer: buffer)
     }
 
-    /// Subscribes for the duration of `body`, then unsubscribes.
-    public func withSubscription<R: Sendable>(_ subscriptions: [Subscription], buffer: SubscriptionBuffer = .default,
-                                              _ body: (MessageStream) async throws -> R) async throws -> R {
+    /// Subscribes for the duration of `body`, then unsubscribes (ends the stream) however `body` ends.
+    ///
+    /// `body` runs on the caller's actor (`isolation`), so it may use the caller's state and return a value that
+    /// is not `Sendable`.
+    /// - Throws: What ``subscribe(_:buffer:)`` throws (an ``MQTTError``), and whatever `body` throws. Untyped, like
+    ///   every `async` method of the client that waits on the network: cancellation throws `CancellationError`.
+    public func withSubscription<R>(_ subscriptions: [Subscription], buffer: SubscriptionBuffer = .default,
+                                    isolation: isolated (any Actor)? = #isolation,
+                                    _ body: (MessageStream) async throws -> sending R) async throws -> sending R {
         let stream = try await subscribe(subscriptions, buffer: buffer)
         defer { stream.cancel() }
         return try await body(stream)
@@ -283,8 +294,15 @@ public final class MQTTClient: Sendable {
     }
 
     /// Connects, runs `body`, and shuts the client down however `body` ends.
-    public static func withClient<R: Sendable>(_ configuration: MQTTConfiguration,
-                                               _ body: (MQTTClient) async throws -> R) async throws -> R {
+    ///
+    /// `body` runs on the caller's actor (`isolation`), so it may use the caller's state and return a value that
+    /// is not `Sendable`.
+    /// - Throws: ``MQTTError`` when the configuration is invalid or the connection fails (see ``connect()``), and
+    ///   whatever `body` throws. Untyped, like every `async` method of the client that waits on the network:
+    ///   cancellation throws `CancellationError`.
+    public static func withClient<R>(_ configuration: MQTTConfiguration,
+                                     isolation: isolated (any Actor)? = #isolation,
+                                     _ body: (MQTTClient) async throws -> sending R) async throws -> sending R {
         let client = try MQTTClient(configuration: configuration)
         do {
             try await client.connect()
