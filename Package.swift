@@ -39,6 +39,8 @@ let package = Package(
         .target(name: "MosquittoPOSIX"),
         // Batched socket I/O under libmosquitto (Sources/CMosquittoIO/mosquitto_io.c says how and why).
         .target(name: "CMosquittoIO", linkerSettings: [.linkedLibrary("dl")]),
+        // The one parser of `-L` style mqtt:// URLs, shared by the library and the CLIs (pure Swift, no Foundation).
+        .target(name: "MQTTURLParser"),
         // The client library.
         .target(
             name: "Mosquitto",
@@ -46,6 +48,7 @@ let package = Package(
                 "CMosquitto",
                 "CMosquittoIO",
                 "MosquittoPOSIX",
+                "MQTTURLParser",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
@@ -60,7 +63,7 @@ let package = Package(
         ),
         // The engine of mqtt-pub, mqtt-sub and mqtt-rr: libmosquitto driven directly, as mosquitto's own clients
         // do, with nothing else linked (a short run starts in about the time mosquitto_pub does).
-        .target(name: "MosquittoCLICore", dependencies: ["CMosquitto", "CMosquittoIO"], path: "Sources/MosquittoCLI/Core"),
+        .target(name: "MosquittoCLICore", dependencies: ["CMosquitto", "CMosquittoIO", "MQTTURLParser"], path: "Sources/MosquittoCLI/Core"),
         // ArgumentParser options in the CLIs' spelling for library clients: mqtt-bridge's broker options (and the flags to
         // name for a library error), -D properties, and mqtt-sub's printing for library messages (MessageFormatter).
         .target(
@@ -69,6 +72,7 @@ let package = Package(
                 "MosquittoCLICore",
                 "Mosquitto",
                 "MosquittoPOSIX",
+                "MQTTURLParser",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -155,7 +159,7 @@ let package = Package(
         .testTarget(
             name: "MosquittoTests",
             dependencies: [
-                "Mosquitto", "MosquittoBroker", "MosquittoPOSIX", "MosquittoTestSupport", "CMosquitto", "CMosquittoIO",
+                "Mosquitto", "MosquittoBroker", "MosquittoPOSIX", "MosquittoTestSupport", "CMosquitto", "CMosquittoIO", "MQTTURLParser",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

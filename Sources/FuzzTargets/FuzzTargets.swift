@@ -83,7 +83,8 @@ func fuzzURL(_ data: [UInt8]) {
     guard let url = try? MQTTURL(text) else { return }
     check((1...65535).contains(url.port), "port out of range: \(url.port)")
     check(!url.host.isEmpty, "empty host accepted")
-    check(text.hasPrefix("mqtt://") || text.hasPrefix("mqtts://"), "scheme not checked")
+    let scheme = String(text.prefix(8)).lowercased()
+    check(scheme.hasPrefix("mqtt://") || scheme.hasPrefix("mqtts://"), "scheme not checked")
 }
 
 /// Framing: frames written by the encoder come back byte-exact however the stream is sliced, and an

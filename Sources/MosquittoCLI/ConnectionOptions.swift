@@ -7,6 +7,7 @@ import Musl
 #endif
 import Logging
 import Mosquitto
+import MQTTURLParser
 
 /// The broker connection options shared by `mqtt-pub`, `mqtt-sub`, `mqtt-rr` and `mqtt-bridge`.
 ///
@@ -509,10 +510,11 @@ package struct ConnectionOptions: ParsableArguments, Sendable {
     }
 }
 
-/// A parsed `-L` URL, read exactly as mosquitto 2.0.11 reads it.
+/// A parsed `-L` URL.
 ///
-/// `mqtt(s)://[username[:password]@]host[:port]/topic`: the scheme is case-insensitive, the topic is everything
-/// after the first `/`, user info is split at the first `@` and the first `:`; there is no percent-decoding.
+/// `mqtt(s)://[username[:password]@]host[:port]/topic`, read by the parser the library and mqtt-pub/sub/rr use
+/// (`MQTTURLComponents`): mosquitto 2.0.11's grammar, where an IPv6 host needs brackets, a password may contain `@`,
+/// and an empty host or a port that is not 1...65535 is refused.
 package struct BrokerURL: Sendable, Hashable {
     /// `mqtts://`.
     package var isTLS: Bool
@@ -530,36 +532,25 @@ package struct BrokerURL: Sendable, Hashable {
     /// Parses a `-L` argument.
     /// - Throws: ``CLIError`` with mosquitto's messages.
     package static func parse(_ url: String) throws -> BrokerURL {
-        let lower = url.lowercased()
-        var rest: Substring
-        let tls: Bool
-        if lower.hasPrefix("mqtt://") { tls = false; rest = Substring(url).dropFirst(7) }
-        else if lower.hasPrefix("mqtts://") { tls = true; rest = Substring(url).dropFirst(8) }
-        else { throw CLIError.usage("Error: unsupported URL scheme.") }
-        guard let slash = rest.firstIndex(of: "/") else {
-            throw CLIError.usage("Error: Invalid URL for -L argument specified - topic missing.")
-        }
-        let topic = String(rest[rest.index(after: slash)...])
-        rest = rest[..<slash]
-        var username: String?
-        var password: String?
-        if let at = rest.firstIndex(of: "@") {
-            let info = rest[..<at]
-            rest = rest[rest.index(after: at)...]
-            if let colon = info.firstIndex(of: ":") {
-                username = String(info[..<colon])
-                password = String(info[info.index(after: colon)...])
-            } else {
-                username = String(info)
+        let u: MQTTURLComponents
+        do {
+            u = try MQTTURLComponents(parsing: url, requireTopic: true)
+        } catch {
+            switch error {
+            case .unsupportedScheme: throw CLIError.usage("Error: unsupported URL scheme.")
+            case .missingTopic: throw CLIError.usage("Error: Invalid URL for -L argument specified - topic missing.")
+            case .missingHost: throw CLIError.usage("Error: Invalid URL for -L argument specified - host missing.")
+            case .invalidIPv6Literal:
+                throw CLIError.usage("Error: Invalid URL for -L argument specified - write an IPv6 address in brackets, as in mqtt://[::1]:1883/topic.")
+            case .invalidPort:
+                throw CLIError.usage("Error: Invalid URL for -L argument specified - the port must be a number from 1 to 65535.")
             }
         }
-        var port = tls ? 8883 : 1883
-        var host = String(rest)
-        if let colon = rest.firstIndex(of: ":") {
-            host = String(rest[..<colon])
-            port = atoi(String(rest[rest.index(after: colon)...]))
-        }
-        return BrokerURL(isTLS: tls, username: username, password: password, host: host, port: port, topic: topic)
+        // As before: mosquitto 2.0.11 knows only mqtt:// and mqtts:// (WebSockets came in 2.1).
+        if u.scheme.isWebSockets { throw CLIError.usage("Error: unsupported URL scheme.") }
+        let text = { (bytes: [UInt8]) in String(decoding: bytes, as: UTF8.self) }
+        return BrokerURL(isTLS: u.scheme.isTLS, username: u.username.map(text), password: u.password.map(text),
+                         host: u.hostString, port: u.port, topic: text(u.topic ?? []))
     }
 }
 

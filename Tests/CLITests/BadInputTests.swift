@@ -95,6 +95,12 @@ struct BadInputTests {
         sub(["-t", "a", "--random-filter", "0"], 1, "Error: --random-filter chance must be between 0.1-100.0", same: true),
         pub(["-L", "http://localhost/a", "-m", "x"], 1, "Error: Unsupported URL scheme."),
         pub(["-L", "mqtt://localhost", "-m", "x"], 1, "Error: Invalid URL for -L argument specified - topic missing.", same: true),
+        // Where the shared URL parser is stricter than mosquitto 2.0.11 (which takes atoi of the port, passes an empty
+        // host on, and cannot read an IPv6 host): a clear error at once instead of a failed connection.
+        pub(["-L", "mqtt://localhost:abc/a", "-m", "x"], 1, "Error: Invalid URL for -L argument specified - the port must be a number from 1 to 65535."),
+        sub(["-L", "mqtt://u:p@/a"], 1, "Error: Invalid URL for -L argument specified - host missing."),
+        rr(["-L", "mqtt://::1/a", "-e", "r", "-m", "x"], 1,
+           "Error: Invalid URL for -L argument specified - write an IPv6 address in brackets, as in mqtt://[::1]:1883/topic."),
         pub(["-t", "a", "-m", "x", "--proxy", "http://proxy"], 1, "Error: Unsupported proxy protocol: http://proxy", same: true),
         pub(["-t", "a", "-m", "x", "-D", "foo", "bar", "1"], 1, "Error: Invalid command foo given in --property argument."),
         pub(["-t", "a", "-m", "x", "-D", "publish", "foo", "1"], 1, "Error: Invalid property name foo given in --property argument."),

@@ -122,7 +122,7 @@ struct ClientFeatureTests {
     func events() async throws {
         try await withBroker { broker in
             let client = try await connected(broker)
-            let events = client.events
+            let events = client.makeEventStream()
             await broker.kill()
             try await Task.sleep(for: .milliseconds(300))
             try await broker.start()

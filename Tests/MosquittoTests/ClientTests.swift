@@ -106,7 +106,7 @@ struct ClientTests {
             let leaving = try await connected(broker, id: "leaving") { c in
                 c.will = .init(MQTTMessage(topic: "devices/leaving/status", string: "gone on purpose"))
             }
-            await leaving.shutdown(disconnectReason: 4)
+            await leaving.shutdown(disconnectReason: .disconnectWithWillMessage)
             // The polite client left before the leaving one connected, so its will (if it had one) would come first.
             let more = try await collect(laterWills, until: { $0.topic == "devices/leaving/status" })
             #expect(!more.contains { $0.topic == "devices/polite/status" })
@@ -154,7 +154,7 @@ struct ClientTests {
             let caller = try await connected(broker)
             #expect(await eventually {
                 let r = try? await caller.publish(MQTTMessage(topic: "svc/echo", string: "probe"))
-                return r?.reasonCode == 0
+                return r?.reasonCode == .success
             })
             try await withThrowingTaskGroup(of: (Int, String?).self) { group in
                 for i in 1...20 {
@@ -257,9 +257,9 @@ struct ClientTests {
             let sub = try await connected(broker)
             let pub = try await connected(broker)
             // MQTT 5 PUBACK says 0x10 "no matching subscribers" when nobody is subscribed.
-            #expect(try await pub.publish(MQTTMessage(topic: "cancel/x", string: "1")).reasonCode == 0x10)
+            #expect(try await pub.publish(MQTTMessage(topic: "cancel/x", string: "1")).reasonCode == .noMatchingSubscribers)
             let stream = try await sub.subscribe("cancel/x")
-            #expect(try await pub.publish(MQTTMessage(topic: "cancel/x", string: "2")).reasonCode == 0)
+            #expect(try await pub.publish(MQTTMessage(topic: "cancel/x", string: "2")).reasonCode == .success)
             let received = Locked(0)
             let reader = Task {
                 for try await _ in stream { received.withLock { $0 += 1 } }
@@ -269,7 +269,7 @@ struct ClientTests {
             reader.cancel()
             #expect(try await reader.value == 1)
             #expect(await eventually {
-                (try? await pub.publish(MQTTMessage(topic: "cancel/x", string: "3")).reasonCode) == 0x10
+                (try? await pub.publish(MQTTMessage(topic: "cancel/x", string: "3")).reasonCode) == .noMatchingSubscribers
             }, "the broker must have dropped the subscription")
             // Leaving a for-loop with break ends it too.
             do {
@@ -278,7 +278,7 @@ struct ClientTests {
                 for try await _ in s2 { break }
             }
             #expect(await eventually {
-                (try? await pub.publish(MQTTMessage(topic: "cancel/y", string: "b")).reasonCode) == 0x10
+                (try? await pub.publish(MQTTMessage(topic: "cancel/y", string: "b")).reasonCode) == .noMatchingSubscribers
             })
             await pub.shutdown()
             await sub.shutdown()
@@ -366,7 +366,7 @@ struct CompletionCallbackTests {
         bc.aclFileContents = "user alice\ntopic readwrite ok/#\n"
         try await withBroker(bc) { broker in
             let pub = try await connected(broker) { $0.credentials = .init(username: "alice", password: "pw") }
-            let results = Locked<[Int: Result<UInt8, MQTTError>]>([:])
+            let results = Locked<[Int: Result<MQTTReasonCode, MQTTError>]>([:])
             for i in 0..<500 {
                 let topic = i % 100 == 99 ? "denied/\(i)" : "ok/\(i)"
                 try await pub.publish(MQTTMessage(topic: topic, string: "\(i)", qos: .atLeastOnce)) { r in
@@ -377,7 +377,7 @@ struct CompletionCallbackTests {
             let r = results.value
             let refused = r.filter { if case .failure = $0.value { return true }; return false }.keys.sorted()
             #expect(refused == [99, 199, 299, 399, 499], "exactly the ACL-denied messages fail")
-            if case .failure(let e) = r[99] { #expect(e.code == .notAuthorized && e.reasonCode == 0x87) }
+            if case .failure(let e) = r[99] { #expect(e.code == .notAuthorized && e.reasonCode == .notAuthorized) }
             // Queued while the broker is away, then abandoned by shutdown: each callback says so.
             await broker.stop()
             #expect(await eventually { pub.state == .disconnected })

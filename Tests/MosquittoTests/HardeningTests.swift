@@ -51,7 +51,7 @@ struct HardeningTests {
             let got = try await collect(everything, count: 1)
             #expect(got.map(\.topic) == ["after/limits"])
             var events: [ConnectionEvent] = []
-            let stream = c.events
+            let stream = c.makeEventStream()
             let reader = Task { for await e in stream { events.append(e) }; return events }
             await c.shutdown()
             let seen = await reader.value
@@ -219,7 +219,7 @@ struct HardeningTests {
             c.reconnect.maximumDelay = .milliseconds(400)
             try fillLowDescriptors()
             let client = try MQTTClient(configuration: c)
-            let events = client.events
+            let events = client.makeEventStream()
             try await client.connect()
             // The connection the client holds (mosquitto, in this process's /proc, does not show up).
             let sockets = tcpDescriptors(toPort: broker.port)

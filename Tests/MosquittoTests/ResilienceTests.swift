@@ -91,7 +91,7 @@ struct ResilienceTests {
             let n = 2000
             let sub = try await connected(broker, id: "kill-sub") { $0.session = .persistent(expiry: 3600) }
             let pub = try await connected(broker, id: "kill-pub") { $0.session = .persistent(expiry: 3600) }
-            let subEvents = sub.events
+            let subEvents = sub.makeEventStream()
             let tally = Tally()
             let reader = Self.reader(try await sub.subscribe("k/q1", qos: .atLeastOnce), tally)
             // Which messages the broker acknowledged before it was killed.
@@ -151,7 +151,7 @@ struct ResilienceTests {
                 c.reconnect.initialDelay = .milliseconds(20)
                 c.reconnect.maximumDelay = .milliseconds(50)
             }
-            let events = client.events
+            let events = client.makeEventStream()
             let rounds = 8
             let stream = try await client.subscribe("echo/#", qos: .atLeastOnce)
             let received = Task { try await collect(stream, count: rounds, timeout: .seconds(120)).map(\.string) }

@@ -23,7 +23,7 @@ struct SecurityTests {
                 c.credentials = creds
                 c.reconnect.retryInitialConnect = true  // even so, fatal refusals must stop the retries
                 let client = try MQTTClient(configuration: c)
-                let events = client.events
+                let events = client.makeEventStream()
                 do {
                     try await client.connect()
                     Issue.record("connect with \(String(describing: creds)) must fail")
@@ -50,7 +50,7 @@ struct SecurityTests {
                     Issue.record("publishing outside the ACL must fail on MQTT 5")
                 } catch let e as MQTTError {
                     #expect(e.code == .notAuthorized)
-                    #expect(e.reasonCode == 0x87)
+                    #expect(e.reasonCode == .notAuthorized)
                 }
             }
             // mosquitto's ACL file does not refuse subscriptions (it filters deliveries), so there is no SUBACK

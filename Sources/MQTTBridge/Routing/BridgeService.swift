@@ -235,7 +235,7 @@ public final class BridgeService: Service, Sendable {
         signalStarted(nil)
         logger.info("mqtt-bridge started: \(configuration.routes.count) route(s), broker \(configuration.mqtt.endpoint)")
 
-        let events = client.events  // before connecting, so the first .connected is not missed
+        let events = client.makeEventStream()  // before connecting, so the first .connected is not missed
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { [self] in

@@ -13,7 +13,7 @@ public enum ConnectionState: Sendable, Hashable {
     case shutDown
 }
 
-/// Something that happened to the connection. Read them from ``MQTTClient/events``.
+/// Something that happened to the connection. Read them from a stream made by ``MQTTClient/makeEventStream()``.
 public enum ConnectionEvent: Sendable, Hashable {
     /// The broker accepted the connection.
     case connected(ConnAck)
@@ -44,7 +44,13 @@ public enum ConnectionEvent: Sendable, Hashable {
 /// once, and `publish` suspends while that queue is full. Each subscription stream has its own bounded buffer
 /// with a stated overflow policy and a drop counter.
 ///
-/// Call ``shutdown()`` when done: it sends DISCONNECT, joins the network thread and ends every stream.
+/// Call ``shutdown(disconnectReason:properties:)`` when done: it sends DISCONNECT, joins the network thread and ends
+/// every stream.
+///
+/// Every failure is an ``MQTTError``. Methods that only check their arguments, such as ``init(configuration:)``,
+/// say so with a typed `throws(MQTTError)`. Methods that wait on the network, and the scoped
+/// ``withClient(_:isolation:_:)`` and ``withSubscription(_:buffer:isolation:_:)``, throw untyped: cancelling the
+/// waiting task throws `CancellationError`, and the scoped ones rethrow what their closure throws.
 public final class MQTTClient: Sendable {
     let core: ClientCore
 
@@ -88,9 +94,12 @@ public final class MQTTClient: Sendable {
     /// Where the connection stands now.
     public var state: ConnectionState { core.connectionState }
 
-    /// Connection events (connected, disconnected, reconnecting in N s, gave up). Each call returns a new
-    /// stream holding up to 256 unread events.
-    public var events: AsyncStream<ConnectionEvent> { core.makeEvents() }
+    /// Makes a new stream of connection events (connected, disconnected, reconnecting in N s, gave up, shut down).
+    ///
+    /// Each call makes a new, independent stream that sees the events from that moment on, holding up to 256
+    /// unread events (older ones are dropped first). Make it before ``connect()`` to see the first
+    /// ``ConnectionEvent/connected(_:)``. The stream ends after ``ConnectionEvent/shutDown``.
+    public func makeEventStream() -> AsyncStream<ConnectionEvent> { core.makeEvents() }
 
     /// Connects and waits for the broker's CONNACK.
     ///
@@ -123,15 +132,15 @@ public final class MQTTClient: Sendable {
     ///
     /// Returns as soon as the message is queued, like ``PublishCompletion/enqueued``; `onComplete` is then called
     /// exactly once, on the client's network thread, with the MQTT 5 reason code when the broker acknowledged the
-    /// message (PUBACK/PUBCOMP, or the socket write at QoS 0), or with the error when the broker refused it
-    /// (reason code 0x80 or above), the connection dropped a QoS 0 message, or the client ended first. It is not
-    /// called when this method throws. Keep `onComplete` short and non-blocking: it runs on the thread that
-    /// reads from the broker. This is how a store-and-forward caller (such as a spool) learns, per message, when
-    /// the broker has taken responsibility, without a task per message.
+    /// message (PUBACK/PUBCOMP, or the socket write at QoS 0; ``MQTTReasonCode/success`` on MQTT 3.x), or with the
+    /// error when the broker refused it (a reason code that ``MQTTReasonCode/isFailure``), the connection dropped a
+    /// QoS 0 message, or the client ended first. It is not called when this method throws. Keep `onComplete` short
+    /// and non-blocking: it runs on the thread that reads from the broker. This is how a store-and-forward caller
+    /// (such as a spool) learns, per message, when the broker has taken responsibility, without a task per message.
     @discardableResult
     public func publish(_ message: MQTTMessage,
-                        onComplete: @escaping @Sendable (Result<UInt8, MQTTError>) -> Void) async throws -> PublishReceipt {
-        try await core.publish(message, completion: .enqueued, onComplete: onComplete)
+                        onComplete: @escaping @Sendable (Result<MQTTReasonCode, MQTTError>) -> Void) async throws -> PublishReceipt {
+        try await core.publish(message, completion: .enqueued, onComplete: { onComplete($0.map(MQTTReasonCode.init(rawValue:))) })
     }
 
     /// Publishes bytes to a topic. See ``publish(_:completion:)``.
@@ -181,9 +190,15 @@ public final class MQTTClient: Sendable {
         try await core.subscribe(filters.map { Subscription($0, qos: qos) }, buffer: buffer)
     }
 
-    /// Subscribes for the duration of `body`, then unsubscribes.
-    public func withSubscription<R: Sendable>(_ subscriptions: [Subscription], buffer: SubscriptionBuffer = .default,
-                                              _ body: (MessageStream) async throws -> R) async throws -> R {
+    /// Subscribes for the duration of `body`, then unsubscribes (ends the stream) however `body` ends.
+    ///
+    /// `body` runs on the caller's actor (`isolation`), so it may use the caller's state and return a value that
+    /// is not `Sendable`.
+    /// - Throws: What ``subscribe(_:buffer:)`` throws (an ``MQTTError``), and whatever `body` throws. Untyped, like
+    ///   every `async` method of the client that waits on the network: cancellation throws `CancellationError`.
+    public func withSubscription<R>(_ subscriptions: [Subscription], buffer: SubscriptionBuffer = .default,
+                                    isolation: isolated (any Actor)? = #isolation,
+                                    _ body: (MessageStream) async throws -> sending R) async throws -> sending R {
         let stream = try await subscribe(subscriptions, buffer: buffer)
         defer { stream.cancel() }
         return try await body(stream)
@@ -241,29 +256,37 @@ public final class MQTTClient: Sendable {
         }
     }
 
-    /// Disconnects cleanly (DISCONNECT, so no will is published), joins the network thread, fails what is still
-    /// waiting with `.shutDown`, and ends every stream. Safe to call more than once.
-    public func shutdown() async {
-        await core.shutdown()
-    }
-
-    /// Shuts down like ``shutdown()``, sending an MQTT 5 DISCONNECT reason code. Reason 4 (*Disconnect with Will
-    /// Message*) asks the broker to publish the will anyway, as `mosquitto_sub` does when interrupted. Ignored on
-    /// MQTT 3.1.1, where a DISCONNECT always discards the will.
-    public func shutdown(disconnectReason: UInt8) async {
-        await core.shutdown(disconnectReason: disconnectReason)
-    }
-
-    /// Shuts down like ``shutdown(disconnectReason:)``, with MQTT 5 DISCONNECT properties: a new session expiry
-    /// (for example 0 to have the broker discard a persistent session now), a reason string, user properties.
-    /// The broker refuses a non-zero session expiry when the client connected with none. Ignored on MQTT 3.x.
-    public func shutdown(disconnectReason: UInt8 = 0, properties: DisconnectProperties) async {
-        await core.shutdown(disconnectReason: disconnectReason, properties: properties)
+    /// Disconnects cleanly, joins the network thread, fails what is still waiting with `.shutDown`, and ends every
+    /// stream. Safe to call more than once.
+    ///
+    /// ```swift
+    /// await client.shutdown()                                              // no will is published
+    /// await client.shutdown(disconnectReason: .disconnectWithWillMessage)  // MQTT 5: publish the will anyway
+    /// await client.shutdown(properties: .init(sessionExpiryInterval: 0))   // MQTT 5: discard the session now
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - disconnectReason: The MQTT 5 DISCONNECT reason code. ``MQTTReasonCode/normalDisconnection`` (the default)
+    ///     has the broker discard the will; ``MQTTReasonCode/disconnectWithWillMessage`` asks it to publish the will
+    ///     anyway, as `mosquitto_sub` does when interrupted. Ignored on MQTT 3.x, where a DISCONNECT always discards
+    ///     the will.
+    ///   - properties: MQTT 5 DISCONNECT properties: a new session expiry (for example 0 to have the broker discard
+    ///     a persistent session now), a reason string, user properties. The broker refuses a non-zero session
+    ///     expiry when the client connected with none. Ignored on MQTT 3.x.
+    public func shutdown(disconnectReason: MQTTReasonCode = .normalDisconnection, properties: DisconnectProperties = .init()) async {
+        await core.shutdown(disconnectReason: disconnectReason.rawValue, properties: properties)
     }
 
     /// Connects, runs `body`, and shuts the client down however `body` ends.
-    public static func withClient<R: Sendable>(_ configuration: MQTTConfiguration,
-                                               _ body: (MQTTClient) async throws -> R) async throws -> R {
+    ///
+    /// `body` runs on the caller's actor (`isolation`), so it may use the caller's state and return a value that
+    /// is not `Sendable`.
+    /// - Throws: ``MQTTError`` when the configuration is invalid or the connection fails (see ``connect()``), and
+    ///   whatever `body` throws. Untyped, like every `async` method of the client that waits on the network:
+    ///   cancellation throws `CancellationError`.
+    public static func withClient<R>(_ configuration: MQTTConfiguration,
+                                     isolation: isolated (any Actor)? = #isolation,
+                                     _ body: (MQTTClient) async throws -> sending R) async throws -> sending R {
         let client = try MQTTClient(configuration: configuration)
         do {
             try await client.connect()

@@ -1,4 +1,5 @@
 import Logging
+internal import MQTTURLParser
 
 /// Everything a client needs to know before it connects.
 ///
@@ -289,10 +290,12 @@ public struct MQTTConfiguration: Sendable {
         self.protocolVersion = protocolVersion
     }
 
-    /// Creates a configuration from an `mqtt://` or `mqtts://` URL:
-    /// `mqtt[s]://[username[:password]@]host[:port][/topic]`. The port defaults to 1883 (8883 for `mqtts`).
-    /// `mqtts` turns TLS on with the operating system's CA store. The topic part, if any, is ignored here;
-    /// use ``MQTTURL`` to read it.
+    /// Creates a configuration from an `mqtt://` or `mqtts://` URL, as `mosquitto_pub -L` takes it:
+    /// `mqtt[s]://[username[:password]@]host[:port][/topic]` (see ``MQTTURL`` for the exact rules).
+    ///
+    /// The port defaults to 1883 (8883 for `mqtts`). `mqtts` turns TLS on with the operating system's CA store. The
+    /// topic part, if any, is ignored here; use ``MQTTURL`` to read it.
+    /// - Throws: ``MQTTError/Code/invalidArgument`` for a URL ``MQTTURL`` refuses.
     public init(url: String) throws(MQTTError) {
         let parsed = try MQTTURL(url)
         self.init(host: parsed.host, port: parsed.port)
@@ -340,6 +343,15 @@ public struct MQTTConfiguration: Sendable {
 }
 
 /// A parsed `mqtt://` or `mqtts://` URL, as `mosquitto_pub -L` takes it.
+///
+/// `mqtt[s]://[username[:password]@]host[:port][/topic]`, read by the same parser as mqtt-pub's, mqtt-sub's and
+/// mqtt-rr's `-L`:
+/// - The scheme is `mqtt` or `mqtts`, in any case. `ws://` and `wss://` are refused: libmosquitto 2.0.11 has no
+///   WebSockets client.
+/// - The port defaults to 1883, or 8883 for `mqtts`; a given port must be a number from 1 to 65535.
+/// - The user information ends at the last `@`, so a password may contain `@`; the user name ends at the first `:`.
+/// - The host is an IPv6 literal in brackets (`mqtt://[::1]:1883`), or ends at its only `:`; it must not be empty.
+/// - The topic is everything after the first `/`, and is optional. Nothing is percent-decoded.
 public struct MQTTURL: Sendable, Hashable {
     /// True for `mqtts://`.
     public var isTLS: Bool
@@ -347,7 +359,7 @@ public struct MQTTURL: Sendable, Hashable {
     public var username: String?
     /// Password, if given.
     public var password: String?
-    /// Host name or address.
+    /// Host name or address (an IPv6 address without its brackets).
     public var host: String
     /// Port (default 1883, or 8883 for `mqtts`).
     public var port: Int
@@ -355,48 +367,32 @@ public struct MQTTURL: Sendable, Hashable {
     public var topic: String?
 
     /// Parses `mqtt[s]://[username[:password]@]host[:port][/topic]`.
+    /// - Throws: ``MQTTError/Code/invalidArgument`` with a sentence that says what is wrong with the URL.
     public init(_ url: String) throws(MQTTError) {
-        var rest: Substring
-        if url.hasPrefix("mqtt://") { isTLS = false; rest = url.dropFirst(7) }
-        else if url.hasPrefix("mqtts://") { isTLS = true; rest = url.dropFirst(8) }
-        else { throw MQTTError(.invalidArgument, "Unsupported URL scheme in '\(url)': use mqtt:// or mqtts://.") }
-        topic = nil
-        if let slash = rest.firstIndex(of: "/") {
-            topic = String(rest[rest.index(after: slash)...])
-            rest = rest[..<slash]
-        }
-        username = nil
-        password = nil
-        if let at = rest.lastIndex(of: "@") {
-            let userinfo = rest[..<at]
-            rest = rest[rest.index(after: at)...]
-            if let colon = userinfo.firstIndex(of: ":") {
-                username = String(userinfo[..<colon])
-                password = String(userinfo[userinfo.index(after: colon)...])
-            } else {
-                username = String(userinfo)
+        let parts: MQTTURLComponents
+        do {
+            parts = try MQTTURLComponents(parsing: url)
+        } catch {
+            switch error {
+            case .unsupportedScheme:
+                throw MQTTError(.invalidArgument, "Unsupported URL scheme in '\(url)': use mqtt:// or mqtts://.")
+            case .missingTopic, .missingHost:
+                throw MQTTError(.invalidArgument, "Invalid URL '\(url)': the host is empty.")
+            case .invalidIPv6Literal:
+                throw MQTTError(.invalidArgument, "Invalid URL '\(url)': an IPv6 address must be written in brackets, as in mqtt://[::1]:1883.")
+            case .invalidPort:
+                throw MQTTError(.invalidArgument, "Invalid URL '\(url)': the port must be a number from 1 to 65535.")
             }
         }
-        port = isTLS ? 8883 : 1883
-        if rest.hasPrefix("[") {  // [ipv6]:port
-            guard let close = rest.firstIndex(of: "]") else { throw MQTTError(.invalidArgument, "Invalid URL '\(url)': unterminated '[' in the host.") }
-            host = String(rest[rest.index(after: rest.startIndex)..<close])
-            let after = rest[rest.index(after: close)...]
-            if after.hasPrefix(":") { port = try Self.port(after.dropFirst(), url) }
-        } else if let colon = rest.lastIndex(of: ":") {
-            host = String(rest[..<colon])
-            port = try Self.port(rest[rest.index(after: colon)...], url)
-        } else {
-            host = String(rest)
+        if parts.scheme.isWebSockets {
+            throw MQTTError(.invalidArgument, "Unsupported URL scheme in '\(url)': libmosquitto 2.0.11 has no WebSockets client; use mqtt:// or mqtts://.")
         }
-        if host.isEmpty { throw MQTTError(.invalidArgument, "Invalid URL '\(url)': the host is empty.") }
-    }
-
-    private static func port(_ s: Substring, _ url: String) throws(MQTTError) -> Int {
-        guard let p = Int(s), (1...65535).contains(p) else {
-            throw MQTTError(.invalidArgument, "Invalid URL '\(url)': the port must be a number from 1 to 65535.")
-        }
-        return p
+        isTLS = parts.scheme.isTLS
+        username = parts.username.map { String(decoding: $0, as: UTF8.self) }
+        password = parts.password.map { String(decoding: $0, as: UTF8.self) }
+        host = parts.hostString
+        port = parts.port
+        topic = parts.topic.map { String(decoding: $0, as: UTF8.self) }
     }
 }
 

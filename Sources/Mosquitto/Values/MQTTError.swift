@@ -2,68 +2,105 @@ import CMosquitto
 
 /// The one error type of the library.
 ///
-/// Every failure carries a ``Code`` you can switch over, the MQTT reason code when the broker sent one,
+/// Every failure carries a ``Code`` you can compare with `==` (or match in a `switch`), the MQTT reason code when the broker sent one,
 /// and a ``message`` written for a person: what went wrong and what to do about it.
 public struct MQTTError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What kind of failure this is.
-    public enum Code: Sendable, Hashable {
+    ///
+    /// A struct rather than an enum, so that new codes can be added without breaking source compatibility (as
+    /// ``MosquittoBroker``'s error codes are). Compare it with `==`, or match it in a `switch` against the static
+    /// members (`case .notConnected:`); such a `switch` needs a `default:` case.
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        private enum Base: Hashable, Sendable {
+            case invalidTopic, invalidFilter, invalidArgument, payloadTooLarge, notConnected, connectionFailed
+            case connectionLost, connectionRefused, badCredentials, notAuthorized, tls, subscriptionRejected
+            case publishRejected, protocolError, timeout, shutDown, gaveUp, requiresMQTT5, system
+            case library(Int32)
+        }
+
+        private let base: Base
+
+        private init(_ base: Base) {
+            self.base = base
+        }
+
         /// A topic name given for publishing is not valid (wildcards, empty, bad UTF-8, too long).
-        case invalidTopic
+        public static let invalidTopic = Code(.invalidTopic)
         /// A subscription filter is not valid (misplaced wildcard, bad `$share/` form, bad UTF-8, too long).
-        case invalidFilter
+        public static let invalidFilter = Code(.invalidFilter)
         /// An argument or option is out of range or inconsistent.
-        case invalidArgument
+        public static let invalidArgument = Code(.invalidArgument)
         /// The payload or packet is larger than MQTT (or the broker) allows.
-        case payloadTooLarge
+        public static let payloadTooLarge = Code(.payloadTooLarge)
         /// The client is not connected and the operation cannot be queued (QoS 0 publish, unsubscribe).
-        case notConnected
+        public static let notConnected = Code(.notConnected)
         /// The TCP connection could not be made (refused, unreachable, DNS failure).
-        case connectionFailed
+        public static let connectionFailed = Code(.connectionFailed)
         /// The connection was lost before the operation finished.
-        case connectionLost
+        public static let connectionLost = Code(.connectionLost)
         /// The broker refused the connection with the given reason (see ``MQTTError/reasonCode``).
-        case connectionRefused
+        public static let connectionRefused = Code(.connectionRefused)
         /// The broker refused the user name or password.
-        case badCredentials
+        public static let badCredentials = Code(.badCredentials)
         /// The broker says this client is not authorised (connect, publish or subscribe).
-        case notAuthorized
+        public static let notAuthorized = Code(.notAuthorized)
         /// TLS failed: the certificate did not verify, a file could not be read, or the handshake failed.
-        case tls
+        public static let tls = Code(.tls)
         /// The broker rejected a subscription (a SUBACK failure code).
-        case subscriptionRejected
+        public static let subscriptionRejected = Code(.subscriptionRejected)
         /// The broker rejected a publication (a PUBACK/PUBREC failure reason code).
-        case publishRejected
+        public static let publishRejected = Code(.publishRejected)
         /// The broker or the client broke the MQTT protocol.
-        case protocolError
+        public static let protocolError = Code(.protocolError)
         /// The operation did not finish in the time allowed.
-        case timeout
+        public static let timeout = Code(.timeout)
         /// The client was shut down before the operation finished.
-        case shutDown
+        public static let shutDown = Code(.shutDown)
         /// The client gave up reconnecting after a fatal refusal or too many attempts.
-        case gaveUp
+        public static let gaveUp = Code(.gaveUp)
         /// The operation needs MQTT 5 (for example request/response or subscription options).
-        case requiresMQTT5
+        public static let requiresMQTT5 = Code(.requiresMQTT5)
         /// An operating-system error (see ``MQTTError/systemErrno``).
-        case system
-        /// Any other libmosquitto error code.
-        case library(Int32)
+        public static let system = Code(.system)
+        /// Any other libmosquitto error code (a `MOSQ_ERR_*` value); see ``libraryErrorCode``.
+        public static func library(_ rc: Int32) -> Code { Code(.library(rc)) }
+
+        /// The libmosquitto `MOSQ_ERR_*` value of a ``library(_:)`` code; nil for every other code.
+        public var libraryErrorCode: Int32? {
+            if case .library(let rc) = base { return rc }
+            return nil
+        }
+
+        /// The name of the code, for example `notConnected` or `library(14)`.
+        public var description: String {
+            switch base {
+            case .library(let rc): return "library(\(rc))"
+            default: return "\(base)"
+            }
+        }
     }
 
     /// What kind of failure this is.
     public var code: Code
-    /// The MQTT reason code (CONNACK, PUBACK, SUBACK or DISCONNECT) when the broker sent one.
-    public var reasonCode: UInt8?
+    /// The MQTT reason code (CONNACK, PUBACK, PUBREC, SUBACK or DISCONNECT) when the broker sent one. On an MQTT 3.x
+    /// CONNACK refusal it holds the 3.1.1 return code (1 to 5).
+    public var reasonCode: MQTTReasonCode?
     /// The `errno` value for ``Code/system`` and ``Code/connectionFailed`` errors.
     public var systemErrno: Int32?
     /// A sentence a person can act on.
     public var message: String
 
     /// Creates an error.
-    public init(_ code: Code, _ message: String, reasonCode: UInt8? = nil, systemErrno: Int32? = nil) {
+    public init(_ code: Code, _ message: String, reasonCode: MQTTReasonCode? = nil, systemErrno: Int32? = nil) {
         self.code = code
         self.message = message
         self.reasonCode = reasonCode
         self.systemErrno = systemErrno
+    }
+
+    /// Creates an error from the reason code byte the engine reads off the wire.
+    init(_ code: Code, _ message: String, reasonCode: UInt8?, systemErrno: Int32? = nil) {
+        self.init(code, message, reasonCode: reasonCode.map(MQTTReasonCode.init(rawValue:)), systemErrno: systemErrno)
     }
 
     /// The ``message``, which says what went wrong and what to do.
@@ -150,7 +187,7 @@ extension MQTTError {
             // v3: 1 unacceptable protocol, 2 identifier rejected. v5: 0x84 bad protocol, 0x85 bad client id,
             // 0x8A banned, 0x8C bad authentication method.
             guard let r = reasonCode else { return false }
-            return [1, 2, 0x84, 0x85, 0x8A, 0x8C].contains(r)
+            return [1, 2, 0x84, 0x85, 0x8A, 0x8C].contains(r.rawValue)
         default: return false
         }
     }

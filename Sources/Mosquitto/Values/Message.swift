@@ -384,12 +384,21 @@ public struct ConnAck: Sendable, Hashable {
 public struct PublishReceipt: Sendable, Hashable {
     /// The MQTT packet identifier libmosquitto used (also assigned at QoS 0).
     public var messageID: UInt16
-    /// The MQTT 5 reason code of the PUBACK/PUBREC (0 for success or for QoS 0 and MQTT 3.1.1).
-    public var reasonCode: UInt8
+    /// The MQTT 5 reason code of the PUBACK/PUBREC: ``MQTTReasonCode/success``, or
+    /// ``MQTTReasonCode/noMatchingSubscribers`` when nobody was subscribed; always `.success` for QoS 0 and MQTT 3.x.
+    public var reasonCode: MQTTReasonCode
     /// True when the client was offline at publish time, so the message waited in the outgoing queue
     /// for the connection to come back (QoS 1 and 2 only; QoS 0 is refused while offline).
     public var queuedWhileOffline: Bool
     /// True when the broker has acknowledged the message (QoS 1/2) or it was written to the socket (QoS 0);
     /// false when `publish` returned as soon as the message entered the outgoing queue.
     public var completed: Bool
+
+    /// A receipt, from the reason code byte the engine read.
+    init(messageID: UInt16, reasonCode: UInt8, queuedWhileOffline: Bool, completed: Bool) {
+        self.messageID = messageID
+        self.reasonCode = MQTTReasonCode(rawValue: reasonCode)
+        self.queuedWhileOffline = queuedWhileOffline
+        self.completed = completed
+    }
 }

@@ -50,6 +50,13 @@ func cCopy(_ s: UnsafePointer<CChar>) -> CStr {
     strdup(s)!
 }
 
+/// A malloc'd C string holding `bytes` (which hold no NUL).
+func cCopy(bytes: [UInt8]) -> CStr {
+    (bytes + [0]).withUnsafeBufferPointer { b in
+        b.withMemoryRebound(to: CChar.self) { cCopy($0.baseAddress!) }
+    }
+}
+
 /// `strcmp(a, b) == 0`.
 @inline(__always)
 func cEqual(_ a: UnsafePointer<CChar>, _ b: StaticString) -> Bool {

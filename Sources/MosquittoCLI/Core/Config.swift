@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import CMosquitto
+import MQTTURLParser
 
 /// Which tool is reading its options (some options belong to one tool only).
 package enum ClientKind: Sendable {
@@ -766,50 +767,30 @@ extension ClientConfig {
         return .ok
     }
 
-    /// `-L`: `mqtt(s)://[username[:password]@]host[:port]/topic` (and `ws(s)://`, refused at connect time).
+    /// `-L`: `mqtt(s)://[username[:password]@]host[:port]/topic` (and `ws(s)://`, refused at connect time), read by
+    /// the parser the library uses too (`MQTTURLComponents` says where it is stricter than mosquitto's).
     private func parseURL(_ argument: CStr) -> Bool {
-        let copy = cCopy(argument)
-        var url = copy
-        if strncasecmp(url, "mqtt://", 7) == 0 {
-            url += 7
-            port = 1883
-        } else if strncasecmp(url, "mqtts://", 8) == 0 {
-            url += 8
-            port = 8883
-            tlsUseOSCerts = true
-        } else if strncasecmp(url, "ws://", 5) == 0 {
-            url += 5
-            port = 1883
-            webSockets = true
-        } else if strncasecmp(url, "wss://", 6) == 0 {
-            url += 6
-            port = 8883
-            tlsUseOSCerts = true
-            webSockets = true
-        } else {
-            errorPrintf("Error: Unsupported URL scheme.\n\n")
-            return false
-        }
-        guard let slash = strchr(url, Int32(UInt8(ascii: "/"))) else {
-            errorPrintf("Error: Invalid URL for -L argument specified - topic missing.\n")
-            return false
-        }
-        slash.pointee = 0
-        if !addTopic(slash + 1, response: false, argument: "-L topic") { return false }
-        if let at = strchr(url, Int32(UInt8(ascii: "@"))) {
-            at.pointee = 0
-            if let colon = strchr(url, Int32(UInt8(ascii: ":"))) {
-                colon.pointee = 0
-                password = cCopy(colon + 1)
+        let url: MQTTURLComponents
+        do {
+            url = try MQTTURLComponents(parsing: cBytes(argument), requireTopic: true)
+        } catch {
+            switch error {
+            case .unsupportedScheme: errorPrintf("Error: Unsupported URL scheme.\n\n")
+            case .missingTopic: errorPrintf("Error: Invalid URL for -L argument specified - topic missing.\n")
+            case .missingHost: errorPrintf("Error: Invalid URL for -L argument specified - host missing.\n")
+            case .invalidIPv6Literal:
+                errorPrintf("Error: Invalid URL for -L argument specified - write an IPv6 address in brackets, as in mqtt://[::1]:1883/topic.\n")
+            case .invalidPort: errorPrintf("Error: Invalid URL for -L argument specified - the port must be a number from 1 to 65535.\n")
             }
-            username = cCopy(url)
-            url = at + 1
+            return false
         }
-        if let colon = strchr(url, Int32(UInt8(ascii: ":"))) {
-            colon.pointee = 0
-            port = atoi(colon + 1)
-        }
-        host = cCopy(url)
+        port = Int32(url.port)
+        if url.scheme.isTLS { tlsUseOSCerts = true }
+        if url.scheme.isWebSockets { webSockets = true }
+        if !addTopic(cCopy(bytes: url.topic ?? []), response: false, argument: "-L topic") { return false }
+        if let user = url.username { username = cCopy(bytes: user) }
+        if let pass = url.password { password = cCopy(bytes: pass) }
+        host = cCopy(bytes: url.host)
         return true
     }
 
