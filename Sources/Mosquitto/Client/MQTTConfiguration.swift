@@ -312,7 +312,7 @@ public struct MQTTConfiguration: Sendable {
             if !(1...65535).contains(port) { throw MQTTError(.invalidArgument, "Invalid port \(port): use 1 to 65535.") }
         }
         if case .persistent = session, clientID == nil || clientID?.isEmpty == true {
-            throw MQTTError(.invalidArgument, "A persistent session needs a client id: set clientID (mosquitto_sub: -i, with -c).")
+            throw MQTTError(.invalidArgument, "A persistent session needs a client id: set clientID.")
         }
         if let id = clientID, id.utf8.count > 65535 {
             throw MQTTError(.invalidArgument, "The client id is longer than 65535 bytes.")
@@ -337,7 +337,7 @@ public struct MQTTConfiguration: Sendable {
             try MQTTTopic.validateName(will.message.topic)
         }
         if let tls, tls.pskIdentity != nil, tls.caFile != nil || tls.caDirectory != nil || tls.certificateFile != nil {
-            throw MQTTError(.invalidArgument, "TLS-PSK and certificate-based TLS cannot be used together: choose --psk or --cafile/--capath.")
+            throw MQTTError(.invalidArgument, "TLS-PSK and certificate-based TLS cannot be used together: set a pre-shared key or CA and certificate files, not both.")
         }
     }
 }

@@ -138,7 +138,7 @@ extension MQTTError {
         case MOSQ_ERR_NOT_SUPPORTED:
             return MQTTError(.invalidArgument, "\(context): not supported by this libmosquitto build (\(text)).")
         case MOSQ_ERR_EAI:
-            return MQTTError(.connectionFailed, "\(context): the broker's host name could not be resolved. Check -h/--host.")
+            return MQTTError(.connectionFailed, "\(context): the broker's host name could not be resolved.")
         case MOSQ_ERR_ERRNO:
             let e = errnoValue()
             let detail = String(cString: strerror(e))
@@ -161,7 +161,7 @@ extension MQTTError {
         if protocolVersion != .v5 {
             let text = String(cString: mosquitto_connack_string(rc))
             switch rc {
-            case 4: return MQTTError(.badCredentials, "\(text) The broker refused the user name or password; check -u/-P or the broker's password_file.", reasonCode: reason)
+            case 4: return MQTTError(.badCredentials, "\(text) The broker refused the user name or password; check the credentials and the broker's password_file.", reasonCode: reason)
             case 5: return MQTTError(.notAuthorized, "\(text) The broker does not allow this client; check the credentials, the client id and the broker's ACL.", reasonCode: reason)
             default: return MQTTError(.connectionRefused, text, reasonCode: reason)
             }
