@@ -83,8 +83,10 @@ func fuzzURL(_ data: [UInt8]) {
     guard let url = try? MQTTURL(text) else { return }
     check((1...65535).contains(url.port), "port out of range: \(url.port)")
     check(!url.host.isEmpty, "empty host accepted")
-    let scheme = String(text.prefix(8)).lowercased()
-    check(scheme.hasPrefix("mqtt://") || scheme.hasPrefix("mqtts://"), "scheme not checked")
+    // The parser reads bytes: compare bytes (ASCII case folded), not Characters, or a combining mark after the
+    // second '/' would make a valid URL look unchecked.
+    let scheme = text.utf8.prefix(8).map { $0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0 }
+    check(scheme.starts(with: Array("mqtt://".utf8)) || scheme.starts(with: Array("mqtts://".utf8)), "scheme not checked")
 }
 
 /// Framing: frames written by the encoder come back byte-exact however the stream is sliced, and an

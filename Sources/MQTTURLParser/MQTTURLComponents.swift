@@ -4,7 +4,9 @@
 /// mqtt-sub and mqtt-rr (`-L`), so that both accept the same URLs. It is pure Swift on bytes, with no Foundation,
 /// because the command-line tools link nothing but libmosquitto.
 ///
-/// The grammar is `mosquitto_pub -L`'s, with its ambiguous corners made strict:
+/// The grammar is `mosquitto_pub -L`'s, with these differences: a host or port mosquitto 2.0.11 would misread is
+/// refused (an empty host, a port that is not 1 to 65535, more than one `:`), IPv6 literals in brackets are accepted,
+/// and the user information ends at the last `@`, not the first:
 /// - The scheme is `mqtt`, `mqtts`, `ws` or `wss`, in any case. `mqtts` and `wss` mean TLS. The port defaults to
 ///   1883, or 8883 with TLS. (Whether WebSockets can be used is the caller's business: libmosquitto 2.0.11 has no
 ///   WebSockets client.)
@@ -34,7 +36,7 @@ public struct MQTTURLComponents: Sendable, Hashable {
         public var defaultPort: Int { isTLS ? 8883 : 1883 }
     }
 
-    /// Why a URL was refused, in the order the parser checks.
+    /// Why a URL was refused.
     public enum Failure: Error, Sendable, Hashable {
         /// The scheme is not `mqtt://`, `mqtts://`, `ws://` or `wss://`.
         case unsupportedScheme

@@ -513,8 +513,8 @@ package struct ConnectionOptions: ParsableArguments, Sendable {
 /// A parsed `-L` URL.
 ///
 /// `mqtt(s)://[username[:password]@]host[:port]/topic`, read by the parser the library and mqtt-pub/sub/rr use
-/// (`MQTTURLComponents`): mosquitto 2.0.11's grammar, where an IPv6 host needs brackets, a password may contain `@`,
-/// and an empty host or a port that is not 1...65535 is refused.
+/// (`MQTTURLComponents`): mosquitto 2.0.11's grammar with our extensions (an IPv6 host in brackets, a password that
+/// contains `@`); an empty host or a port that is not 1...65535, which mosquitto would misread, is refused.
 package struct BrokerURL: Sendable, Hashable {
     /// `mqtts://`.
     package var isTLS: Bool

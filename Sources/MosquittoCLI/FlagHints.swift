@@ -48,7 +48,7 @@ extension ConnectionOptions {
     }
 
     /// Whether `message` already names a command-line flag (`--cafile`, `-u`), as the library's messages once did.
-    static func namesAFlag(_ message: String) -> Bool {
+    package static func namesAFlag(_ message: String) -> Bool {
         let words = message.split(whereSeparator: { " (/,".contains($0) })
         return words.contains { w in
             w.hasPrefix("--") && w.count > 2 || w.count == 2 && w.first == "-" && w.last!.isLetter

@@ -99,6 +99,9 @@ struct BadInputTests {
         // host on, and cannot read an IPv6 host): a clear error at once instead of a failed connection.
         pub(["-L", "mqtt://localhost:abc/a", "-m", "x"], 1, "Error: Invalid URL for -L argument specified - the port must be a number from 1 to 65535."),
         sub(["-L", "mqtt://u:p@/a"], 1, "Error: Invalid URL for -L argument specified - host missing."),
+        // Both wrong: mosquitto never refuses a host or port, so the topic is what it reports, and so do we.
+        pub(["-L", "mqtt://localhost:abc/a/#/b", "-m", "x"], 1, "Error: Invalid publish topic 'a/#/b', does it contain '+' or '#'?", same: true),
+        sub(["-L", "mqtt://u:p@:1/a/#/b"], 1, "Error: Invalid subscription topic 'a/#/b', are all '+' and '#' wildcards correct?", same: true),
         rr(["-L", "mqtt://::1/a", "-e", "r", "-m", "x"], 1,
            "Error: Invalid URL for -L argument specified - write an IPv6 address in brackets, as in mqtt://[::1]:1883/topic."),
         pub(["-t", "a", "-m", "x", "--proxy", "http://proxy"], 1, "Error: Unsupported proxy protocol: http://proxy", same: true),

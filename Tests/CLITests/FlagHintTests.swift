@@ -24,4 +24,26 @@ struct FlagHintTests {
         let other = MQTTError(.payloadTooLarge, "The payload is too large.")
         #expect(ConnectionOptions.messageWithFlagHint(for: other, configuration: plain) == other.message)
     }
+
+    @Test("the library's own errors carry no flag; mqtt-bridge's hint names the flags to check")
+    func realLibraryErrors() {
+        var tls = MQTTConfiguration(host: "localhost", port: 8883)
+        tls.tls = .init()
+        var persistent = MQTTConfiguration(host: "localhost", port: 1883)
+        persistent.session = .persistent(expiry: 60)
+        let cases: [(MQTTConfiguration, String)] = [
+            (tls, "; check --cafile, --capath or --tls-use-os-certs."),
+            (persistent, "; check -i or -c."),
+        ]
+        for (configuration, hint) in cases {
+            do {
+                _ = try MQTTClient(configuration: configuration)
+                Issue.record("no error for \(configuration)")
+            } catch {
+                #expect(!ConnectionOptions.namesAFlag(error.message), "the library names a flag: \(error.message)")
+                let message = ConnectionOptions.messageWithFlagHint(for: error, configuration: configuration)
+                #expect(message.hasSuffix(hint), "\(message)")
+            }
+        }
+    }
 }

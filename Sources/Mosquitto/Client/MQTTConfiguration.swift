@@ -290,7 +290,7 @@ public struct MQTTConfiguration: Sendable {
         self.protocolVersion = protocolVersion
     }
 
-    /// Creates a configuration from an `mqtt://` or `mqtts://` URL, as `mosquitto_pub -L` takes it:
+    /// Creates a configuration from an `mqtt://` or `mqtts://` URL, read by the same parser as mqtt-pub's `-L`:
     /// `mqtt[s]://[username[:password]@]host[:port][/topic]` (see ``MQTTURL`` for the exact rules).
     ///
     /// The port defaults to 1883 (8883 for `mqtts`). `mqtts` turns TLS on with the operating system's CA store. The
@@ -342,7 +342,7 @@ public struct MQTTConfiguration: Sendable {
     }
 }
 
-/// A parsed `mqtt://` or `mqtts://` URL, as `mosquitto_pub -L` takes it.
+/// A parsed `mqtt://` or `mqtts://` URL, read by the same parser as mqtt-pub's `-L` (here the topic is optional).
 ///
 /// `mqtt[s]://[username[:password]@]host[:port][/topic]`, read by the same parser as mqtt-pub's, mqtt-sub's and
 /// mqtt-rr's `-L`:

@@ -771,9 +771,15 @@ extension ClientConfig {
     /// the parser the library uses too (`MQTTURLComponents` says where it is stricter than mosquitto's).
     private func parseURL(_ argument: CStr) -> Bool {
         let url: MQTTURLComponents
+        let bytes = cBytes(argument)
         do {
-            url = try MQTTURLComponents(parsing: cBytes(argument), requireTopic: true)
+            url = try MQTTURLComponents(parsing: bytes, requireTopic: true)
         } catch {
+            // mosquitto never refuses a host or a port, so a bad topic is what it reports first: do the same.
+            if error != .unsupportedScheme && error != .missingTopic, let topic = Self.urlTopic(Array(bytes)),
+               !addTopic(cCopy(bytes: topic), response: false, argument: "-L topic") {
+                return false
+            }
             switch error {
             case .unsupportedScheme: errorPrintf("Error: Unsupported URL scheme.\n\n")
             case .missingTopic: errorPrintf("Error: Invalid URL for -L argument specified - topic missing.\n")
@@ -792,6 +798,16 @@ extension ClientConfig {
         if let pass = url.password { password = cCopy(bytes: pass) }
         host = cCopy(bytes: url.host)
         return true
+    }
+
+    /// The topic of a `-L` URL (everything after the first `/` past `scheme://`), for reporting a bad topic before
+    /// a bad host or port.
+    private static func urlTopic(_ url: [UInt8]) -> [UInt8]? {
+        let separator = Array("://".utf8)
+        guard let start = url.indices.first(where: { url[$0...].starts(with: separator) }) else { return nil }
+        let rest = url[(start + separator.count)...]
+        guard let slash = rest.firstIndex(of: UInt8(ascii: "/")) else { return nil }
+        return Array(rest[(slash + 1)...])
     }
 
     /// `-D command property value` (or `-D command user-property key value`); `i` points at the command and is
