@@ -147,7 +147,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FuzzRegressionTests",
-            dependencies: ["FuzzTargets"]
+            dependencies: ["FuzzTargets", "MosquittoTestSupport"]
         ),
         // What every test target shares: a private broker per test, polling, a lock box, child processes, the
         // built executables. A test target, not a product: the examples do not use it.

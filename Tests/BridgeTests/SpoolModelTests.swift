@@ -191,19 +191,17 @@ struct SpoolModelTests {
         }
         // Tens of seconds of synchronous file work: on a thread of its own, not on one of the cooperative pool's
         // (two on a 2-core machine), where it starved every other test's tasks in the parallel suite.
-        let failures: [String] = await withCheckedContinuation { c in
-            Thread {
-                var failures: [String] = []
-                for seed in seeds {
-                    do {
-                        if let problem = try Self.run(seed: seed, steps: 80) { failures.append(problem) }
-                    } catch {
-                        failures.append("seed \(seed): \(error)")
-                    }
-                    if failures.count >= 3 { break }
+        let failures: [String] = try await onOwnThread {
+            var failures: [String] = []
+            for seed in seeds {
+                do {
+                    if let problem = try Self.run(seed: seed, steps: 80) { failures.append(problem) }
+                } catch {
+                    failures.append("seed \(seed): \(error)")
                 }
-                c.resume(returning: failures)
-            }.start()
+                if failures.count >= 3 { break }
+            }
+            return failures
         }
         #expect(failures.isEmpty, "\(failures.count) failing sequences; the first:\n\(failures.first ?? "")")
     }

@@ -20,7 +20,7 @@ struct DropInTests {
         let recorder = try PacketRecorder(forwardingTo: broker.port)
         defer { recorder.close() }
         let result = try await run(executable, ["-h", "127.0.0.1", "-p", String(recorder.port)] + arguments, environment: environment)
-        let deadline = ContinuousClock.now + .seconds(30)
+        let deadline = ContinuousClock.now + .seconds(30) * testTimeScale
         while ContinuousClock.now < deadline, !recorder.clientClosed(0) {
             try await Task.sleep(for: .milliseconds(20))
         }
@@ -121,8 +121,9 @@ struct DropInTests {
             let publish = try #require(ours.first { $0.type == 3 })
             #expect(publish.properties.map(\.0) == [0x03, 0x09, 0x01, 0x08, 0x26, 0x02])
             if let mosquitto = mosquittoTool("mosquitto_pub") {
-                let (theirs, _) = try await recorded(broker, mosquitto, args)
-                let theirPublish = try #require(theirs.first { $0.type == 3 })
+                let (theirs, theirRun) = try await recorded(broker, mosquitto, args)
+                #expect(theirRun.status == 0, "mosquitto_pub: \(theirRun)")
+                let theirPublish = try #require(theirs.first { $0.type == 3 }, "mosquitto_pub: \(theirRun); recorded: \(theirs.map(\.type))")
                 #expect(publish.body == theirPublish.body && publish.flags == theirPublish.flags)
             }
         }

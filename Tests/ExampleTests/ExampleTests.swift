@@ -122,13 +122,12 @@ struct ExampleTests {
 
 /// Runs a built example to completion and returns what it printed; fails the test unless it exited with 0.
 func runExample(_ name: String, _ arguments: [String] = [], sourceLocation: SourceLocation = #_sourceLocation) async throws -> String {
-    let started = ContinuousClock.now
-    let result = try await MosquittoBroker.runCommand(try examplePath(name), arguments, timeout: .seconds(90))
-    let elapsed = ContinuousClock.now - started
+    // The timeout only catches a hang; how fast an example runs is not a test's business (under ThreadSanitizer
+    // with CPU hogs all eight take over 30 s).
+    let result = try await MosquittoBroker.runCommand(try examplePath(name), arguments, timeout: .seconds(90) * testTimeScale)
     #expect(result.succeeded, "\(name) \(result)", sourceLocation: sourceLocation)
     #expect(result.output.contains("\nOK: "), "\(name) printed no OK line:\n\(result.output)", sourceLocation: sourceLocation)
     #expect(!result.output.contains("FAILED"), "\(result.output)", sourceLocation: sourceLocation)
-    #expect(elapsed < .seconds(30), "\(name) took \(elapsed)", sourceLocation: sourceLocation)
     return result.output
 }
 

@@ -26,3 +26,15 @@ package final class Locked<T: Sendable>: Sendable {
     package func withLock<R: Sendable>(_ body: (inout T) throws -> R) rethrows -> R { try m.withLock(body) }
     package var value: T { m.withLock { $0 } }
 }
+
+/// Runs `body` on a thread of its own and returns what it returns (or throws what it throws).
+///
+/// For tests that compute synchronously for seconds (tens of seconds under ThreadSanitizer): on the cooperative
+/// pool, which has one thread per core, two such tests block every other test's tasks in the parallel suite, and
+/// their waits then look like hangs. Record issues after this returns, not inside `body`.
+package func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+        let rc = startDetachedThread { c.resume(with: Result { try body() }) }
+        if rc != 0 { c.resume(throwing: POSIXError(POSIXErrorCode(rawValue: rc) ?? .EAGAIN)) }
+    }
+}
