@@ -63,10 +63,14 @@ public final class TCPListener: @unchecked Sendable {
     }
 
     /// Stops listening; a waiting ``nextConnection()`` returns nil.
+    ///
+    /// The socket itself is closed when the listener is released: closing it here would free its number while
+    /// another thread may be on its way to `accept`, which would then accept on whatever socket reuses the number.
     public func stop() {
         shutdown(fd, Int32(SHUT_RDWR))
-        _ = close(fd)
     }
+
+    deinit { _ = close(fd) }
 }
 
 /// One TCP connection that reads and writes lines ending in `\n`.

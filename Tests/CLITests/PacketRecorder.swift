@@ -52,10 +52,13 @@ final class PacketRecorder: @unchecked Sendable {
     }
 
     /// Stops accepting; relays already running end when their peers close.
+    ///
+    /// Only the accept loop closes the listening socket, once `accept` has failed. Closing it here freed its number
+    /// while the loop could still be on its way to `accept`: the next recorder's socket got the same number, and
+    /// the old loop accepted (and closed) the next test client's connection. Under load that lost a recording.
     func close() {
         closed.withLock { $0 = true }
         shutdown(listener, Int32(SHUT_RDWR))
-        Glibc.close(listener)
     }
 
     /// The packets the client sent on each connection so far.
@@ -66,6 +69,7 @@ final class PacketRecorder: @unchecked Sendable {
     private let closedByClient = LockedValue<Set<Int>>([])
 
     private func acceptLoop() {
+        defer { Glibc.close(listener) }
         while true {
             let client = accept(listener, nil, nil)
             if client < 0 { return }
