@@ -82,9 +82,20 @@ package enum MessageRendering {
         return body(c)
     }
 
-    /// Runs `body` with the C streams pointed at memory, and appends what was written.
+    /// Serializes ``capture(stdout:stderr:_:)``: the C streams it redirects, and the printer's own state, are
+    /// process-wide, and `MessageFormatter` may be called from any thread. (A pthread mutex: ThreadSanitizer sees
+    /// it, and this target links nothing but the C libraries.)
+    nonisolated(unsafe) private static let captureLock: UnsafeMutablePointer<pthread_mutex_t> = {
+        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(m, nil)
+        return m
+    }()
+
+    /// Runs `body` with the C streams pointed at memory, and appends what was written. One at a time.
     @discardableResult
     private static func capture<R>(stdout out: inout [UInt8], stderr err: inout [UInt8], _ body: () -> R) -> R {
+        pthread_mutex_lock(captureLock)
+        defer { pthread_mutex_unlock(captureLock) }
         var outBuffer: UnsafeMutablePointer<CChar>?
         var outSize = 0
         var errBuffer: UnsafeMutablePointer<CChar>?
