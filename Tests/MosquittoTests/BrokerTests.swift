@@ -8,11 +8,12 @@ import Musl
 
 import Foundation
 import MosquittoBroker
+import MosquittoTestSupport
 import Testing
 
 /// Tests of ``MosquittoBroker`` against the real `mosquitto` binary, checked with raw TCP
 /// sockets and the `mosquitto_pub` / `mosquitto_sub` command-line clients.
-@Suite("MosquittoBroker", .timeLimit(.minutes(1)))
+@Suite("MosquittoBroker", .timeLimit(.minutes(1 * testTimeScale)))
 struct BrokerTests {
     // MARK: Lifecycle
 

@@ -14,7 +14,7 @@ import Testing
 /// `spawnChild` starts the CLIs, the bridge and the examples' programs in the tests and the examples.
 /// A child must not keep this process's sockets and pipes open: while one held a copy of the socket pair
 /// through which Foundation's `Process` learns that mosquitto exited, a killed broker went unreaped.
-@Suite("spawnChild: a child starts as from a shell", .timeLimit(.minutes(1)))
+@Suite("spawnChild: a child starts as from a shell", .timeLimit(.minutes(1 * testTimeScale)))
 struct ChildSpawnTests {
     @Test("the child inherits no descriptor above 2, though this process holds some without O_CLOEXEC")
     func noInheritedDescriptors() async throws {

@@ -4,7 +4,7 @@ import MosquittoBroker
 import MosquittoTestSupport
 import Testing
 
-@Suite("Client: endpoints, identities, buffers and cancellation", .timeLimit(.minutes(2)))
+@Suite("Client: endpoints, identities, buffers and cancellation", .timeLimit(.minutes(2 * testTimeScale)))
 struct ClientFeatureTests {
     @Test("Unix socket, mqtt:// URL, bind address and a broker-assigned client id all connect")
     func endpoints() async throws {

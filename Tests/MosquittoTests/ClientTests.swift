@@ -6,7 +6,7 @@ import MosquittoTestSupport
 import Synchronization
 import Testing
 
-@Suite("Client: publish and subscribe against a real mosquitto", .timeLimit(.minutes(2)))
+@Suite("Client: publish and subscribe against a real mosquitto", .timeLimit(.minutes(2 * testTimeScale)))
 struct ClientTests {
     @Test("QoS 0/1/2 round trips on MQTT 3.1.1 and 5", arguments: [MQTTProtocolVersion.v3_1_1, .v5])
     func roundTrips(version: MQTTProtocolVersion) async throws {
@@ -358,7 +358,7 @@ extension MQTTClient {
     }
 }
 
-@Suite("Client: per-message completion callbacks", .timeLimit(.minutes(2)))
+@Suite("Client: per-message completion callbacks", .timeLimit(.minutes(2 * testTimeScale)))
 struct CompletionCallbackTests {
     @Test("onComplete reports every acknowledgement, every broker refusal, and messages a shutdown abandoned")
     func callbacks() async throws {

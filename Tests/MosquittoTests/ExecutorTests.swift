@@ -19,7 +19,7 @@ private func runsOnNetworkThread(_ client: MQTTClient) async -> Bool {
     return tid == networkThread(client)
 }
 
-@Suite("Client: tasks on the network thread (client.executor)", .timeLimit(.minutes(2)))
+@Suite("Client: tasks on the network thread (client.executor)", .timeLimit(.minutes(2 * testTimeScale)))
 struct ExecutorTests {
     @Test("A consumer and a publisher on their clients' network threads exchange every message at QoS 0, 1 and 2")
     func everyMessageOnTheNetworkThread() async throws {
@@ -126,9 +126,9 @@ struct ExecutorTests {
         try await withBroker { broker in
             // The connected loop sleeps in poll() for up to a minute here (instead of a second), and nothing else
             // arrives on this connection to wake it: a publish or subscribe from a pool thread that failed to wake
-            // it would take that minute. Done right, each takes milliseconds (about a second at worst under the
-            // thread sanitizer on a loaded machine).
-            let client = try await connected(broker) { $0.pollIdleTimeoutMilliseconds = 60_000 }
+            // it would take that minute. Done right, each takes milliseconds, but under the thread sanitizer with
+            // CPU hogs the whole test process can stall for half a minute, so the sanitizer runs scale both.
+            let client = try await connected(broker) { $0.pollIdleTimeoutMilliseconds = Int32(60_000 * testTimeScale) }
             #expect(await eventually { await runsOnNetworkThread(client) })
             let clock = ContinuousClock()
             var slowest = Duration.zero
@@ -143,7 +143,9 @@ struct ExecutorTests {
             }
             let got = try await collect(stream, count: 30)
             #expect(got.count == 30)
-            #expect(slowest < .seconds(30), "every call woke the network thread (slowest: \(slowest))")
+            // Half the poll timeout: a call that did not wake the loop waits out the rest of it. Both scale with the
+            // sanitizer runs, where a loaded machine stalls the whole test process for tens of seconds at times.
+            #expect(slowest < .seconds(30) * testTimeScale, "every call woke the network thread (slowest: \(slowest))")
             await client.shutdown()
         }
     }

@@ -5,7 +5,7 @@ import MosquittoBroker
 import MosquittoTestSupport
 import Testing
 
-@Suite("Hardening: limits, secrets, PSK, id exhaustion, stability", .serialized, .timeLimit(.minutes(5)))
+@Suite("Hardening: limits, secrets, PSK, id exhaustion, stability", .serialized, .timeLimit(.minutes(5 * testTimeScale)))
 struct HardeningTests {
     @Test("Oversized payloads, very long topics and deep topic trees get a clear error and leave the client usable")
     func limits() async throws {

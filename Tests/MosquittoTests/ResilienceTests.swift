@@ -7,7 +7,7 @@ import MosquittoTestSupport
 import Synchronization
 import Testing
 
-@Suite("Broker restarts and kills", .serialized, .timeLimit(.minutes(3)))
+@Suite("Broker restarts and kills", .serialized, .timeLimit(.minutes(3 * testTimeScale)))
 struct ResilienceTests {
     /// Ids of messages a stream delivered, by topic.
     final class Tally: Sendable {

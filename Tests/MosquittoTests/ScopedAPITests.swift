@@ -8,7 +8,7 @@ final class Tally {
     var messages: [String] = []
 }
 
-@Suite("Scoped APIs: withClient and withSubscription run on the caller's actor", .timeLimit(.minutes(1)))
+@Suite("Scoped APIs: withClient and withSubscription run on the caller's actor", .timeLimit(.minutes(1 * testTimeScale)))
 struct ScopedAPITests {
     @Test("a non-Sendable result comes back from withClient and withSubscription on the main actor")
     func nonSendableResult() async throws {

@@ -4,7 +4,7 @@ import MosquittoBroker
 import MosquittoTestSupport
 import Testing
 
-@Suite("Authentication, authorisation and TLS", .timeLimit(.minutes(2)))
+@Suite("Authentication, authorisation and TLS", .timeLimit(.minutes(2 * testTimeScale)))
 struct SecurityTests {
     static let acl = """
     user alice

@@ -11,7 +11,7 @@ import Testing
 /// exactly those of libmosquitto's own I/O, with far fewer system calls.
 // Serialized: the rehearsals rewrite libmosquitto's process-wide slots, and a clean rehearsal running beside the
 // rehearsal loop of `rehearsalsLeaveClientsAlone` saw its slots change under it (the parallel TSan suite).
-@Suite("Socket batching: libmosquitto's reads and writes through the client's buffers", .serialized, .timeLimit(.minutes(2)))
+@Suite("Socket batching: libmosquitto's reads and writes through the client's buffers", .serialized, .timeLimit(.minutes(2 * testTimeScale)))
 struct SocketBatchingTests {
     /// Payload `i` of a mix of sizes: empty, small, around the 64 KiB buffer size, and larger than the buffer.
     static func sized(_ i: Int) -> [UInt8] {

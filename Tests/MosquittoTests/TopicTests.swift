@@ -3,7 +3,7 @@ import Mosquitto
 import MosquittoTestSupport
 import Testing
 
-@Suite("Topic helpers agree with libmosquitto", .timeLimit(.minutes(3)))
+@Suite("Topic helpers agree with libmosquitto", .timeLimit(.minutes(3 * testTimeScale)))
 struct TopicTests {
     static func allCombinations(_ levels: [String], upTo n: Int) -> [String] {
         var out: [[String]] = [[]]

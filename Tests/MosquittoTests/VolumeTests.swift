@@ -5,7 +5,7 @@ import MosquittoTestSupport
 import Synchronization
 import Testing
 
-@Suite("Volume", .serialized, .timeLimit(.minutes(5)))
+@Suite("Volume", .serialized, .timeLimit(.minutes(5 * testTimeScale)))
 struct VolumeTests {
     /// Keeps both cores busy for about 40 s, and its publishing loop rarely suspends (a free queue slot returns at
     /// once), so it holds a thread of the two-thread concurrency pool: in the shared run it starved the timing
