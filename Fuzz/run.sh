@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes one target with libFuzzer (+ AddressSanitizer) and grows its committed corpus.
 #
-#   Fuzz/run.sh TARGET [SECONDS]      targets: topics url framing template bridge-config format properties
+#   Fuzz/run.sh TARGET [SECONDS]      targets: topics url framing template bridge-config format properties msgpack
 #   Fuzz/run.sh all [SECONDS]         every target in turn
 #
 # New interesting inputs are merged into Fuzz/corpus/TARGET (commit them); a crash is written to
@@ -16,7 +16,7 @@ swift build -c release --product mosquitto-fuzz --scratch-path "$scratch" \
     -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING >&2
 bin="$(swift build -c release --scratch-path "$scratch" --show-bin-path)/mosquitto-fuzz"
 targets="$target"
-[ "$target" = all ] && targets="topics url framing template bridge-config format properties"
+[ "$target" = all ] && targets="topics url framing template bridge-config format properties msgpack"
 for t in $targets; do
     corpus="Fuzz/corpus/$t"; crashes="Fuzz/crashes/$t"; work="$(mktemp -d)"
     mkdir -p "$corpus" "$crashes"

@@ -1,5 +1,6 @@
 import CMosquitto
 import Foundation
+import MessagePack
 import MQTTBridge
 import Mosquitto
 import MosquittoCLI
@@ -21,6 +22,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     case bridgeConfig = "bridge-config"
     case format
     case properties
+    case msgpack
 
     /// Runs one input through the target.
     package func run(_ data: [UInt8]) {
@@ -32,6 +34,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .bridgeConfig: fuzzBridgeConfig(data)
         case .format: fuzzFormat(data)
         case .properties: fuzzProperties(data)
+        case .msgpack: fuzzMessagePack(data)
         }
     }
 }
@@ -202,4 +205,44 @@ func fuzzProperties(_ data: [UInt8]) {
     let text = String(decoding: data.prefix(1024), as: UTF8.self)
     let words = text.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
     _ = try? PropertyOptions.parse(words)
+}
+
+/// MessagePack: every input decodes or throws; what decodes re-encodes to a canonical form no longer than the
+/// input that decodes to the same value and re-encodes to itself; its JSON rendering parses, and gives the same value
+/// back when the value is plain JSON. The same bytes read as JSON text parse or throw, and what parses round-trips
+/// through MessagePack.
+func fuzzMessagePack(_ data: [UInt8]) {
+    if let value = try? MessagePackValue(decoding: data) {
+        let canonical = value.encoded()
+        check(canonical.count <= data.count, "canonical form longer than the input \(data)")
+        guard let again = try? MessagePackValue(decoding: canonical) else {
+            fatalError("fuzz property violated: canonical bytes of \(data) do not decode")
+        }
+        check(again == value, "canonical bytes of \(data) decode to another value")
+        check(again.encoded() == canonical, "canonical form of \(data) is not stable")
+        for style in [MessagePackValue.JSONStyle.python, .compact] {
+            let json = value.jsonText(style: style)
+            guard let parsed = try? MessagePackValue(json: json, maximumDepth: 2 * MessagePackReader.defaultMaximumDepth) else {
+                fatalError("fuzz property violated: JSON rendering of \(data) does not parse: \(json)")
+            }
+            if isPlainJSON(value) { check(parsed == value, "JSON of \(data) parses to another value") }
+        }
+    }
+    if let value = try? MessagePackValue(jsonUTF8: data) {
+        let bytes = value.encoded()
+        check((try? MessagePackValue(decoding: bytes, maximumDepth: 2 * MessagePackReader.defaultMaximumDepth)) == value, "JSON \(data) does not round-trip")
+    }
+}
+
+/// A value that JSON text represents exactly: no binary, extension, timestamp, float 32 or NaN; unique string keys.
+private func isPlainJSON(_ value: MessagePackValue) -> Bool {
+    switch value {
+    case .nil, .bool, .int, .uint, .string: return true
+    case .double(let d): return !d.isNaN
+    case .float, .binary, .ext, .timestamp: return false
+    case .array(let a): return a.allSatisfy(isPlainJSON)
+    case .map(let m):
+        return Set(m.map(\.key)).count == m.count
+            && m.allSatisfy { if case .string = $0.key { return isPlainJSON($0.value) } else { return false } }
+    }
 }
