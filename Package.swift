@@ -8,6 +8,8 @@ let package = Package(
         .library(name: "Mosquitto", targets: ["Mosquitto"]),
         .library(name: "MosquittoBroker", targets: ["MosquittoBroker"]),
         .library(name: "MQTTBridge", targets: ["MQTTBridge"]),
+        .library(name: "MessagePack", targets: ["MessagePack", "MessagePackCodable"]),
+        .library(name: "MosquittoCodable", targets: ["MosquittoCodable"]),
         .executable(name: "mqtt-pub", targets: ["mqtt-pub"]),
         .executable(name: "mqtt-sub", targets: ["mqtt-sub"]),
         .executable(name: "mqtt-rr", targets: ["mqtt-rr"]),
@@ -22,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
@@ -41,6 +44,24 @@ let package = Package(
         .target(name: "CMosquittoIO", linkerSettings: [.linkedLibrary("dl")]),
         // The one parser of `-L` style mqtt:// URLs, shared by the library and the CLIs (pure Swift, no Foundation).
         .target(name: "MQTTURLParser"),
+        // MessagePack: the values, a canonical writer, a bounds-checked reader and JSON conversion, in pure Swift
+        // without Foundation (the CLIs link it); and its Codable encoder and decoder, which need Date and Data.
+        .target(name: "MessagePack"),
+        .target(name: "MessagePackCodable", dependencies: ["MessagePack"]),
+        // MQTT over WebSockets for libmosquitto 2.0.11, which has no WebSockets client: a private Unix socket per
+        // connection attempt, carried to the broker by a SwiftNIO WebSocket client (wss with NIOSSL).
+        .target(
+            name: "MQTTWebSocket",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The client library.
         .target(
             name: "Mosquitto",
@@ -49,10 +70,14 @@ let package = Package(
                 "CMosquittoIO",
                 "MosquittoPOSIX",
                 "MQTTURLParser",
+                "MQTTWebSocket",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
+        // Typed payloads for the client library: JSON or MessagePack, publishing Encodable values and typed
+        // subscription streams (a target of its own, so that the client library stays lean).
+        .target(name: "MosquittoCodable", dependencies: ["Mosquitto", "MessagePack", "MessagePackCodable"]),
         // A private mosquitto broker for tests, the demo and the examples.
         .target(
             name: "MosquittoBroker",
@@ -62,8 +87,9 @@ let package = Package(
             ]
         ),
         // The engine of mqtt-pub, mqtt-sub and mqtt-rr: libmosquitto driven directly, as mosquitto's own clients
-        // do, with nothing else linked (a short run starts in about the time mosquitto_pub does).
-        .target(name: "MosquittoCLICore", dependencies: ["CMosquitto", "CMosquittoIO", "MQTTURLParser"], path: "Sources/MosquittoCLI/Core"),
+        // do, with nothing else linked but the WebSocket tunnel (which starts its threads only for --ws), so a short
+        // run starts in about the time mosquitto_pub does.
+        .target(name: "MosquittoCLICore", dependencies: ["CMosquitto", "CMosquittoIO", "MQTTURLParser", "MessagePack", "MQTTWebSocket"], path: "Sources/MosquittoCLI/Core"),
         // ArgumentParser options in the CLIs' spelling for library clients: mqtt-bridge's broker options (and the flags to
         // name for a library error), -D properties, and mqtt-sub's printing for library messages (MessageFormatter).
         .target(
@@ -86,6 +112,7 @@ let package = Package(
             name: "MQTTBridge",
             dependencies: [
                 "Mosquitto",
+                "MessagePack",
                 "MosquittoPOSIX",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -124,6 +151,12 @@ let package = Package(
             ],
             path: "Benchmarks/mosquitto-bench"
         ),
+        // Issue #19's figures: MessagePack vs JSON per message, payload sizes, typed streams vs raw bytes.
+        .executableTarget(
+            name: "mosquitto-codec-bench",
+            dependencies: ["Mosquitto", "MosquittoBroker", "MosquittoCodable", "MessagePackCodable"],
+            path: "Benchmarks/mosquitto-codec-bench"
+        ),
         .executableTarget(
             name: "mosquitto-bench-c",
             dependencies: ["CMosquitto"],
@@ -138,12 +171,17 @@ let package = Package(
         // committed corpora and crashes as tests.
         .target(
             name: "FuzzTargets",
-            dependencies: ["Mosquitto", "CMosquitto", "MQTTBridge", "MosquittoCLI"]
+            dependencies: ["Mosquitto", "CMosquitto", "MQTTBridge", "MosquittoCLI", "MessagePack"]
         ),
         .executableTarget(
             name: "mosquitto-fuzz",
             dependencies: ["FuzzTargets"],
             path: "Fuzz/mosquitto-fuzz"
+        ),
+        .testTarget(name: "MessagePackTests", dependencies: ["MessagePack", "MessagePackCodable", "MosquittoPOSIX", "MosquittoTestSupport"]),
+        .testTarget(
+            name: "CodableTests",
+            dependencies: ["MosquittoCodable", "Mosquitto", "MessagePack", "MessagePackCodable", "MosquittoBroker", "MosquittoTestSupport"]
         ),
         .testTarget(
             name: "FuzzRegressionTests",
@@ -159,7 +197,7 @@ let package = Package(
         .testTarget(
             name: "MosquittoTests",
             dependencies: [
-                "Mosquitto", "MosquittoBroker", "MosquittoPOSIX", "MosquittoTestSupport", "CMosquitto", "CMosquittoIO", "MQTTURLParser",
+                "Mosquitto", "MosquittoBroker", "MosquittoPOSIX", "MosquittoTestSupport", "CMosquitto", "CMosquittoIO", "MQTTURLParser", "MQTTWebSocket",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

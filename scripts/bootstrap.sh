@@ -32,6 +32,20 @@ if ! have_all; then
     have_all || { echo "error: $packages installed, but libmosquitto or mosquitto is still not found." >&2; exit 1; }
 fi
 
+# The MessagePack tests compare against the reference implementation, Python's msgpack (from PyPI). Called by
+# scripts/test.sh and scripts/sanitize.sh only: the demo does not need it.
+need_python_msgpack() {
+    python3 -c 'import msgpack' >/dev/null 2>&1 && return 0
+    if command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 &&
+        python3 -m pip install --quiet msgpack >/dev/null 2>&1 && python3 -c 'import msgpack' >/dev/null 2>&1; then
+        echo "Installed Python's msgpack (for the MessagePack tests)"
+    else
+        echo "error: Python's msgpack package is missing (the MessagePack tests compare against it). Run:" >&2
+        echo "  python3 -m pip install msgpack" >&2
+        exit 1
+    fi
+}
+
 # Runs `swift test` with the given arguments. When it fails, the failed tests and their issues are printed again
 # at the end, so that a long log (or the last lines of it, all that CI shows) still says what failed and where.
 swift_test() {

@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
+need_python_msgpack
 kind="${1:-all}"
 shift || true
 case "$kind" in

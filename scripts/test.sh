@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
+need_python_msgpack
 swift build --build-tests
 swift_test --skip-build "$@"
 if [ $# -eq 0 ]; then

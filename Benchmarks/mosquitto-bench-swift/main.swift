@@ -6,12 +6,14 @@
 // Like the C program it uses only the library and the C runtime (no Foundation), so the peak memory compares
 // the two libraries, not their programs' extras.
 //
-//   mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311] [network|pool|unbatched]
+//   mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311] [network|pool|unbatched|ws|ws-pub|ws-sub] [PLAINPORT]
 //
 // By default the publishing task and the counting task run on their client's network thread
 // (`Task(executorPreference: client.executor)`), where the C program's callbacks run; "pool" runs them on the
 // global concurrent executor instead, as plain `Task { }` does; "unbatched" runs them on the network thread with
-// the library's socket batching off (`batchesSocketIO = false`: libmosquitto's own reads and writes).
+// the library's socket batching off (`batchesSocketIO = false`: libmosquitto's own reads and writes); "ws" runs them
+// on the network thread with both clients over WebSockets (PORT is then the broker's websockets listener);
+// "ws-pub"/"ws-sub" with only the publisher or the subscriber over WebSockets, the other on PLAINPORT.
 //
 // Prints one line of JSON: {"impl":"swift","qos":Q,"messages":N,"received":R,"seconds":S,"rate":R/S,"peak_rss_kb":K,
 // "cpu_ms":T}, T being the process's CPU time (user + system, all threads, connecting included).
@@ -63,7 +65,7 @@ func seconds(_ d: Duration) -> Double {
 nonisolated func run(_ args: [String]) async -> Int32 {
     guard args.count >= 6, let port = Int(args[2]), let qosValue = UInt8(args[3]), let level = QoS(rawValue: qosValue),
           let count = Int(args[4]), let size = Int(args[5]) else {
-        printError("usage: mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311] [network|pool|unbatched]")
+        printError("usage: mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311] [network|pool|unbatched|ws|ws-pub|ws-sub] [PLAINPORT]")
         return 1
     }
     let host = args[1]
@@ -73,17 +75,23 @@ nonisolated func run(_ args: [String]) async -> Int32 {
     let mode = args.count > 7 ? args[7] : "network"
     let onNetworkThread = mode != "pool"
     let batched = mode != "unbatched"
+    // "ws": both clients over WebSockets; "ws-pub"/"ws-sub": only that one (PORT is the websockets listener, the
+    // other client uses PLAINPORT, an eighth argument), to see which direction costs.
+    let wsPub = mode == "ws" || mode == "ws-pub", wsSub = mode == "ws" || mode == "ws-sub"
+    let plainPort = args.count > 8 ? Int(args[8]) ?? port : port
     let topic = "bench/swift/\(getpid())/\(qosValue)"
     do {
-        var sc = MQTTConfiguration(host: host, port: port, clientID: "bench-swift-sub", protocolVersion: version)
+        var sc = MQTTConfiguration(host: host, port: wsSub || !wsPub ? port : plainPort, clientID: "bench-swift-sub", protocolVersion: version)
         sc.batchesSocketIO = batched
+        sc.transport = wsSub ? .webSockets(.init()) : .tcp
         let sub = try MQTTClient(configuration: sc)
         try await sub.connect()
         let stream = try await sub.subscribe([Subscription(topic, qos: level)],
                                              buffer: .init(capacity: 10_000, overflow: .backpressure(maxWait: .seconds(30))))
-        var pc = MQTTConfiguration(host: host, port: port, clientID: "bench-swift-pub", protocolVersion: version)
+        var pc = MQTTConfiguration(host: host, port: wsPub || !wsSub ? port : plainPort, clientID: "bench-swift-pub", protocolVersion: version)
         pc.maximumQueuedMessages = 1000
         pc.batchesSocketIO = batched
+        pc.transport = wsPub ? .webSockets(.init()) : .tcp
         let pub = try MQTTClient(configuration: pc)
         try await pub.connect()
 
@@ -113,7 +121,7 @@ nonisolated func run(_ args: [String]) async -> Int32 {
         let (got, last) = try await reader.value
         timeout.cancel()
         let elapsed = got == count ? seconds(last - start) : seconds(clock.now - start)
-        print("{\"impl\":\"\(mode == "pool" ? "swift-pool" : mode == "unbatched" ? "swift-unbatched" : "swift")\",\"qos\":\(qosValue),\"messages\":\(count),\"received\":\(got),\"seconds\":\(elapsed),\"publish_seconds\":\(published),\"rate\":\(Double(got) / elapsed),\"peak_rss_kb\":\(peakResidentKiB()),\"cpu_ms\":\(cpuMilliseconds())}")
+        print("{\"impl\":\"\(mode == "pool" ? "swift-pool" : mode == "unbatched" ? "swift-unbatched" : mode.hasPrefix("ws") ? "swift-\(mode)" : "swift")\",\"qos\":\(qosValue),\"messages\":\(count),\"received\":\(got),\"seconds\":\(elapsed),\"publish_seconds\":\(published),\"rate\":\(Double(got) / elapsed),\"peak_rss_kb\":\(peakResidentKiB()),\"cpu_ms\":\(cpuMilliseconds())}")
         await pub.shutdown()
         await sub.shutdown()
         return got >= count ? 0 : 2

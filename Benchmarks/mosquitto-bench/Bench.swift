@@ -27,7 +27,7 @@ struct Bench: AsyncParsableCommand {
           swift build -c release --static-swift-stdlib --product mosquitto-bench-swift
           .build/release/mosquitto-bench throughput --messages 100000 --size 64 --repeat 15
         """,
-        subcommands: [Throughput.self],
+        subcommands: [Throughput.self, WebSockets.self],
         defaultSubcommand: Throughput.self
     )
 }
@@ -127,5 +127,91 @@ struct Throughput: AsyncParsableCommand {
         let s = v.sorted()
         guard !s.isEmpty else { return (0, 0, 0) }
         return (s[(s.count - 1) / 4], s[s.count / 2], s[(3 * (s.count - 1) + 3) / 4])
+    }
+}
+
+/// Issue #17: the library over WebSockets against plain TCP, same program, same broker, same run.
+struct WebSockets: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "websockets",
+        abstract: "Library throughput over WebSockets against plain TCP on the same broker; prints a Markdown table.",
+        discussion: """
+        Starts a private mosquitto with a websockets listener beside the plain one, then alternates runs of
+        mosquitto-bench-swift over plain TCP and over WebSockets (both clients through the library's WebSocket
+        tunnel), each in its own process, tasks on the clients' network threads. Every other round runs them in
+        the opposite order. Reports median rates, the ratio ws/TCP (of the medians, and per round), CPU time.
+
+          swift build -c release --static-swift-stdlib --product mosquitto-bench
+          swift build -c release --static-swift-stdlib --product mosquitto-bench-swift
+          .build/release/mosquitto-bench websockets --messages 100000 --size 64 --repeat 9
+        """
+    )
+
+    @Option(help: "Messages per run.") var messages = 100_000
+    @Option(help: "Payload size in bytes.") var size = 64
+    @Option(parsing: .upToNextOption, help: "QoS levels to measure.") var qos: [Int] = [0, 1]
+    @Option(help: "Rounds per QoS; the median is reported.") var `repeat` = 5
+    @Option(help: "Path of the Swift program (default: next to this executable).") var swiftProgram: String?
+    @Flag(help: "Also run with only the publisher, then only the subscriber, over WebSockets (where the cost goes).")
+    var split = false
+
+    func run() async throws {
+        let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        let swiftPath = swiftProgram ?? here.appendingPathComponent("mosquitto-bench-swift").path
+        guard FileManager.default.isExecutableFile(atPath: swiftPath) else {
+            throw ValidationError("mosquitto-bench-swift is missing at \(swiftPath); build it with: swift build -c release --product mosquitto-bench-swift")
+        }
+        var config = MosquittoBroker.Configuration()
+        config.maxQueuedMessages = 0
+        config.webSockets = true
+        let broker = try MosquittoBroker(configuration: config)
+        try await broker.start()
+        let wsPort = broker.webSocketsPort ?? 0
+        FileHandle.standardError.write(Data("broker: mosquitto on \(broker.host):\(broker.port), websockets on \(wsPort)\n".utf8))
+        var rows: [String] = []
+        do {
+            for q in qos {
+                var tcp: [Result] = []
+                var ws: [Result] = []
+                var wsPub: [Result] = []
+                var wsSub: [Result] = []
+                for i in 1...self.repeat {
+                    let order = [("tcp", broker.port, "network"), ("ws", wsPort, "ws")]
+                        + (split ? [("ws-pub", wsPort, "ws-pub"), ("ws-sub", wsPort, "ws-sub")] : [])
+                    for (impl, port, mode) in i % 2 == 1 ? order : order.reversed() {
+                        let args = [broker.host, "\(port)", "\(q)", "\(messages)", "\(size)", "5", mode, "\(broker.port)"]
+                        let out = try await MosquittoBroker.runCommand(swiftPath, args, timeout: .seconds(300))
+                        guard let line = out.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
+                              let r = try? JSONDecoder().decode(Result.self, from: Data(line.utf8)) else {
+                            throw ValidationError("\(impl) run failed: \(out.output)")
+                        }
+                        FileHandle.standardError.write(Data("qos \(q) run \(i) \(impl): \(Int(r.rate)) msg/s, \(r.received)/\(r.messages) received, CPU \(Int(r.cpu_ms ?? 0)) ms\n".utf8))
+                        switch impl {
+                        case "tcp": tcp.append(r)
+                        case "ws": ws.append(r)
+                        case "ws-pub": wsPub.append(r)
+                        default: wsSub.append(r)
+                        }
+                    }
+                }
+                let t = Throughput()
+                let mt = t.median(tcp.map(\.rate)), mw = t.median(ws.map(\.rate))
+                let paired = t.quartiles(zip(ws, tcp).map { $0.rate / $1.rate })
+                let cpuT = t.median(tcp.compactMap(\.cpu_ms)), cpuW = t.median(ws.compactMap(\.cpu_ms))
+                let all = (tcp + ws).allSatisfy { $0.received == $0.messages }
+                let f = { (x: Double) in String(format: "%.2f", x) }
+                let splitCells = split
+                    ? " \(f(t.median(wsPub.map(\.rate)) / mt)) | \(f(t.median(wsSub.map(\.rate)) / mt)) |" : ""
+                rows.append("| \(q) | \(Int(mt)) | \(Int(mw)) | **\(f(mw / mt))** | \(f(paired.median)) (\(f(paired.low))-\(f(paired.high))) | \(Int(cpuT)) / \(Int(cpuW)) | \(all ? "all" : "LOSS") |" + splitCells)
+            }
+        } catch {
+            await broker.shutdown()
+            throw error
+        }
+        await broker.shutdown()
+        print("| QoS | TCP msg/s (median of \(self.repeat)) | WebSockets msg/s | ws/TCP | ws/TCP per round: median (middle half) | CPU ms per run, TCP / ws | delivered |" + (split ? " only the publisher on ws, /TCP | only the subscriber on ws, /TCP |" : ""))
+        print("|---|---|---|---|---|---|---|" + (split ? "---|---|" : ""))
+        for r in rows { print(r) }
+        print("\n\(messages) messages of \(size) bytes, one publisher and one subscriber per process, private mosquitto on loopback.")
     }
 }

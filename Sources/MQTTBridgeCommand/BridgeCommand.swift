@@ -37,6 +37,10 @@ package struct BridgeCommand: AsyncParsableCommand, Sendable {
     var check = false
 
     @OptionGroup(title: "Broker") var connection: ConnectionOptions
+    /// `--broker host[:port]`, repeatable: several brokers, tried in turn (instead of -h/-p/-L/--unix).
+    @Option(name: .customLong("broker"), parsing: .unconditionalSingleValue,
+            help: ArgumentHelp("A broker as host[:port]; repeat it for failover (instead of -h/-p/-L).", valueName: "host:port"))
+    var brokers: [String] = []
     @OptionGroup(title: "Route (one route from flags)") var route: RouteOptions
     @OptionGroup(title: "Spool") var spool: SpoolOptions
     @OptionGroup(title: "Operations") var operations: OperationsOptions
@@ -134,6 +138,19 @@ package struct BridgeCommand: AsyncParsableCommand, Sendable {
         case .cleanStart(let expiry): mqtt.session = .persistent(expiry: expiry)
         default: break
         }
+        if !brokers.isEmpty {
+            if connection.host != nil || connection.url != nil || connection.unixSocket != nil {
+                throw ValidationError("--broker lists the brokers itself: leave out -h, -L and --unix (or use one -h and -p without --broker)")
+            }
+            let defaultPort = if case .tcp(_, let port) = mqtt.endpoint { port } else { 1883 }
+            mqtt.endpoints = try brokers.map { text in
+                switch ConfigParser.address(text, defaultHost: "", defaultPort: defaultPort, minimumPort: 1) {
+                case .success(let a) where !a.host.isEmpty: return .tcp(host: a.host, port: a.port)
+                case .success: throw ValidationError("--broker: \(ConfigParser.quote(text)) has no host: use host[:port]")
+                case .failure(let e): throw ValidationError("--broker: \(e.message)")
+                }
+            }
+        }
         var base = BridgeConfiguration(mqtt: mqtt, spoolDirectory: spool.spoolDir ?? "mqtt-bridge-spool")
         if let m = connection.maxInflight { base.maxInflightMessages = Int(atoi(m)) }
         if let metrics = operations.metrics { base.metricsAddress = try Self.address(metrics, flag: "--metrics") }
@@ -204,6 +221,8 @@ struct RouteOptions: ParsableArguments, Sendable {
     var maxConnections: Int?
     @Option(name: .customLong("idle-timeout"), help: ArgumentHelp("Close a TCP connection idle this many seconds (default: 0 = never).", valueName: "seconds"))
     var idleTimeout: String?
+    @Option(name: .customLong("transcode"), help: ArgumentHelp("none (default) or json_msgpack: JSON frames are published as MessagePack, MessagePack messages are written to the feed as JSON; what does not convert goes to the dead-letter topic.", valueName: "how"))
+    var transcode: String?
     @Option(name: .customLong("route-name"), help: ArgumentHelp("The route's name in metrics, the spool and the default client id (default: feed).", valueName: "name"))
     var routeName: String?
 
@@ -225,6 +244,7 @@ struct RouteOptions: ParsableArguments, Sendable {
         if maxConnections != nil { f.append("--max-connections") }
         if idleTimeout != nil { f.append("--idle-timeout") }
         if routeName != nil { f.append("--route-name") }
+        if transcode != nil { f.append("--transcode") }
         return f
     }
 
@@ -270,6 +290,9 @@ struct RouteOptions: ParsableArguments, Sendable {
         guard let idle = ConfigParser.seconds(idleTimeout ?? "0") else {
             throw ValidationError("--idle-timeout must be seconds (0 = never), not \(ConfigParser.quote(idleTimeout ?? ""))")
         }
+        guard let transcoding = PayloadTranscoding(rawValue: transcode ?? "none") else {
+            throw ValidationError("--transcode must be none or json_msgpack, not \(ConfigParser.quote(transcode ?? ""))")
+        }
         var template: TopicTemplate?
         if let topic {
             do { template = try TopicTemplate(topic) } catch { throw ValidationError("--topic: " + ConfigParser.shorten(error.message)) }
@@ -279,7 +302,7 @@ struct RouteOptions: ParsableArguments, Sendable {
             feed: FeedConfiguration(mode: mode, addresses: addresses, udpTargets: targets, allow: allow, maxConnections: connections,
                                     idleTimeout: idle),
             framing: framingValue, maxFrame: max, topic: template, subscriptions: subscribe, shareGroup: shareGroup,
-            qos: q, retain: retain)
+            qos: q, retain: retain, transcode: transcoding)
     }
 }
 
@@ -342,8 +365,13 @@ extension BridgeCommand {
         Broker:
           -h, --host HOST            broker host (default: localhost)
           -p, --port PORT            broker port (default: 1883, 8883 with --cafile/--capath/--psk)
+              --broker HOST[:PORT]   a broker; repeat for failover: after a failure the bridge moves to the next
+                                     and stays on a working one (file: address a:1883 b:1883); replaces -h and -L
               --unix PATH            connect through a Unix domain socket
-          -L, --url URL              mqtt(s)://[user[:password]@]host[:port]/ (a topic in the URL is not used)
+          -L, --url URL              mqtt(s)://[user[:password]@]host[:port]/ (a topic in the URL is not used);
+                                     ws(s):// for MQTT over WebSockets
+              --ws                   connect over WebSockets (HTTP path /mqtt; wss with the TLS options), for
+                                     brokers reachable only through a web port (in a file: address ws://host:port/path)
           -V, --protocol-version V   mqttv5 (default), mqttv311 or mqttv31
           -i, --id ID                the bridge's client id, also in its state topic mqtt-bridge/ID/state
                                      (default: mqtt-bridge-<host name>-<route name>)
@@ -395,6 +423,8 @@ extension BridgeCommand {
               --max-connections N        concurrent TCP feed connections (default: 1024)
               --idle-timeout SECONDS     close a TCP connection idle that long (default: 0 = never)
               --route-name NAME          the route's name in metrics, the spool and the client id (default: feed)
+              --transcode json_msgpack   JSON frames are published as MessagePack, MessagePack messages are written
+                                         to the feed as JSON; what does not convert goes to the dead-letter topic
           --topic alone forwards feed to MQTT, --subscribe alone MQTT to the feed, both go both ways.
 
         Spool:

@@ -8,8 +8,8 @@
 /// refused (an empty host, a port that is not 1 to 65535, more than one `:`), IPv6 literals in brackets are accepted,
 /// and the user information ends at the last `@`, not the first:
 /// - The scheme is `mqtt`, `mqtts`, `ws` or `wss`, in any case. `mqtts` and `wss` mean TLS. The port defaults to
-///   1883, or 8883 with TLS. (Whether WebSockets can be used is the caller's business: libmosquitto 2.0.11 has no
-///   WebSockets client.)
+///   1883, or 8883 with TLS, as mosquitto 2.1's clients have it. (`ws` and `wss` mean MQTT over WebSockets, which
+///   the library and the CLIs carry through a private tunnel: libmosquitto 2.0.11 has no WebSockets client.)
 /// - The topic is everything after the first `/`, unparsed (it may hold `/`, `+`, `#`); nil when there is no `/`.
 /// - The user information ends at the last `@` before the topic, so a password may contain `@`; the user name ends
 ///   at the first `:` in it, so a password may contain `:`.

@@ -54,6 +54,12 @@ extension MosquittoBroker {
         /// ``MosquittoBroker/tlsPort``. Defaults to `false`.
         public var tls: Bool
 
+        /// Whether to add an MQTT-over-WebSockets listener (`protocol websockets`) on ``MosquittoBroker/webSocketsPort``,
+        /// and, when ``tls`` is on too, a WebSockets-over-TLS listener on ``MosquittoBroker/webSocketsTLSPort`` with
+        /// the same test certificates. Both listen on `127.0.0.1` beside the plain listener (mosquitto 2.0.11 will
+        /// not start with a websockets listener alone). mosquitto accepts the upgrade on any path. Defaults to `false`.
+        public var webSockets: Bool
+
         /// Whether the TLS listener demands a client certificate signed by the test CA
         /// (`require_certificate`). Defaults to `false`. Only used when ``tls`` is `true`.
         public var requireClientCertificate: Bool
@@ -103,6 +109,7 @@ extension MosquittoBroker {
             self.allowAnonymous = true
             self.aclFileContents = nil
             self.tls = tls
+            self.webSockets = false
             self.requireClientCertificate = false
             self.maxInflightMessages = nil
             self.maxQueuedMessages = nil

@@ -141,6 +141,18 @@ public final class MosquittoBroker: Sendable {
         state.withLock { $0.ports?.tls }
     }
 
+    /// The MQTT-over-WebSockets port on ``host`` (`ws://127.0.0.1:port/`), or `nil` when ``Configuration/webSockets``
+    /// is off or before the first ``start()``.
+    public var webSocketsPort: Int? {
+        state.withLock { $0.ports?.webSockets }
+    }
+
+    /// The MQTT-over-WebSockets-over-TLS port on ``host`` (`wss://`), or `nil` unless both ``Configuration/webSockets``
+    /// and ``Configuration/tls`` are on, or before the first ``start()``.
+    public var webSocketsTLSPort: Int? {
+        state.withLock { $0.ports?.webSocketsTLS }
+    }
+
     /// The generated certificates and keys, or `nil` when ``Configuration/tls`` is off.
     ///
     /// The paths are known at once; the files exist after the first ``start()`` has returned.
@@ -261,6 +273,12 @@ public final class MosquittoBroker: Sendable {
         var metadata: Logger.Metadata = ["mosquitto.port": "\(ports.plain)", "mosquitto.pid": "\(child.pid)"]
         if let tls = ports.tls {
             metadata["mosquitto.tls-port"] = "\(tls)"
+        }
+        if let ws = ports.webSockets {
+            metadata["mosquitto.ws-port"] = "\(ws)"
+        }
+        if let wss = ports.webSocketsTLS {
+            metadata["mosquitto.wss-port"] = "\(wss)"
         }
         logger.notice("mosquitto broker started", metadata: metadata)
     }
@@ -424,8 +442,12 @@ public final class MosquittoBroker: Sendable {
             if let knownPorts {
                 ports = knownPorts
             } else {
-                let reserved = try POSIX.reserveLoopbackPorts(count: configuration.tls ? 2 : 1)
-                ports = BrokerPorts(plain: reserved[0], tls: configuration.tls ? reserved[1] : nil)
+                let tls = configuration.tls
+                let ws = configuration.webSockets
+                let reserved = try POSIX.reserveLoopbackPorts(count: 1 + (tls ? 1 : 0) + (ws ? 1 : 0) + (tls && ws ? 1 : 0))
+                var next = reserved.dropFirst().makeIterator()
+                ports = BrokerPorts(plain: reserved[0], tls: tls ? next.next() : nil, webSockets: ws ? next.next() : nil,
+                                    webSocketsTLS: tls && ws ? next.next() : nil)
             }
             try POSIX.writePrivateFile(
                 layout.configurationFile,
@@ -476,21 +498,23 @@ public final class MosquittoBroker: Sendable {
         while true {
             if let status = child.monitor.status {
                 let log = tail()
+                // libwebsockets reports a taken port without saying why: "Error: Unable to create websockets
+                // listener on port N." Treat it as the plain listeners' "Address already in use".
+                let portTaken = log.contains("Address already in use") || log.contains("Unable to create websockets listener")
                 let error = MosquittoBrokerError(
                     code: .exitedDuringStartup,
                     message: "mosquitto exited during startup (\(status)) on 127.0.0.1:\(ports.plain)",
                     logTail: log,
-                    hint: log.contains("Address already in use")
+                    hint: portTaken
                         ? "another process is using the port; stop it or create a new MosquittoBroker"
                         : "check the errors above against \(layout.configurationFile)"
                 )
-                if log.contains("Address already in use") {
+                if portTaken {
                     return .portInUse(error)
                 }
                 throw error
             }
-            if POSIX.canConnectToLoopback(port: ports.plain),
-                ports.tls.map(POSIX.canConnectToLoopback(port:)) ?? true,
+            if ports.all.allSatisfy(POSIX.canConnectToLoopback(port:)),
                 !child.hasExited
             {
                 return .ready(child)

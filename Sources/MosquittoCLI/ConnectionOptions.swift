@@ -49,9 +49,9 @@ package struct ConnectionOptions: ParsableArguments, Sendable {
             help: ArgumentHelp("Connect through a Unix domain socket, e.g. /tmp/mosquitto.sock.", valueName: "path"))
     package var unixSocket: String?
 
-    /// `-L`, `--url`: `mqtt(s)://[username[:password]@]host[:port]/topic`.
+    /// `-L`, `--url`: `mqtt(s)://[username[:password]@]host[:port]/topic`, or `ws(s)://` for WebSockets.
     @Option(name: [.customShort("L"), .customLong("url")], parsing: .unconditional,
-            help: ArgumentHelp("User, password, host, port and topic as one URL: mqtt(s)://[user[:password]@]host[:port]/topic",
+            help: ArgumentHelp("User, password, host, port and topic as one URL: mqtt(s)://[user[:password]@]host[:port]/topic (or ws(s):// for WebSockets)",
                                valueName: "URL"))
     package var url: String?
 
@@ -63,6 +63,11 @@ package struct ConnectionOptions: ParsableArguments, Sendable {
     /// `--nodelay`: disable Nagle's algorithm.
     @Flag(name: .customLong("nodelay"), help: "Disable Nagle's algorithm (TCP_NODELAY).")
     package var noDelay = false
+
+    /// `--ws`: MQTT over WebSockets (HTTP path `/mqtt`, subprotocol `mqtt`; wss with the TLS options), as in
+    /// mosquitto 2.1's clients. `-L ws://…` and `-L wss://…` choose it too.
+    @Flag(name: .customLong("ws"), help: "Connect using WebSockets (path /mqtt; wss with --cafile, --capath or --tls-use-os-certs).")
+    package var webSockets = false
 
     /// `--proxy`: a SOCKS5 proxy, `socks5h://[username[:password]@]host[:port]`.
     @Option(name: .customLong("proxy"), parsing: .unconditional,
@@ -391,8 +396,10 @@ package struct ConnectionOptions: ParsableArguments, Sendable {
         var user: String?
         var pass: String?
         var systemCerts = false
+        var overWebSockets = webSockets
         if let url {
             let u = try BrokerURL.parse(url)
+            if u.isWebSockets { overWebSockets = true }
             hostName = u.host
             portNumber = u.port
             user = u.username
@@ -409,9 +416,14 @@ package struct ConnectionOptions: ParsableArguments, Sendable {
 
         var configuration: MQTTConfiguration
         if let unixSocket {
+            if overWebSockets { throw CLIError.usage("Error: --ws and --unix cannot be used together.") }
             configuration = MQTTConfiguration(endpoint: .unixSocket(path: unixSocket), protocolVersion: version)
         } else {
             configuration = MQTTConfiguration(host: hostName, port: finalPort, protocolVersion: version)
+        }
+        if overWebSockets {
+            if psk != nil { throw CLIError.usage("Error: TLS-PSK is not available over WebSockets; use --cafile or --capath.") }
+            configuration.transport = .webSockets(.init())
         }
 
         // Client id.
@@ -518,6 +530,8 @@ package struct ConnectionOptions: ParsableArguments, Sendable {
 package struct BrokerURL: Sendable, Hashable {
     /// `mqtts://`.
     package var isTLS: Bool
+    /// True for `ws://` and `wss://` (MQTT over WebSockets, as in mosquitto 2.1's clients).
+    package var isWebSockets: Bool
     /// User name, if any.
     package var username: String?
     /// Password, if any.
@@ -546,11 +560,9 @@ package struct BrokerURL: Sendable, Hashable {
                 throw CLIError.usage("Error: Invalid URL for -L argument specified - the port must be a number from 1 to 65535.")
             }
         }
-        // As before: mosquitto 2.0.11 knows only mqtt:// and mqtts:// (WebSockets came in 2.1).
-        if u.scheme.isWebSockets { throw CLIError.usage("Error: unsupported URL scheme.") }
         let text = { (bytes: [UInt8]) in String(decoding: bytes, as: UTF8.self) }
-        return BrokerURL(isTLS: u.scheme.isTLS, username: u.username.map(text), password: u.password.map(text),
-                         host: u.hostString, port: u.port, topic: text(u.topic ?? []))
+        return BrokerURL(isTLS: u.scheme.isTLS, isWebSockets: u.scheme.isWebSockets, username: u.username.map(text),
+                         password: u.password.map(text), host: u.hostString, port: u.port, topic: text(u.topic ?? []))
     }
 }
 

@@ -76,7 +76,7 @@ private let oneRoute = """
 
     """
 
-@Suite("Configuration checks (issue #13, operability)")
+@Suite("Configuration checks (issue #13, operability)", .timeLimit(.minutes(5 * testTimeScale)))
 struct ConfigCheckTests {
     // MARK: 1. -M
 

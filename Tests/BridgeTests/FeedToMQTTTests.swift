@@ -14,7 +14,7 @@ func serverRoute(_ name: String, direction: RouteDirection = .toMQTT, topic: Str
                        subscriptions: subscriptions, qos: qos)
 }
 
-@Suite("Feed to MQTT", .serialized)
+@Suite("Feed to MQTT", .serialized, .timeLimit(.minutes(5 * testTimeScale)))
 struct FeedToMQTTTests {
     @Test("1-byte writes and thousands of coalesced frames all arrive, byte-exact and in order per feed")
     func slicedAndCoalesced() async throws {

@@ -1,3 +1,4 @@
+import MosquittoTestSupport
 import MQTTBridge
 import Testing
 
@@ -24,7 +25,7 @@ private func decode(_ framing: Framing, maxFrame: Int = 64, oversize: OversizePo
 
 private func oneByteChunks(_ bytes: [UInt8]) -> [[UInt8]] { bytes.map { [$0] } }
 
-@Suite("Framing")
+@Suite("Framing", .timeLimit(.minutes(5 * testTimeScale)))
 struct FramingTests {
     static let binaryPayloads: [[UInt8]] = [
         [0x00], [0xFF, 0x00, 0xFF], [0x0A, 0x0D, 0x0A], Array(0...255), [], [0x03, 0x03],

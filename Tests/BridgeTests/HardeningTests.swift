@@ -72,7 +72,7 @@ func writePrivate(_ text: String, to path: String) throws {
     _ = chmod(path, 0o600)
 }
 
-@Suite("Hardening", .serialized)
+@Suite("Hardening", .serialized, .timeLimit(.minutes(5 * testTimeScale)))
 struct HardeningTests {
     @Test("TCP and UDP feeds bind to loopback unless told otherwise, and are unreachable on other interfaces")
     func loopbackByDefault() async throws {

@@ -7,7 +7,7 @@ import NIOCore
 import NIOPosix
 import Testing
 
-@Suite("MQTT to feed", .serialized)
+@Suite("MQTT to feed", .serialized, .timeLimit(.minutes(5 * testTimeScale)))
 struct MQTTToFeedTests {
     @Test("a slow TCP reader stays within its queue bound and does not slow the other reader")
     func slowReader() async throws {
@@ -143,7 +143,7 @@ final class DatagramCollector: ChannelInboundHandler, Sendable {
     }
 }
 
-@Suite("UDP and TCP client feeds", .serialized)
+@Suite("UDP and TCP client feeds", .serialized, .timeLimit(.minutes(5 * testTimeScale)))
 struct OtherFeedTests {
     @Test("UDP: datagrams in are published; MQTT messages go out as datagrams")
     func udp() async throws {

@@ -9,7 +9,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("Partial frames and reload", .serialized)
+@Suite("Partial frames and reload", .serialized, .timeLimit(.minutes(5 * testTimeScale)))
 struct ReloadAndPartialTests {
     @Test("partial_on_close emit: the incomplete last frame is published on the route's topic, marked partial=true")
     func partialEmit() async throws {

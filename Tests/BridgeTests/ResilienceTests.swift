@@ -27,7 +27,7 @@ private func firstArrivalsInOrder(_ strings: [String], prefix: String) -> Bool {
     return true
 }
 
-@Suite("Resilience", .serialized)
+@Suite("Resilience", .serialized, .timeLimit(.minutes(5 * testTimeScale)))
 struct ResilienceTests {
     @Test("the broker is stopped (SIGTERM) and restarted mid-stream: every frame arrives, in order of first arrival")
     func brokerRestart() async throws {

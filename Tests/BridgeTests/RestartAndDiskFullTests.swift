@@ -43,7 +43,7 @@ func pad6(_ n: Int) -> String { String(format: "%06d", n) }
 
 /// The routine operations the bridge must keep delivering through: restarts on the same spool (the blocker of
 /// issue #13: records spooled after a restart on a fully acknowledged spool were never published), and a full disk.
-@Suite("Restarts and a full disk", .serialized)
+@Suite("Restarts and a full disk", .serialized, .timeLimit(.minutes(5 * testTimeScale)))
 struct RestartAndDiskFullTests {
     /// Runs `mqtt-bridge` with the reproduction's flags against `broker`, stopping it with `signals` in turn; every
     /// round's 100 lines must arrive before the next stop.
@@ -51,37 +51,53 @@ struct RestartAndDiskFullTests {
         let executable = try #require(builtExecutable("mqtt-bridge"), "build the mqtt-bridge executable first (swift build)")
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let feedPort = freeLoopbackPort()
-        let httpPort = freeLoopbackPort()
-        var arguments = ["-h", broker.host, "-p", String(broker.port), "-i", "restart-\(UUID().uuidString.prefix(6))",
+        // The ports are chosen free, then bound by the bridge: another process can take one in between (seen once
+        // in CI, "Metrics listener: cannot listen …: address already in use"). The first start then picks new ones.
+        var feedPort = 0
+        var httpPort = 0
+        var arguments: [String] = []
+        func choosePorts() throws {
+            feedPort = freeLoopbackPort()
+            httpPort = freeLoopbackPort()
+            arguments = ["-h", broker.host, "-p", String(broker.port), "-i", "restart-\(UUID().uuidString.prefix(6))",
                          "--tcp-listen", "127.0.0.1:\(feedPort)", "--topic", "x", "--spool-dir", dir + "/sp",
                          "--metrics", "127.0.0.1:\(httpPort)", "--log-level", "info"]
-        if let extraConfig {
-            let file = dir + "/bridge.conf"
-            try """
-            address \(broker.host):\(broker.port)
-            remote_clientid restart-\(UUID().uuidString.prefix(6))
-            spool_dir \(dir)/sp
-            metrics_listen 127.0.0.1:\(httpPort)
-            \(extraConfig)
+            if let extraConfig {
+                let file = dir + "/bridge.conf"
+                try """
+                address \(broker.host):\(broker.port)
+                remote_clientid restart-\(UUID().uuidString.prefix(6))
+                spool_dir \(dir)/sp
+                metrics_listen 127.0.0.1:\(httpPort)
+                \(extraConfig)
 
-            route feed
-            direction to_mqtt
-            mode tcp_server
-            address 127.0.0.1:\(feedPort)
-            topic x
-            """.write(toFile: file, atomically: true, encoding: .utf8)
-            arguments = ["--config", file, "--log-level", "info"]
+                route feed
+                direction to_mqtt
+                mode tcp_server
+                address 127.0.0.1:\(feedPort)
+                topic x
+                """.write(toFile: file, atomically: true, encoding: .utf8)
+                arguments = ["--config", file, "--log-level", "info"]
+            }
         }
+        try choosePorts()
         let sub = try await connected(broker)
         let recorder = Recorder(try await sub.subscribe("x", qos: .atLeastOnce, buffer: .recorder))
         let log = dir + "/bridge.log"
         func logText() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
         var sent = 0
         for (round, signal) in (signals + [SIGTERM]).enumerated() {
-            let child = try Child(executable, arguments, output: log)
-            #expect(await eventually { (try? await httpGet(port: httpPort, path: "/readyz"))?.0 == 200 },
-                    "round \(round): the bridge did not become ready:\n\(logText())")
+            var child = try Child(executable, arguments, output: log)
+            var ready = await eventually { (try? await httpGet(port: httpPort, path: "/readyz"))?.0 == 200 }
+            var portRetries = 0
+            while !ready && round == 0 && portRetries < 3 && logText().contains("address already in use") {
+                portRetries += 1
+                _ = await child.exitStatus(timeout: .seconds(10))
+                try choosePorts()
+                child = try Child(executable, arguments, output: log)
+                ready = await eventually { (try? await httpGet(port: httpPort, path: "/readyz"))?.0 == 200 }
+            }
+            #expect(ready, "round \(round): the bridge did not become ready:\n\(logText())")
             let peer = try await FeedPeer.connect(port: feedPort)
             // 100 lines of 60 bytes: more than a 4 KiB segment, so the rolling variant rolls every round.
             try await peer.write(Array((sent..<sent + 100).map { "round \(round) line \(pad6($0)) " + String(repeating: "x", count: 30) + "\n" }.joined().utf8))

@@ -4,7 +4,7 @@ import MosquittoTestSupport
 import MQTTBridge
 import Testing
 
-@Suite("Spool")
+@Suite("Spool", .timeLimit(.minutes(5 * testTimeScale)))
 struct SpoolTests {
     func records(_ range: Range<Int>) -> [SpoolRecord] {
         range.map { SpoolRecord(topic: "t/\($0)", payload: Array("p\($0)".utf8) + [0x00, 0xFF], qos: .atLeastOnce) }
@@ -155,7 +155,7 @@ struct SpoolTests {
     }
 }
 
-@Suite("Configuration")
+@Suite("Configuration", .timeLimit(.minutes(5 * testTimeScale)))
 struct ConfigTests {
     @Test("a valid mosquitto.conf-style file parses into routes")
     func valid() throws {

@@ -32,7 +32,7 @@ struct SpoolModel {
 /// segment boundaries, each step checked against ``SpoolModel``.
 ///
 /// Set `MOSQUITTO_SPOOL_MODEL_SEED` to replay one sequence; a failure names its seed.
-@Suite("Spool, model-based")
+@Suite("Spool, model-based", .timeLimit(.minutes(5 * testTimeScale)))
 struct SpoolModelTests {
     static let sequences: Int = {
         if let n = ProcessInfo.processInfo.environment["MOSQUITTO_SPOOL_MODEL_SEQUENCES"].flatMap(Int.init) { return n }

@@ -143,6 +143,10 @@ func lines(_ bytes: [UInt8]) -> [String] {
 /// GET over HTTP/1.1 on loopback; returns status and body.
 func httpGet(port: Int, path: String) async throws -> (Int, String) {
     let peer = try await FeedPeer.connect(port: port)
+    // The server closes after its answer; a server that never answers must not hang the test (callers poll this
+    // inside `eventually`, which cannot interrupt a condition that never returns).
+    let deadline = peer.channel.eventLoop.scheduleTask(in: .seconds(Int64(30 * testTimeScale))) { peer.channel.close(promise: nil) }
+    defer { deadline.cancel() }
     try await peer.write(Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".utf8))
     try? await peer.channel.closeFuture.get()
     let text = String(decoding: peer.received, as: UTF8.self)

@@ -5,7 +5,7 @@ import MosquittoTestSupport
 import Testing
 
 /// Bad command lines: one `Error:` line that says what to change, mosquitto's exit code, nothing published.
-@Suite(.serialized)
+@Suite(.serialized, .timeLimit(.minutes(5 * testTimeScale)))
 struct BadInputTests {
     struct Case: CustomStringConvertible, Sendable {
         var tool: String

@@ -7,7 +7,7 @@ import Testing
 /// The ways of reaching a broker (TLS, mutual TLS, TLS-PSK, a Unix socket, a bind address, a SOCKS5 proxy) and the
 /// subscriber's --random-filter and --remove-retained, end to end with the built tools and the real broker;
 /// mosquitto_pub/mosquitto_sub are the oracle for failures and for what a subscriber leaves behind.
-@Suite(.serialized, .enabled(if: hasMosquittoClients, "mosquitto_sub/mosquitto_pub are not installed"))
+@Suite(.serialized, .enabled(if: hasMosquittoClients, "mosquitto_sub/mosquitto_pub are not installed"), .timeLimit(.minutes(5 * testTimeScale)))
 struct ConnectionTests {
     /// Publishes through `publishArgs` (our mqtt-pub) and checks that a plain subscriber on the broker's
     /// loopback listener receives the message.

@@ -12,7 +12,7 @@ import Glibc
 /// name they call themselves, mosquitto 2.1's messages, packets and `-d` output byte for byte, the stdout/stderr
 /// interleaving, TLS failures that exit 8 or 7 and say what failed, and 2.1's additions. mosquitto's 2.0.11
 /// clients are the oracle where 2.0.11 and 2.1 agree; elsewhere the expected bytes are written out here.
-@Suite(.serialized)
+@Suite(.serialized, .timeLimit(.minutes(5 * testTimeScale)))
 struct DropInTests {
     /// Runs `executable` through a packet recorder and returns what it sent on its first connection.
     func recorded(_ broker: MosquittoBroker, _ executable: String, _ arguments: [String],

@@ -5,7 +5,7 @@ import MosquittoTestSupport
 import Testing
 
 /// What the originals do not have, or do differently: secrets, JSON lines, rr, options file, exit codes.
-@Suite(.serialized)
+@Suite(.serialized, .timeLimit(.minutes(5 * testTimeScale)))
 struct FeatureTests {
     static let password = "s3cr3t-Pa55word-xyzzy"
 

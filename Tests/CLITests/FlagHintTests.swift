@@ -1,9 +1,10 @@
 import Mosquitto
 import MosquittoCLI
+import MosquittoTestSupport
 import Testing
 
 /// The library's errors say what is wrong in library terms; the command line adds the flags to check.
-@Suite("Flag hints for library errors")
+@Suite("Flag hints for library errors", .timeLimit(.minutes(5 * testTimeScale)))
 struct FlagHintTests {
     @Test("a library error gets the flags that configured the failing part, once")
     func hints() {

@@ -7,7 +7,7 @@ import Testing
 /// `MessageFormatter` is Sendable, and programs (and the fuzz replay) call it from several threads at once. It
 /// renders through mqtt-sub's C printing, which writes to process-wide streams: each call must still get its own
 /// output, whole, and ThreadSanitizer must see no race.
-@Suite("MessageFormatter from several threads")
+@Suite("MessageFormatter from several threads", .timeLimit(.minutes(5 * testTimeScale)))
 struct FormatterConcurrencyTests {
     @Test("four threads formatting at once each get exactly their own lines")
     func concurrentFormatting() async throws {

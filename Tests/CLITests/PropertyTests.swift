@@ -7,7 +7,7 @@ import Testing
 /// `-D` for every packet mosquitto's tools accept it for, `-x` without `-c`, and `-V mqttv31`: checked on the wire
 /// (a relay records the packets each tool sends to the real broker) and by what the broker does with them, with
 /// mosquitto_sub/mosquitto_pub as the oracle where they are installed.
-@Suite(.serialized, .enabled(if: hasMosquittoClients, "mosquitto_sub/mosquitto_pub are not installed"))
+@Suite(.serialized, .enabled(if: hasMosquittoClients, "mosquitto_sub/mosquitto_pub are not installed"), .timeLimit(.minutes(5 * testTimeScale)))
 struct PropertyTests {
     /// Runs `executable` through a fresh recorder and returns the packets it sent on its first connection.
     func packets(_ broker: MosquittoBroker, _ executable: String, _ arguments: [String]) async throws -> ([MQTTPacket], RunResult) {

@@ -5,7 +5,7 @@ import MosquittoTestSupport
 import Testing
 
 /// mqtt-pub against mosquitto_pub: a mosquitto_sub listener must see the same messages from both.
-@Suite(.serialized, .enabled(if: hasMosquittoClients, "mosquitto_sub/mosquitto_pub are not installed"))
+@Suite(.serialized, .enabled(if: hasMosquittoClients, "mosquitto_sub/mosquitto_pub are not installed"), .timeLimit(.minutes(5 * testTimeScale)))
 struct PublisherOracleTests {
     static let listenerFormat = "%t|%q|%r|%l|%x|%F|%C|%R|%D|%P|%E"
 

@@ -8,7 +8,7 @@ import Testing
 ///
 /// Both subscribers first create a persistent session (`-c -i … -E`), the messages are published while they are
 /// away, then both reconnect at the same time and print the queued messages (`-C`). No sleeps, no races.
-@Suite(.serialized, .enabled(if: hasMosquittoClients, "mosquitto_sub/mosquitto_pub are not installed"))
+@Suite(.serialized, .enabled(if: hasMosquittoClients, "mosquitto_sub/mosquitto_pub are not installed"), .timeLimit(.minutes(5 * testTimeScale)))
 struct SubscriberOracleTests {
     static let messages: [MQTTMessage] = {
         var list: [MQTTMessage] = [

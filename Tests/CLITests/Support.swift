@@ -53,9 +53,11 @@ func printedSomething(_ child: Child, timeout: Duration = .seconds(30)) async ->
 /// Replaces `"tst":"…"` values (the receive time) so that two outputs can be compared.
 func normalisedTimestamps(_ bytes: [UInt8]) -> String {
     let s = String(decoding: bytes, as: UTF8.self)
-    // The remaining message expiry (86400 s when published) may have lost a second on the way to one of them.
+    // The remaining message expiry (86400 s when published) counts down while a message waits in the session
+    // queue: the two subscribers start one after the other, seconds apart under load (86398 against 86400 in a
+    // loaded ThreadSanitizer run). Any remaining expiry from 86000 up reads as 86400.
     return s.replacingOccurrences(of: #""tst":\s*"[^"]*""#, with: #""tst":"T""#, options: .regularExpression)
-        .replacingOccurrences(of: "86399", with: "86400")
+        .replacingOccurrences(of: #"86[0-4][0-9][0-9]"#, with: "86400", options: .regularExpression)
 }
 
 /// This process's environment without the user's mosquitto options files (`HOME` is an empty directory, no

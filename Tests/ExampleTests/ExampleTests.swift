@@ -6,7 +6,7 @@ import Testing
 /// Smoke tests for Examples/: each runs a built example executable, as `swift run example-<name>` would, and
 /// checks its exit code and the lines that show its pattern worked. Every example checks its own invariant and
 /// prints `OK: …` only when it holds. `swift build --build-tests` (or `swift test`) builds the executables.
-@Suite("Examples")
+@Suite("Examples", .timeLimit(.minutes(5 * testTimeScale)))
 struct ExampleTests {
     @Test("example-telemetry: QoS 1 readings, retained last values, a will on SIGKILL")
     func telemetry() async throws {

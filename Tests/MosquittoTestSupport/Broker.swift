@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Foundation
 import Logging
 import Mosquitto
@@ -46,4 +51,44 @@ package struct CapturingLogHandler: LogHandler {
     package func log(event: LogEvent) {
         lines.withLock { $0.append("\(event.level) \(event.message) \(event.metadata ?? [:])") }
     }
+}
+
+/// Holds a loopback TCP port that a stopped broker released: listening, never accepting, so that no other test's
+/// broker or listener can take it while a client keeps reconnecting to it (the client's CONNECT then goes
+/// unanswered). Released by ``release()``.
+package final class PortHolder: Sendable {
+    private let fd: Int32
+
+    package init(port: Int) throws {
+        fd = try listenOnLoopback(port: port).descriptor
+    }
+
+    package func release() { _ = close(fd) }
+}
+
+/// A TCP socket listening on 127.0.0.1, at `port` or (0) at a port the system chose: the descriptor and the port.
+/// For ``PortHolder`` and the small servers tests play (a redirecting broker, a feed that collects lines); the
+/// caller accepts and closes. `SO_REUSEADDR`: a stopped broker's connections may be in TIME_WAIT on the port.
+package func listenOnLoopback(port: Int = 0) throws -> (descriptor: Int32, port: Int) {
+    #if canImport(Glibc)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    #else
+    let fd = socket(AF_INET, SOCK_STREAM, 0)
+    #endif
+    guard fd >= 0 else { throw POSIXError(.EMFILE) }
+    var yes: Int32 = 1
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+    guard bound == 0, listen(fd, 16) == 0 else {
+        let e = errno
+        close(fd)
+        throw POSIXError(POSIXErrorCode(rawValue: e) ?? .EADDRINUSE)
+    }
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    return (fd, Int(UInt16(bigEndian: addr.sin_port)))
 }

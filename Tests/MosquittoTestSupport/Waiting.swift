@@ -34,7 +34,9 @@ package final class Locked<T: Sendable>: Sendable {
 /// their waits then look like hangs. Record issues after this returns, not inside `body`.
 package func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
-        let rc = startDetachedThread { c.resume(with: Result { try body() }) }
+        // 8 MiB, as a main thread has: the bodies recurse (the MessagePack fuzz replay), and under a sanitizer
+        // frames are several times larger than in a normal build.
+        let rc = startDetachedThread(stackSize: 8 << 20) { c.resume(with: Result { try body() }) }
         if rc != 0 { c.resume(throwing: POSIXError(POSIXErrorCode(rawValue: rc) ?? .EAGAIN)) }
     }
 }

@@ -159,7 +159,10 @@ struct ClientTests {
             try await withThrowingTaskGroup(of: (Int, String?).self) { group in
                 for i in 1...20 {
                     group.addTask {
-                        let reply = try await caller.request(MQTTMessage(topic: "svc/echo", string: "message #\(i)"), timeout: .seconds(60))
+                        // The service answers one request after another, so the last reply waits for the 19 before
+                        // it: 0.5 s for all 20 on a quiet machine, 34 s in CI's loaded normal stage, and more than the
+                        // unscaled 60 s under ThreadSanitizer there. Scaled like every other wait.
+                        let reply = try await caller.request(MQTTMessage(topic: "svc/echo", string: "message #\(i)"), timeout: .seconds(60) * testTimeScale)
                         return (i, reply.string)
                     }
                 }
@@ -378,8 +381,11 @@ struct CompletionCallbackTests {
             let refused = r.filter { if case .failure = $0.value { return true }; return false }.keys.sorted()
             #expect(refused == [99, 199, 299, 399, 499], "exactly the ACL-denied messages fail")
             if case .failure(let e) = r[99] { #expect(e.code == .notAuthorized && e.reasonCode == .notAuthorized) }
-            // Queued while the broker is away, then abandoned by shutdown: each callback says so.
+            // Queued while the broker is away, then abandoned by shutdown: each callback says so. The port stays
+            // taken meanwhile: a freed port can go to another test's broker, which would acknowledge these.
             await broker.stop()
+            let holder = try PortHolder(port: broker.port)
+            defer { holder.release() }
             #expect(await eventually { pub.state == .disconnected })
             let abandoned = Locked<[MQTTError]>([])
             for i in 0..<10 {

@@ -41,13 +41,19 @@ struct MQTTURLTests {
         #expect(failure("mqtt:/h/t") == .unsupportedScheme)
     }
 
-    @Test("ws:// and wss:// parse (the CLI refuses them at connect time); the library refuses them")
+    @Test("ws:// and wss:// parse; the library reads the rest of the URL as the WebSocket path")
     func webSockets() throws {
         #expect(try parse("ws://h/t").scheme == .ws)
         #expect(try parse("wss://h/t").scheme.isTLS)
         #expect(try parse("wss://h/t").port == 8883)
-        #expect(throws: MQTTError.self) { try MQTTURL("ws://h/t") }
-        #expect(throws: MQTTError.self) { try MQTTConfiguration(url: "wss://h") }
+        #expect(try MQTTURL("ws://h/t").isWebSockets)
+        let plain = try MQTTConfiguration(url: "ws://u:p@h:8080")
+        #expect(plain.transport == .webSockets(.init(path: "/mqtt")) && plain.tls == nil && plain.endpoint == .tcp(host: "h", port: 8080))
+        #expect(plain.credentials == .init(username: "u", password: "p"))
+        let secure = try MQTTConfiguration(url: "WSS://h/ws/mqtt")
+        #expect(secure.transport == .webSockets(.init(path: "/ws/mqtt")) && secure.tls?.useSystemCertificates == true)
+        #expect(secure.endpoint == .tcp(host: "h", port: 8883))
+        #expect(try MQTTConfiguration(url: "mqtt://h/t").transport == .tcp)
     }
 
     @Test("a missing topic is reported first when the CLI requires one, as mosquitto_pub does")

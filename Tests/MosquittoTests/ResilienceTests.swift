@@ -12,11 +12,18 @@ struct ResilienceTests {
     /// Ids of messages a stream delivered, by topic.
     final class Tally: Sendable {
         let ids = LockedValue<[String: [Int]]>([:])
+        /// The packet identifiers each id arrived with, by topic (to explain a duplicate).
+        let packetIDs = LockedValue<[String: [Int: [UInt16]]]>([:])
         func add(_ m: MQTTMessage) {
             guard let s = m.string, let id = Int(s.split(separator: "-").last ?? "") else { return }
             ids.withLock { $0[m.topic, default: []].append(id) }
+            packetIDs.withLock { $0[m.topic, default: [:]][id, default: []].append(m.messageID) }
         }
         func get(_ topic: String) -> [Int] { ids.withLock { $0[topic] ?? [] } }
+        /// The ids delivered more than once on `topic`, with the packet identifier of each copy.
+        func duplicates(_ topic: String) -> [(id: Int, packetIDs: [UInt16])] {
+            packetIDs.withLock { ($0[topic] ?? [:]).filter { $0.value.count > 1 }.map { ($0.key, $0.value) }.sorted { $0.id < $1.id } }
+        }
     }
 
     static func reader(_ stream: MessageStream, _ tally: Tally) -> Task<Void, Never> {
@@ -37,12 +44,13 @@ struct ResilienceTests {
         bc.maxQueuedMessages = 0
         try await withBroker(bc) { broker in
             let n = 3000
+            // The subscriber's libmosquitto trace (QoS 2 stream alone), to explain a duplicate.
+            let sink = Locked<[String]>([])
             let sub = try await connected(broker, id: "restart-sub") {
                 $0.session = .persistent(expiry: 3600)
                 if !withQoS1 {
                     // libmosquitto's trace logging slows the subscriber's network thread, so more QoS 2 messages
                     // are in flight (PUBREC sent, not yet seen by the broker) when SIGTERM lands.
-                    let sink = Locked<[String]>([])
                     $0.logger = Logger(label: "slow-subscriber") { _ in CapturingLogHandler(lines: sink) }
                     $0.logger.logLevel = .trace
                 }
@@ -77,7 +85,17 @@ struct ResilienceTests {
             let q1 = tally.get("r/q1"), q2 = tally.get("r/q2")
             #expect(complete)
             #expect(!withQoS1 || Set(q1) == Set(0..<n), "QoS 1 lost \(Set(0..<n).subtracting(q1).sorted().prefix(20))")
+            let duplicates = tally.duplicates("r/q2")
             #expect(q2.count == n && Set(q2) == Set(0..<n), "QoS 2 got \(q2.count) messages, \(Set(q2).count) distinct")
+            if !duplicates.isEmpty {
+                print("QoS 2 duplicates (id: packet identifiers): \(duplicates.prefix(40).map { "\($0.id): \($0.packetIDs)" }.joined(separator: ", "))")
+                let mids = Set(duplicates.prefix(5).flatMap(\.packetIDs))
+                let trace = sink.value.filter { line in
+                    mids.contains { line.contains("m\($0),") || line.contains("m\($0))") || line.contains("Mid: \($0))") || line.contains("message \($0) ") }
+                        || line.contains("CONNACK") || line.contains("Connected") || line.contains("isconnect")
+                }
+                print("subscriber trace for packet identifiers \(mids.sorted()):\n" + trace.suffix(200).joined(separator: "\n"))
+            }
             print("SIGTERM restart: QoS 1 \(q1.count) received (\(q1.count - Set(q1).count) duplicates, allowed), QoS 2 \(q2.count) received, \(Set(q2).count) distinct")
             r1.cancel(); r2.cancel()
             await pub.shutdown()

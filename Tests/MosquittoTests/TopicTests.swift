@@ -1,4 +1,5 @@
 import CMosquitto
+import Foundation
 import Mosquitto
 import MosquittoTestSupport
 import Testing
@@ -21,12 +22,17 @@ struct TopicTests {
         let topics = Self.allCombinations(["a", "b", "", "$SYS", "$x"], upTo: 4).filter { MQTTTopic.isValidName($0) }
         #expect(filters.count > 500)
         #expect(topics.count > 500)
-        // A quarter of a million comparisons (a minute and a half under ThreadSanitizer): off the cooperative pool.
+        // A quarter of a million comparisons, off the cooperative pool. Under a sanitizer (a stage for threading and
+        // memory errors; this is one thread computing) every 8th pair: the whole table took over 14 minutes there on
+        // a loaded machine.
+        let stride = ProcessInfo.processInfo.environment["MOSQUITTO_SANITIZER"] == nil ? 1 : 8
         let (compared, matched, problem) = try await onOwnThread { () -> (Int, Int, String?) in
             var compared = 0
             var matched = 0
-            for f in filters {
-                for t in topics {
+            for i in filters.indices {
+                let f = filters[i]
+                for j in topics.indices where (i + j) % stride == 0 {
+                    let t = topics[j]
                     var result = false
                     let rc = mosquitto_topic_matches_sub(f, t, &result)
                     if rc != MOSQ_ERR_SUCCESS.rawValue { return (compared, matched, "libmosquitto refused filter '\(f)' or topic '\(t)'") }
@@ -39,8 +45,8 @@ struct TopicTests {
             return (compared, matched, nil)
         }
         #expect(problem == nil, "\(problem ?? "")")
-        #expect(compared > 250_000)
-        #expect(matched > 1000)
+        #expect(compared > 250_000 / stride)
+        #expect(matched > 1000 / stride)
     }
 
     @Test("Known cases: '#' matches the parent level, '+' an empty level, '$' topics need an explicit first level")

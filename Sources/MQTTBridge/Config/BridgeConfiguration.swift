@@ -152,13 +152,16 @@ public struct RouteConfiguration: Sendable, Hashable {
     public var outQueueBytes: Int
     /// MQTT → feed: slow reader policy.
     public var slowReader: SlowReaderPolicy
+    /// Payload transcoding between the feed and MQTT (`transcode`); none by default.
+    public var transcode: PayloadTranscoding = .none
 
     /// Creates a route.
     public init(name: String, direction: RouteDirection, feed: FeedConfiguration, framing: Framing = .lf,
                 maxFrame: Int = 65536, oversize: OversizePolicy = .discard, partialOnClose: PartialFramePolicy = .drop,
                 topic: TopicTemplate? = nil, deadLetterTopic: String? = nil, fieldSeparator: [UInt8] = [UInt8(ascii: ",")],
                 topicRegex: String? = nil, subscriptions: [String] = [], shareGroup: String? = nil, qos: QoS = .atLeastOnce,
-                retain: Bool = false, outQueueBytes: Int = 1 << 20, slowReader: SlowReaderPolicy = .drop) {
+                retain: Bool = false, outQueueBytes: Int = 1 << 20, slowReader: SlowReaderPolicy = .drop,
+                transcode: PayloadTranscoding = .none) {
         self.name = name
         self.direction = direction
         self.feed = feed
@@ -176,7 +179,20 @@ public struct RouteConfiguration: Sendable, Hashable {
         self.retain = retain
         self.outQueueBytes = outQueueBytes
         self.slowReader = slowReader
+        self.transcode = transcode
     }
+}
+
+/// How a route converts payloads between its feed and MQTT (`transcode` in a route block, `--transcode`).
+public enum PayloadTranscoding: String, Sendable, Hashable {
+    /// Payloads pass through unchanged.
+    case none
+    /// The feed speaks JSON (one document per frame, e.g. JSON lines), MQTT carries MessagePack: feed frames are
+    /// published as MessagePack (content type `application/msgpack` on MQTT 5), and MQTT messages are written to
+    /// the feed as compact JSON. A frame that is not JSON goes to the dead-letter topic unchanged (counted in
+    /// `dead_lettered_total`); a message that is not MessagePack goes there too when the route also reads its feed
+    /// (it has a spool), and is otherwise dropped and counted as `unencodable`.
+    case jsonMessagePack = "json_msgpack"
 }
 
 /// Everything one bridge process runs: the broker connection, the spool, operations, and the routes.

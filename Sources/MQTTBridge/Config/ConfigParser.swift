@@ -77,7 +77,10 @@ public struct ConfigFileError: Error, Sendable, Hashable, CustomStringConvertibl
 ///
 /// The keys:
 ///
-/// - Broker (global): `address host[:port]`, `bridge_protocol_version mqttv50|mqttv311|mqttv31`, `remote_clientid`,
+/// - Broker (global): `address host[:port] [host[:port]]…` (several brokers, tried in turn after a failure: a
+///   working broker is kept until it fails, mosquitto's `round_robin true`; or `ws://host[:port][/path]`, `wss://…`
+///   for MQTT over WebSockets, the path defaulting to `/mqtt`, every entry with the same scheme and path),
+///   `round_robin true`, `bridge_protocol_version mqttv50|mqttv311|mqttv31`, `remote_clientid`,
 ///   `remote_username`, `remote_password`, `cleansession`, `session_expiry`, `keepalive_interval`,
 ///   `restart_timeout base [cap]`, `bridge_cafile`, `bridge_capath`, `bridge_certfile`, `bridge_keyfile`,
 ///   `bridge_tls_version`, `bridge_insecure`, `max_inflight_messages` (default 32), `tcp_nodelay`,
@@ -88,7 +91,7 @@ public struct ConfigFileError: Error, Sendable, Hashable, CustomStringConvertibl
 ///   `drain_timeout`, `publish_window`.
 /// - Route: `direction`, `mode`, `address` (repeatable), `udp_target` (repeatable), `allow` (repeatable),
 ///   `max_connections`, `restart_timeout`, `idle_timeout`, `framing`, `max_frame`, `oversize`, `partial_on_close`,
-///   `topic`, `dead_letter_topic`, `field_separator`, `topic_regex`, `subscribe` (repeatable), `share_group`, `qos`,
+///   `topic`, `dead_letter_topic`, `transcode` (`none` or `json_msgpack`), `field_separator`, `topic_regex`, `subscribe` (repeatable), `share_group`, `qos`,
 ///   `retain`, `out_queue_bytes`, `slow_reader`.
 ///
 /// Every problem is reported with its line number; parsing continues after an error so that one run lists them
@@ -206,7 +209,7 @@ public enum ConfigParser {
 
     /// The global keys (with mosquitto's bridge names and the aliases the parser accepts).
     package static let globalKeys = [
-        "address", "addresses", "bridge_protocol_version", "protocol_version", "remote_clientid", "clientid", "local_clientid",
+        "address", "addresses", "round_robin", "bridge_protocol_version", "protocol_version", "remote_clientid", "clientid", "local_clientid",
         "remote_username", "username", "remote_password", "password", "cleansession", "session_expiry",
         "bridge_session_expiry_interval", "keepalive_interval", "restart_timeout", "bridge_cafile", "bridge_capath",
         "bridge_certfile", "bridge_keyfile", "bridge_tls_version", "bridge_insecure", "max_inflight_messages", "tcp_nodelay",
@@ -219,7 +222,7 @@ public enum ConfigParser {
     package static let routeKeys = [
         "direction", "mode", "address", "addresses", "udp_target", "allow", "max_connections", "restart_timeout", "idle_timeout",
         "framing", "max_frame", "oversize", "partial_on_close", "topic", "dead_letter_topic", "field_separator", "topic_regex",
-        "subscribe", "share_group", "qos", "retain", "out_queue_bytes", "slow_reader",
+        "subscribe", "share_group", "qos", "retain", "out_queue_bytes", "slow_reader", "transcode",
     ]
 
     /// Route keys that may be given on several lines (each adds to the list).
@@ -469,6 +472,7 @@ public enum ConfigParser {
         var retain = false
         var outQueue = 1 << 20
         var slowReader: SlowReaderPolicy = .drop
+        var transcode: PayloadTranscoding = .none
         var framingLine = 0
         /// The line each key was first given on (aliases under one name).
         var seen: [String: Int] = [:]
@@ -498,6 +502,8 @@ public enum ConfigParser {
         var passwordLine = 0
         var tls = MQTTConfiguration.TLS()
         var tlsSet = false
+        /// `address wss://…`: TLS on, with the system's CA store unless bridge_cafile or bridge_capath says otherwise.
+        var webSocketsTLS = false
         var cleanSession = true
         var sessionExpiry: UInt32 = 0xFFFF_FFFF
         var statePrefixSet = false
@@ -611,10 +617,43 @@ public enum ConfigParser {
             globalSeen[canonical] = line
             switch key {
             case "address", "addresses":
-                let first = value.split(separator: " ").first.map(String.init) ?? value
-                switch address(first, defaultHost: "", defaultPort: 1883, minimumPort: 1) {
-                case .success(let a): config.mqtt.endpoint = .tcp(host: a.host, port: a.port)
-                case .failure(let e): error("broker address: " + e.message)
+                // mosquitto's form: `address host[:port] [host[:port]]…`, tried in turn (see round_robin).
+                let parts = value.split(separator: " ").map(String.init)
+                let webSockets = parts.filter { $0.lowercased().hasPrefix("ws://") || $0.lowercased().hasPrefix("wss://") }
+                if !webSockets.isEmpty {
+                    // MQTT over WebSockets: ws://host[:port][/path], wss:// with TLS (the bridge_* TLS keys apply).
+                    // The transport (path, TLS) is the connection's, so every entry must agree on it.
+                    guard webSockets.count == parts.count else {
+                        return error("broker address: mix of ws:// and plain addresses; use one kind for every address")
+                    }
+                    do throws(MQTTError) {
+                        var urls: [MQTTConfiguration] = []
+                        for part in parts { urls.append(try MQTTConfiguration(url: part)) }
+                        guard Set(urls.map { "\($0.transport)|\($0.tls != nil)" }).count == 1 else {
+                            return error("broker address: every ws:// address must have the same scheme and path")
+                        }
+                        config.mqtt.endpoints = urls.map(\.endpoint)
+                        config.mqtt.transport = urls[0].transport
+                        if urls[0].tls != nil { webSocketsTLS = true }
+                    } catch {
+                        self.error("broker address: " + error.message)
+                    }
+                    return
+                }
+                var endpoints: [MQTTConfiguration.Endpoint] = []
+                for part in parts {
+                    switch address(part, defaultHost: "", defaultPort: 1883, minimumPort: 1) {
+                    case .success(let a): endpoints.append(.tcp(host: a.host, port: a.port))
+                    case .failure(let e): error("broker address: " + e.message)
+                    }
+                }
+                if !endpoints.isEmpty { config.mqtt.endpoints = endpoints }
+            case "round_robin":
+                // The bridge always keeps a broker that works until it fails (mosquitto's round_robin true); it
+                // never leaves a working secondary to return to the first address, as mosquitto's false does.
+                guard let b = bool(value) else { return error("round_robin must be true or false") }
+                if !b {
+                    error("round_robin false (return to the first address while connected elsewhere) is not supported: the bridge stays on a working broker until it fails; use round_robin true or leave the key out")
                 }
             case "bridge_protocol_version", "protocol_version":
                 switch value {
@@ -816,6 +855,9 @@ public enum ConfigParser {
                 } catch {
                     self.error(error.message)
                 }
+            case "transcode":
+                guard let t = PayloadTranscoding(rawValue: value) else { return error("transcode must be none or json_msgpack") }
+                r.transcode = t
             case "dead_letter_topic":
                 guard MQTTTopic.isValidName(value) else { return error("dead_letter_topic \(quote(value)) is not a valid topic name") }
                 r.deadLetter = value
@@ -902,7 +944,7 @@ public enum ConfigParser {
                 name: r.name, direction: direction, feed: feed, framing: r.framing, maxFrame: r.maxFrame, oversize: r.oversize,
                 partialOnClose: r.partial, topic: r.topic, deadLetterTopic: r.deadLetter, fieldSeparator: r.fieldSeparator,
                 topicRegex: r.regex, subscriptions: r.subscriptions, shareGroup: r.shareGroup, qos: r.qos, retain: r.retain,
-                outQueueBytes: r.outQueue, slowReader: r.slowReader))
+                outQueueBytes: r.outQueue, slowReader: r.slowReader, transcode: r.transcode))
         }
 
         /// Whether two hosts bind overlapping addresses: the same host, or a wildcard (`0.0.0.0` covers IPv4,
@@ -942,7 +984,8 @@ public enum ConfigParser {
                 error("remote_password needs remote_username")
                 line = 0
             }
-            if tlsSet { config.mqtt.tls = tls }
+            if webSocketsTLS && tls.caFile == nil && tls.caDirectory == nil { tls.useSystemCertificates = true }
+            if tlsSet || webSocketsTLS { config.mqtt.tls = tls }
             if cleanSession {
                 config.mqtt.session = .clean
             } else {

@@ -201,6 +201,9 @@ public final class BridgeMetrics: Sendable {
     let http: HealthServer.Counters
     private let routes = LockedValue<[String: RouteMetrics]>([:])
     let connectedGauge: Gauge
+    /// The broker of the current (or last) connection, and one `mqtt_bridge_mqtt_broker{broker="host:port"}` gauge
+    /// per broker the bridge has been on: 1 for the current one, 0 for the others.
+    private let brokers = LockedValue<(current: String?, gauges: [String: Gauge])>((nil, [:]))
 
     init() {
         registry = PrometheusCollectorRegistry()
@@ -232,6 +235,22 @@ public final class BridgeMetrics: Sendable {
 
     /// Whether the MQTT connection is up now.
     public var isMQTTConnected: Bool { mqttConnected.load(ordering: .relaxed) }
+
+    /// The broker (`host:port`) the bridge is connected to, or was last connected to; nil before the first connection.
+    public var mqttBroker: String? { brokers.withLock { $0.current } }
+
+    /// The bridge connected to `broker`.
+    func connected(to broker: String) {
+        brokers.withLock { b in
+            if b.gauges[broker] == nil {
+                b.gauges[broker] = registry.makeGauge(descriptor: metricName(
+                    "mqtt_bridge_mqtt_broker", help: "1 for the broker the bridge is connected to (or was last), 0 for the others it has used."),
+                    labels: [("broker", broker)])
+            }
+            for (name, gauge) in b.gauges { gauge.set(to: name == broker ? 1 : 0) }
+            b.current = broker
+        }
+    }
 }
 
 /// The descriptor of a metric whose full name is given (no separate unit suffix).

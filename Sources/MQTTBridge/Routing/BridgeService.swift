@@ -233,7 +233,8 @@ public final class BridgeService: Service, Sendable {
             throw error
         }
         signalStarted(nil)
-        logger.info("mqtt-bridge started: \(configuration.routes.count) route(s), broker \(configuration.mqtt.endpoint)")
+        let brokerList = configuration.mqtt.endpoints.map { "\($0)" }.joined(separator: ", ")
+        logger.info("mqtt-bridge started: \(configuration.routes.count) route(s), broker\(configuration.mqtt.endpoints.count > 1 ? "s" : "") \(brokerList)")
 
         let events = client.makeEventStream()  // before connecting, so the first .connected is not missed
         await withGracefulShutdownHandler {
@@ -401,14 +402,17 @@ public final class BridgeService: Service, Sendable {
         let endpoint = configuration.mqtt.endpoint
         for await event in events {
             switch event {
-            case .connected:
+            case .connected(let ack):
                 connections += 1
                 if connections > 1 { metrics.mqttReconnects.add() }
+                let broker = "\(ack.endpoint ?? endpoint)"
+                let moved = metrics.mqttBroker.map { $0 != broker } ?? false
+                metrics.connected(to: broker)
                 metrics.mqttConnected.store(true, ordering: .relaxed)
                 metrics.connectedGauge.set(to: 1)
                 state.withLock { $0.connectedSince = .now }
                 let after = failedAttempts > 0 ? " after \(failedAttempts) failed attempt\(failedAttempts == 1 ? "" : "s")" : ""
-                logger.info("Connected to the broker \(endpoint)\(after)")
+                logger.info("Connected to the broker \(broker)\(after)\(moved ? " (failed over from another broker)" : "")")
                 failure = nil
                 refusalsInARow = 0
                 failedAttempts = 0
@@ -416,6 +420,9 @@ public final class BridgeService: Service, Sendable {
                 unreported = 0
                 if configuration.notifications {
                     _ = try? await client.publish(to: configuration.statePrefix + "/state", string: "1", qos: .atLeastOnce,
+                                                  retain: true, completion: .enqueued)
+                    // Which broker, beside the state: with several addresses the bridge may be on any of them.
+                    _ = try? await client.publish(to: configuration.statePrefix + "/broker", string: broker, qos: .atLeastOnce,
                                                   retain: true, completion: .enqueued)
                 }
             case .disconnected(let error):

@@ -75,6 +75,7 @@ final class Publisher: Sendable {
             if r.flags.contains(.partial) { properties.userProperties.append(UserProperty("partial", "true")) }
             if r.flags.contains(.truncated) { properties.userProperties.append(UserProperty("truncated", "true")) }
             if r.flags.contains(.deadLetter) { properties.userProperties.append(UserProperty("dead_letter", route)) }
+            if r.flags.contains(.messagePack) { properties.contentType = "application/msgpack" }
         }
         return MQTTMessage(topic: r.topic, payload: r.payload, qos: r.qos, retain: r.flags.contains(.retain), properties: properties)
     }

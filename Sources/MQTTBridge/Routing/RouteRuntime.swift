@@ -1,5 +1,6 @@
 import MosquittoPOSIX
 import Logging
+import MessagePack
 import Mosquitto
 import NIOCore
 import Prometheus
@@ -193,7 +194,18 @@ final class RouteRuntime: Sendable {
         }
         switch topic {
         case .success(let t):
-            return SpoolRecord(topic: t, payload: payload, qos: settings.qos, flags: flags)
+            guard config.transcode == .jsonMessagePack else {
+                return SpoolRecord(topic: t, payload: payload, qos: settings.qos, flags: flags)
+            }
+            // JSON frame → MessagePack; a frame that is not JSON goes to the dead-letter topic as it came.
+            if let value = try? MessagePackValue(jsonUTF8: payload) {
+                flags.insert(.messagePack)
+                return SpoolRecord(topic: t, payload: value.encoded(), qos: settings.qos, flags: flags)
+            }
+            metrics.deadLettered.add()
+            flags.insert(.deadLetter)
+            flags.remove(.retain)
+            return SpoolRecord(topic: settings.deadLetterTopic, payload: payload, qos: settings.qos, flags: flags)
         case .failure:
             metrics.deadLettered.add()
             flags.insert(.deadLetter)
@@ -354,9 +366,18 @@ final class RouteRuntime: Sendable {
     /// Writes one MQTT message to every connection of the route.
     func fanOut(_ message: MQTTMessage) {
         metrics.messagesReceived.add()
+        var payload = message.payload
+        if config.transcode == .jsonMessagePack {
+            // MessagePack → JSON text toward the feed; a message that is not MessagePack is dead-lettered.
+            guard let value = try? MessagePackValue(decoding: payload) else {
+                untranscodable(message)
+                return
+            }
+            payload = Array(value.jsonText(style: .compact).utf8)
+        }
         let bytes: [UInt8]
         do {
-            bytes = try encoder.encode(message.payload)
+            bytes = try encoder.encode(payload)
         } catch {
             metrics.drops[.unencodable]!.add()
             return
@@ -366,7 +387,21 @@ final class RouteRuntime: Sendable {
             metrics.drops[.noConnection]!.add()
             return
         }
-        for t in targets { t.send(bytes, payloadCount: message.payload.count) }
+        for t in targets { t.send(bytes, payloadCount: payload.count) }
+    }
+
+    /// A message toward the feed that is not MessagePack: to the dead-letter topic through the spool when the
+    /// route has one (it also reads its feed), otherwise dropped as unencodable; logged either way.
+    private func untranscodable(_ message: MQTTMessage) {
+        let settings = live.withLock { $0 }
+        if spool != nil {
+            metrics.deadLettered.add()
+            _ = ingest([SpoolRecord(topic: settings.deadLetterTopic, payload: message.payload, qos: settings.qos, flags: .deadLetter)])
+            logger.warning("Route \(config.name): the message on '\(message.topic)' is not MessagePack; sent to \(settings.deadLetterTopic)")
+        } else {
+            metrics.drops[.unencodable]!.add()
+            logger.warning("Route \(config.name): the message on '\(message.topic)' is not MessagePack; dropped (the route has no spool for a dead-letter topic)")
+        }
     }
 
     func setFanOutTask(_ t: Task<Void, Never>) { state.withLock { $0.fanOutTask = t } }

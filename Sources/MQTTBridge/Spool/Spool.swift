@@ -93,6 +93,8 @@ package struct SpoolRecord: Sendable, Hashable {
         package static let truncated = Flags(rawValue: 4)
         /// The record goes to the dead-letter topic.
         package static let deadLetter = Flags(rawValue: 8)
+        /// The payload was transcoded to MessagePack (content type `application/msgpack` on MQTT 5).
+        package static let messagePack = Flags(rawValue: 16)
     }
     /// The sequence number, increasing by one per record in a spool.
     package var sequence: UInt64

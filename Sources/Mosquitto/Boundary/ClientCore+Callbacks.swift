@@ -28,18 +28,24 @@ extension ClientCore {
             // `.disconnected` event. Logging it here too made two lines of one refusal.
             let error = MQTTError.connectRefused(rc, protocolVersion: config.protocolVersion)
             logger.debug("\(error.message)")
-            state.withLock { $0.lifecycle.connAckRefused(error) }
+            let target = redirectTarget(reason: rc, props)
+            state.withLock { s in
+                s.lifecycle.connAckRefused(error)
+                if let target { s.lifecycle.redirected(to: target.endpoint, permanent: target.permanent) }
+            }
             return
         }
-        let ack = PropertyReader.connAck(flags: flags, props)
+        var ack = PropertyReader.connAck(flags: flags, props)
+        ack.endpoint = state.withLock { $0.lifecycle.currentEndpoint }
         sessionUp = true
-        // TLS reads and writes go through OpenSSL, which the batching does not see.
-        if let io, config.tls == nil { _ = mosq_io_attach(io) }
+        // TLS reads and writes go through OpenSSL, which the batching does not see (over WebSockets, TLS is the
+        // tunnel's and libmosquitto reads and writes a plain Unix socket).
+        if let io, config.tls == nil || webSocket != nil { _ = mosq_io_attach(io) }
         if !ack.sessionPresent { qos2Deduplicator.reset() }
         let (waiters, resend) = state.withLock { s in
             (s.lifecycle.connAckAccepted(ack), s.subscriptions.connected(sessionPresent: ack.sessionPresent))
         }
-        logger.debug("Connected to \(config.endpoint) (session present: \(ack.sessionPresent))")
+        logger.debug("Connected to \(ack.endpoint.map { "\($0)" } ?? "?") (session present: \(ack.sessionPresent))")
         // Re-subscribe: libmosquitto never does it, and subscribe calls made while offline were not queued.
         // Before anyone hears of the connection: a task that publishes once it is connected must find the
         // SUBSCRIBE ahead of its PUBLISH in libmosquitto's queue, or the broker would not route the message
@@ -60,9 +66,25 @@ extension ClientCore {
         for w in waiters { w.resume(returning: ack) }
     }
 
-    func handleDisconnect(rc: Int32) {
+    /// Where an MQTT 5 redirect (reason 0x9C use another server, 0x9D server moved, with a Server Reference) sends
+    /// this client; nil when `reason` is not one, or the reference names no usable broker.
+    func redirectTarget(reason: Int32, _ props: OpaquePointer?) -> (endpoint: MQTTConfiguration.Endpoint, permanent: Bool)? {
+        guard isV5, reason == 0x9C || reason == 0x9D, let reference = PropertyReader.serverReference(props) else { return nil }
+        let current = state.withLock { $0.lifecycle.currentEndpoint }
+        let defaultPort = if case .tcp(_, let port) = current { port } else { 1883 }
+        guard let target = MQTTConfiguration.Endpoint(serverReference: reference, defaultPort: defaultPort) else {
+            logger.warning("The broker \(current) redirected this client to '\(reference)', which names no broker (expected host, host:port or [address]:port); treating it as a refusal.")
+            return nil
+        }
+        return (target, reason == 0x9D)
+    }
+
+    func handleDisconnect(rc: Int32, props: OpaquePointer?) {
         assertOnNetworkThread()
         sessionUp = false
+        if let target = redirectTarget(reason: rc, props) {
+            state.withLock { $0.lifecycle.redirected(to: target.endpoint, permanent: target.permanent) }
+        }
         // After a CONNACK that refused the connection, libmosquitto 2.0.11 ends it with MOSQ_ERR_PROTOCOL (MQTT 5)
         // or MOSQ_ERR_CONN_REFUSED (3.x): the refusal is the reason, not a protocol error.
         let refusal = state.withLock { $0.lifecycle.disconnected() }
@@ -71,7 +93,12 @@ extension ClientCore {
             if isV5 && rc >= 0x80 && rc <= 0xFF {
                 return MQTTError(.connectionLost, "The broker closed the connection: \(MQTTError.reasonText(UInt8(rc))) (reason 0x\(String(rc, radix: 16))).", reasonCode: UInt8(rc))
             }
-            return MQTTError.fromLibrary(rc, context: "Connection to \(config.endpoint)")
+            let error = MQTTError.fromLibrary(rc, context: "Connection to \(state.withLock { $0.lifecycle.endpoint })")
+            // The usual cause on MQTT 3.1.1: a broker that acknowledged a QoS 2 message as QoS 1 (RabbitMQ).
+            if rc == MOSQ_ERR_PROTOCOL.rawValue, !isV5, state.withLock({ $0.publishes.hasPendingQoS2 }) {
+                return MQTTError(error.code, error.message + " QoS 2 messages were in flight: a broker that cannot do QoS 2 (RabbitMQ acknowledges it as QoS 1, which MQTT forbids) ends every connection this way. Publish at QoS 1, or set maximumQoS to .atLeastOnce (mqtt-pub: -q 1).")
+            }
+            return error
         }()
         // QoS 0 messages still queued in libmosquitto are discarded by it when the connection goes.
         let (lost, lostPlain, release) = state.withLock { $0.publishes.connectionLost() }
@@ -84,7 +111,7 @@ extension ClientCore {
         release.resume()
         releaseAcknowledgementWaiters()
         if let error, refusal == nil {
-            logger.warning("Disconnected from \(config.endpoint): \(error.message)")
+            logger.warning("Disconnected from \(state.withLock { $0.lifecycle.endpoint }): \(error.message)")
         }
         emit(.disconnected(error))
     }
@@ -156,7 +183,7 @@ extension ClientCore {
     func handleMessage(_ message: MQTTMessage) {
         assertOnNetworkThread()
         if message.qos == .exactlyOnce && qos2Deduplicator.isDuplicate(message) {
-            logger.debug("Dropped a duplicate QoS 2 delivery of message \(message.messageID) on '\(message.topic)' (libmosquitto 2.0.11 re-queues a resent PUBLISH it already holds)")
+            logger.debug("Dropped a duplicate QoS 2 delivery of message \(message.messageID) on '\(message.topic)' (the broker resent a QoS 2 message whose exchange had finished, as mosquitto 2.0.11 does after a restart)")
             return
         }
         let (targets, request) = state.withLock { s -> ([MessageBuffer], CheckedContinuation<MQTTMessage, any Error>?) in
@@ -195,8 +222,8 @@ private let onConnectTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRa
     withCore(obj) { $0.handleConnect(rc: rc, flags: flags, props: props) }
 }
 
-private let onDisconnectTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, OpaquePointer?) -> Void = { _, obj, rc, _ in
-    withCore(obj) { $0.handleDisconnect(rc: rc) }
+private let onDisconnectTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, OpaquePointer?) -> Void = { _, obj, rc, props in
+    withCore(obj) { $0.handleDisconnect(rc: rc, props: props) }
 }
 
 private let onPublishTrampoline: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32, Int32, OpaquePointer?) -> Void = { _, obj, mid, reason, _ in

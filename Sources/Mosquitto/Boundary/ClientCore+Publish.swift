@@ -52,7 +52,8 @@ extension ClientCore {
             props = try CPropertyList.publish(message.properties)
         }
         defer { props.free() }
-        let qos = message.qos
+        // Capped by maximumQoS: MQTT 3.1.1 has no way for a broker to say it cannot do QoS 2 (see its docs).
+        let qos = min(message.qos, config.maximumQoS)
         // Built only when needed: publish is a hot path.
         func offlineError() -> MQTTError {
             MQTTError(.notConnected, "QoS 0 message to '\(message.topic)' not sent: the client is offline. Use QoS 1 or 2 to have it queued until the connection returns.")

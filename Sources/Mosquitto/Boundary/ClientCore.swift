@@ -1,5 +1,6 @@
 import CMosquitto
 import CMosquittoIO
+internal import MQTTWebSocket
 import MosquittoPOSIX
 import DequeModule
 import Dispatch
@@ -72,6 +73,8 @@ final class ClientCore: @unchecked Sendable {
     var nextHousekeeping = ContinuousClock.now
     /// The most packets read in one pass (see ``drainReadable()``).
     static let readBatch = 256
+    /// The WebSocket transport (nil for plain TCP): each connection attempt opens a tunnel with it.
+    let webSocket: WebSocketTransport?
     /// Buffers for libmosquitto's socket reads and writes (see "Batched socket I/O" above); nil when batching is off or
     /// unavailable.
     let io: OpaquePointer?
@@ -82,7 +85,8 @@ final class ClientCore: @unchecked Sendable {
         self.config = configuration
         self.logger = configuration.logger
         self.isV5 = configuration.protocolVersion == .v5
-        self.state = LockedValue(CoreState(lifecycle: ConnectionStateMachine(policy: configuration.reconnect, endpoint: "\(configuration.endpoint)"),
+        self.state = LockedValue(CoreState(lifecycle: ConnectionStateMachine(policy: configuration.reconnect, endpoints: configuration.endpoints,
+                                                                                  maximumRedirects: configuration.followsRedirects ? configuration.maximumRedirects : 0),
                                            queueLimit: configuration.maximumQueuedMessages))
         let token = (0..<12).map { _ in String(UInt8.random(in: 0...35), radix: 36) }.joined()
         self.responseTopic = "\(configuration.responseTopicPrefix)/\(token)"
@@ -92,6 +96,7 @@ final class ClientCore: @unchecked Sendable {
             throw MQTTError(.invalidArgument, "Could not create the MQTT client: \(String(cString: strerror(errno))).")
         }
         self.mosq = handle
+        self.webSocket = WebSocketTransport(configuration)
         self.io = configuration.batchesSocketIO && SocketBatching.isAvailable(logger: configuration.logger) ? mosq_io_create() : nil
         // On failure the object is fully initialised, so deinit runs and destroys the handle.
         try configureHandle()
@@ -151,7 +156,8 @@ final class ClientCore: @unchecked Sendable {
             if rc != MOSQ_ERR_SUCCESS.rawValue { props.free() }
             try check(rc, "Setting the will")
         }
-        if let tls = config.tls {
+        // Over WebSockets, TLS (wss) is the tunnel's: libmosquitto speaks plain MQTT to its Unix socket.
+        if let tls = config.tls, webSocket == nil {
             if let identity = tls.pskIdentity {
                 try check(mosq.setTLSPSK(hexKey: tls.pskHexKey ?? "", identity: identity, ciphers: tls.ciphers), "Setting the TLS pre-shared key")
             } else {
@@ -196,6 +202,9 @@ final class ClientCore: @unchecked Sendable {
             if let alpn = tls.alpn {
                 try check(mosq.setOption(MOSQ_OPT_TLS_ALPN, alpn), "Setting ALPN")
             }
+        }
+        if webSocket != nil, config.tls?.insecure == true {
+            logger.warning("TLS host name verification is OFF (insecure): anyone can impersonate the broker. Use only for testing.")
         }
         if let proxy = config.socks5Proxy {
             try check(mosq.setSOCKS5(host: proxy.host, port: Int32(proxy.port), username: proxy.username, password: proxy.password), "Setting the SOCKS5 proxy")
@@ -249,13 +258,16 @@ final class ClientCore: @unchecked Sendable {
         }
     }
 
-    private func connectOnce() -> Int32 {
-        let host: String
-        let port: Int32
-        switch config.endpoint {
+    /// Connects libmosquitto (blocking): to `endpoint`, or to `tunnelSocket`, the Unix socket of this attempt's
+    /// WebSocket tunnel.
+    private func connectOnce(to endpoint: MQTTConfiguration.Endpoint, tunnelSocket: String?) -> Int32 {
+        var host: String
+        var port: Int32
+        switch endpoint {
         case .tcp(let h, let p): host = h; port = Int32(p)
         case .unixSocket(let path): host = path; port = 0
         }
+        if let tunnelSocket { host = tunnelSocket; port = 0 }
         let keepalive = Int32(config.keepAlive)
         var props = CPropertyList()
         defer { props.free() }
@@ -286,13 +298,30 @@ final class ClientCore: @unchecked Sendable {
         networkThread.store(UInt(bitPattern: Int(bitPattern: pthread_self())), ordering: .releasing)
         defer { networkThread.store(0, ordering: .releasing) }
         var finalError: MQTTError?
+        // The WebSocket tunnel of the current attempt (WebSockets transport only): opened before libmosquitto
+        // connects, closed when the attempt ends, so each attempt makes a fresh upgrade.
+        var tunnel: WebSocketTunnel?
+        defer { tunnel?.close() }
         outer: while true {
-            guard state.withLock({ $0.lifecycle.attemptStarting() }) == .connect else { break }
+            guard case .connect(let endpoint) = state.withLock({ $0.lifecycle.attemptStarting() }) else { break }
             sessionUp = false
-            let rc = connectOnce()
-            if let io { mosq_io_set_connection(io, mosq.socket) }
             var loopError: MQTTError?
-            if rc == MOSQ_ERR_SUCCESS.rawValue {
+            var rc = MOSQ_ERR_SUCCESS.rawValue
+            if let webSocket {
+                do {
+                    tunnel = try webSocket.open(to: endpoint, logger: logger)
+                } catch {
+                    loopError = error
+                    rc = MOSQ_ERR_CONN_REFUSED.rawValue
+                }
+            }
+            if loopError == nil {
+                rc = connectOnce(to: endpoint, tunnelSocket: tunnel?.socketPath)
+                if let io { mosq_io_set_connection(io, mosq.socket) }
+            }
+            if loopError != nil {
+                // The WebSocket upgrade failed: libmosquitto was not involved.
+            } else if rc == MOSQ_ERR_SUCCESS.rawValue {
                 while true {
                     // Tasks that prefer the executor run here only once the session is up (see NetworkExecutor,
                     // "jobs run only on a live session"); until then the pass only drives the handshake.
@@ -306,14 +335,21 @@ final class ClientCore: @unchecked Sendable {
                         break outer
                     }
                     if lrc != MOSQ_ERR_SUCCESS.rawValue {
-                        loopError = MQTTError.fromLibrary(lrc, context: "Connection to \(config.endpoint)")
+                        loopError = MQTTError.fromLibrary(lrc, context: "Connection to \(endpoint)")
+                        if !sessionUp, isV5, lrc == MOSQ_ERR_CONN_LOST.rawValue, let e = loopError {
+                            // Closed with no CONNACK at all: what a broker does with a protocol version it does not
+                            // speak (RabbitMQ 3.x's MQTT plugin, mosquitto 1.x), rather than refusing it.
+                            loopError = MQTTError(e.code, e.message + " The broker closed it before answering CONNECT, as a broker that does not speak MQTT 5 does (RabbitMQ 3.x, mosquitto 1.x): try protocolVersion .v3_1_1 (mqtt-pub: -V mqttv311).")
+                        }
                         break
                     }
                 }
                 executor.endPolling()
             } else {
-                loopError = MQTTError.fromLibrary(rc, context: "Connecting to \(config.endpoint)")
+                loopError = MQTTError.fromLibrary(rc, context: "Connecting to \(endpoint)")
             }
+            tunnel?.close()
+            tunnel = nil
             // The connection is over (or never came up): the lifecycle decides what comes next.
             switch state.withLock({ $0.lifecycle.attemptEnded(loopError: loopError) }) {
             case .stop:
@@ -328,12 +364,22 @@ final class ClientCore: @unchecked Sendable {
             case .reconnect(let error, let delay, let attempt, let reportDisconnected):
                 handleConnectionEnded(error)
                 if reportDisconnected { emit(.disconnected(error)) }
-                logger.notice("MQTT connection to \(config.endpoint) unavailable (\(error.message)); reconnecting in \(delay) (attempt \(attempt))")
+                let next = state.withLock { $0.lifecycle.currentEndpoint }
+                let target = next == endpoint ? "" : " to \(next)"
+                logger.notice("MQTT connection to \(endpoint) unavailable (\(error.message)); reconnecting\(target) in \(delay) (attempt \(attempt))")
                 emit(.reconnecting(after: delay, attempt: attempt))
                 let ns = Int(max(0, delay / .nanoseconds(1)))
                 _ = wakeup.wait(timeout: .now() + .nanoseconds(ns))
+            case .redirect(let error, let target, let reportDisconnected):
+                handleConnectionEnded(error)
+                if reportDisconnected { emit(.disconnected(error)) }
+                logger.notice("MQTT broker \(endpoint) redirected this client (\(error.message)); connecting to \(target)")
             }
         }
+        // After a graceful end libmosquitto has written DISCONNECT and closed its socket: let the tunnel carry it
+        // to the broker before the joiners learn that the client ended (else the broker may publish the will).
+        tunnel?.finish()
+        tunnel = nil
         teardown(error: finalError)
     }
 
@@ -501,7 +547,7 @@ final class ClientCore: @unchecked Sendable {
     /// Resolves every waiter and ends every stream. Safe to call more than once.
     func finishEverything(error: MQTTError?) {
         let failure = error.map { e in
-            MQTTError(e.code == .gaveUp ? .gaveUp : e.code, e.message, reasonCode: e.reasonCode, systemErrno: e.systemErrno)
+            MQTTError(e.code == .gaveUp ? .gaveUp : e.code, e.message, reasonCode: e.reasonCode, systemErrno: e.systemErrno, httpStatus: e.httpStatus)
         }
         let shutdownError = failure ?? MQTTError(.shutDown, "The MQTT client was shut down.")
         let work = state.withLock { s -> CoreState.Teardown in s.takeEverything(error: failure) }

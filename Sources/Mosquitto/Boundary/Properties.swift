@@ -159,6 +159,17 @@ enum PropertyReader {
         return ack
     }
 
+    /// The Server Reference property (MQTT 5) of a CONNACK or DISCONNECT, if any.
+    static func serverReference(_ list: OpaquePointer?) -> String? {
+        var node = list
+        while let p = node {
+            let id = mosquitto_property_identifier(p)
+            if UInt32(bitPattern: id) == MQTT_PROP_SERVER_REFERENCE.rawValue { return readString(p, id) }
+            node = mosquitto_property_next(p)
+        }
+        return nil
+    }
+
     static func readString(_ p: OpaquePointer, _ id: Int32) -> String? {
         var raw: UnsafeMutablePointer<CChar>?
         guard mosquitto_property_read_string(p, id, &raw, false) != nil, let raw else { return nil }

@@ -20,9 +20,32 @@ public struct MQTTConfiguration: Sendable {
         /// The endpoint as `host:port` or `unix:<path>`, for logs and messages.
         public var description: String {
             switch self {
-            case .tcp(let host, let port): return "\(host):\(port)"
+            case .tcp(let host, let port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
             case .unixSocket(let path): return "unix:\(path)"
             }
+        }
+
+        /// The broker an MQTT 5 Server Reference names: `host`, `host:port` or `[v6-address]:port`, the first of
+        /// several separated by spaces. Without a port, `defaultPort`. Nil when it names nothing usable.
+        init?(serverReference: String, defaultPort: Int) {
+            guard let first = serverReference.split(separator: " ").first.map(String.init), !first.isEmpty else { return nil }
+            var host = first
+            var port = defaultPort
+            if first.hasPrefix("[") {
+                guard let close = first.firstIndex(of: "]") else { return nil }
+                host = String(first[first.index(after: first.startIndex)..<close])
+                let rest = first[first.index(after: close)...]
+                if !rest.isEmpty {
+                    guard rest.hasPrefix(":"), let p = Int(rest.dropFirst()) else { return nil }
+                    port = p
+                }
+            } else if let colon = first.lastIndex(of: ":"), first.firstIndex(of: ":") == colon {
+                host = String(first[..<colon])
+                guard let p = Int(first[first.index(after: colon)...]) else { return nil }
+                port = p
+            }
+            guard !host.isEmpty, (1...65535).contains(port) else { return nil }
+            self = .tcp(host: host, port: port)
         }
     }
 
@@ -212,8 +235,104 @@ public struct MQTTConfiguration: Sendable {
         }
     }
 
-    /// The broker endpoint.
-    public var endpoint: Endpoint
+    /// How the MQTT bytes travel to the broker: plain TCP (the default), or WebSockets.
+    ///
+    /// ```swift
+    /// var config = MQTTConfiguration(host: "broker.example.com", port: 443)
+    /// config.transport = .webSockets(.init(path: "/mqtt", headers: [.init(name: "Authorization", value: "Bearer …")]))
+    /// config.tls = .init(useSystemCertificates: true)   // wss
+    /// ```
+    ///
+    /// With ``webSockets(_:)`` and ``MQTTConfiguration/tls`` set, the connection is `wss`: the same certificate
+    /// files, host name check and ``TLS/insecure`` setting apply.
+    public enum Transport: Sendable, Hashable {
+        /// MQTT over TCP (or TLS, or a Unix socket), as libmosquitto speaks it.
+        case tcp
+        /// MQTT over WebSockets (`ws://`, or `wss://` with ``MQTTConfiguration/tls``) to a ``Endpoint/tcp(host:port:)``.
+        ///
+        /// libmosquitto 2.0.11 has no WebSockets client, so each connection attempt first performs the WebSocket
+        /// upgrade with the broker (HTTP/1.1, subprotocol `mqtt`), then lets libmosquitto connect to a private Unix
+        /// socket (in a new directory only this user can enter, removed once connected) whose bytes travel in
+        /// binary WebSocket frames. A refused upgrade fails that attempt with a clear ``MQTTError``: HTTP 401 as
+        /// ``MQTTError/Code/badCredentials``, 403 as ``MQTTError/Code/notAuthorized``, any other status, a missing
+        /// `mqtt` subprotocol or a server that is not a WebSocket one as ``MQTTError/Code/webSocketRejected``
+        /// (with ``MQTTError/httpStatus``), TLS failures as ``MQTTError/Code/tls``, a server that closes the
+        /// connection without answering as ``MQTTError/Code/connectionLost``. A WebSocket that dies is a lost
+        /// connection: reconnects, queues and sessions work as over TCP.
+        case webSockets(WebSockets)
+    }
+
+    /// Settings of the ``Transport/webSockets(_:)`` transport.
+    public struct WebSockets: Sendable, Hashable {
+        /// One HTTP header of the upgrade request.
+        public struct Header: Sendable, Hashable {
+            /// The header's name, for example `Authorization`.
+            public var name: String
+            /// The header's value.
+            public var value: String
+            /// Creates a header.
+            public init(name: String, value: String) {
+                self.name = name
+                self.value = value
+            }
+        }
+        /// The HTTP path of the upgrade request; `/mqtt` by default, as mosquitto's own clients use. (mosquitto's
+        /// listeners accept any path; cloud brokers usually want `/mqtt`.)
+        public var path: String
+        /// Extra headers of the upgrade request, sent in this order (for example `Authorization` or a cookie a
+        /// load balancer wants). `Host`, `Upgrade`, `Connection`, `Sec-WebSocket-Key`, `Sec-WebSocket-Version` and
+        /// `Sec-WebSocket-Protocol: mqtt` are always sent.
+        public var headers: [Header]
+        /// How long the TCP connect, the TLS handshake and the upgrade of one attempt may take together.
+        public var upgradeTimeout: Duration
+        /// Creates WebSocket settings.
+        public init(path: String = "/mqtt", headers: [Header] = [], upgradeTimeout: Duration = .seconds(30)) {
+            self.path = path
+            self.headers = headers
+            self.upgradeTimeout = upgradeTimeout
+        }
+    }
+
+    /// Plain TCP (the default) or WebSockets; see ``Transport``.
+    public var transport: Transport = .tcp
+
+    /// The brokers to connect to, in order of preference; never empty.
+    ///
+    /// The client connects to the first. After a failed attempt or a lost connection, the next attempt goes to the
+    /// next endpoint in the list, after the usual ``ReconnectPolicy`` delay, wrapping around at the end: a client
+    /// on the second broker stays there until that broker fails too. A persistent session resumes on whichever
+    /// broker still holds it; on a broker that does not, the client re-subscribes by itself, as it does after any
+    /// broker lost the session. Use brokers that share state (a cluster) or accept that each keeps its own sessions
+    /// and retained messages.
+    ///
+    /// ```swift
+    /// var config = MQTTConfiguration(endpoints: [.tcp(host: "mqtt-a", port: 1883), .tcp(host: "mqtt-b", port: 1883)])
+    /// config.reconnect.retryInitialConnect = true   // also fail over when the first broker is down at start-up
+    /// ```
+    ///
+    /// An empty list is refused when the client is created.
+    public var endpoints: [Endpoint]
+    /// The first of ``endpoints``: the broker the client connects to first. Setting it replaces the first entry.
+    public var endpoint: Endpoint {
+        get { endpoints.first ?? .tcp(host: "localhost", port: 1883) }
+        set { if endpoints.isEmpty { endpoints = [newValue] } else { endpoints[0] = newValue } }
+    }
+    /// Whether the client follows MQTT 5 server redirects (default true).
+    ///
+    /// A CONNACK with reason 0x9C (use another server) or 0x9D (server moved) and a Server Reference property
+    /// (`host`, `host:port` or `[v6]:port`; the first of several separated by spaces) sends the next attempt to
+    /// that broker at once, without the reconnect delay. 0x9D also replaces the redirecting entry of ``endpoints``
+    /// for the life of the client; after 0x9C the client returns to its list once the referenced broker fails. At
+    /// most ``maximumRedirects`` redirects in a row without a successful connection are followed, so two brokers
+    /// that point at each other cannot keep the client bouncing. Without a Server Reference, or with this set to
+    /// false, the reason is an ordinary refusal.
+    ///
+    /// A DISCONNECT with those reasons cannot be followed: libmosquitto 2.0.11 frees a DISCONNECT's properties
+    /// before it reports the disconnection, so the reference never reaches the client. It is a lost connection,
+    /// and the next attempt goes to the next of ``endpoints``.
+    public var followsRedirects: Bool = true
+    /// How many MQTT 5 server redirects in a row are followed before the client treats the next one as a failure.
+    public var maximumRedirects: Int = 5
     /// MQTT 5 by default.
     public var protocolVersion: MQTTProtocolVersion = .v5
     /// The client identifier; nil asks the broker to assign one (clean sessions only).
@@ -233,6 +352,14 @@ public struct MQTTConfiguration: Sendable {
     /// The most publications that may be queued or in flight at once (libmosquitto's own queue is unbounded).
     /// `publish` suspends while the queue is full. At most 65,000, so message ids never run out.
     public var maximumQueuedMessages: Int = 1000
+    /// The highest QoS the client publishes at: a message with a higher QoS is sent at this one (its receipt says
+    /// so). Default `.exactlyOnce`, no cap.
+    ///
+    /// For MQTT 3.1.1 brokers that cannot do QoS 2 and have no way to say so (MQTT 5 brokers say it in CONNACK,
+    /// ``ConnAck/maximumQoS``, and libmosquitto then refuses such a publish at once). RabbitMQ's MQTT plugin
+    /// answers a QoS 2 PUBLISH with a QoS 1 PUBACK, which MQTT forbids: libmosquitto drops the connection with a
+    /// protocol error, and the message is sent again after every reconnect. Set `.atLeastOnce` for such a broker.
+    public var maximumQoS: QoS = .exactlyOnce
     /// How many QoS 1/2 publications libmosquitto sends before it waits for acknowledgements
     /// (its `max_inflight_messages`, MQTT 5 Receive Maximum of the broker overrides it). 0 means 65,535.
     /// Bigger is not faster beyond a few dozen: libmosquitto 2.0.11 walks its whole in-flight list on every
@@ -278,38 +405,57 @@ public struct MQTTConfiguration: Sendable {
 
     /// Creates a configuration for a TCP broker.
     public init(host: String = "localhost", port: Int = 1883, clientID: String? = nil, protocolVersion: MQTTProtocolVersion = .v5) {
-        self.endpoint = .tcp(host: host, port: port)
+        self.endpoints = [.tcp(host: host, port: port)]
         self.clientID = clientID
         self.protocolVersion = protocolVersion
     }
 
     /// Creates a configuration for an endpoint.
     public init(endpoint: Endpoint, clientID: String? = nil, protocolVersion: MQTTProtocolVersion = .v5) {
-        self.endpoint = endpoint
+        self.endpoints = [endpoint]
         self.clientID = clientID
         self.protocolVersion = protocolVersion
     }
 
-    /// Creates a configuration from an `mqtt://` or `mqtts://` URL, read by the same parser as mqtt-pub's `-L`:
-    /// `mqtt[s]://[username[:password]@]host[:port][/topic]` (see ``MQTTURL`` for the exact rules).
+    /// Creates a configuration for several brokers, tried in order (see ``endpoints``).
+    public init(endpoints: [Endpoint], clientID: String? = nil, protocolVersion: MQTTProtocolVersion = .v5) {
+        self.endpoints = endpoints
+        self.clientID = clientID
+        self.protocolVersion = protocolVersion
+    }
+
+    /// Creates a configuration from an `mqtt://`, `mqtts://`, `ws://` or `wss://` URL, read by the same parser as
+    /// mqtt-pub's `-L`: `scheme://[username[:password]@]host[:port][/rest]` (see ``MQTTURL`` for the exact rules).
     ///
-    /// The port defaults to 1883 (8883 for `mqtts`). `mqtts` turns TLS on with the operating system's CA store. The
-    /// topic part, if any, is ignored here; use ``MQTTURL`` to read it.
+    /// The port defaults to 1883 (8883 for `mqtts` and `wss`), as in mosquitto's clients. `mqtts` and `wss` turn TLS
+    /// on with the operating system's CA store. `ws` and `wss` choose the ``Transport/webSockets(_:)`` transport, and
+    /// there the text after the host is the HTTP path (`wss://broker.example.com:443/mqtt`; `/mqtt` when there is
+    /// none). For `mqtt` and `mqtts` that text (a topic, to mqtt-pub) is ignored here; use ``MQTTURL`` to read it.
     /// - Throws: ``MQTTError/Code/invalidArgument`` for a URL ``MQTTURL`` refuses.
     public init(url: String) throws(MQTTError) {
         let parsed = try MQTTURL(url)
         self.init(host: parsed.host, port: parsed.port)
         if let user = parsed.username { credentials = Credentials(username: user, password: parsed.password) }
         if parsed.isTLS { tls = TLS(useSystemCertificates: true) }
+        if parsed.isWebSockets {
+            let path = parsed.topic.map { "/" + $0 } ?? "/mqtt"
+            transport = .webSockets(WebSockets(path: path))
+        }
     }
 
     func validate() throws(MQTTError) {
         if keepAlive != 0 && !(5...65535).contains(keepAlive) {
             throw MQTTError(.invalidArgument, "Invalid keepalive \(keepAlive): use 0 (off) or 5 to 65535 seconds.")
         }
-        if case .tcp(let host, let port) = endpoint {
+        if endpoints.isEmpty {
+            throw MQTTError(.invalidArgument, "No broker endpoint: set endpoints to at least one broker.")
+        }
+        for case .tcp(let host, let port) in endpoints {
             if host.isEmpty { throw MQTTError(.invalidArgument, "Invalid host: the host name is empty.") }
             if !(1...65535).contains(port) { throw MQTTError(.invalidArgument, "Invalid port \(port): use 1 to 65535.") }
+        }
+        if maximumRedirects < 0 {
+            throw MQTTError(.invalidArgument, "maximumRedirects must be 0 or more.")
         }
         if case .persistent = session, clientID == nil || clientID?.isEmpty == true {
             throw MQTTError(.invalidArgument, "A persistent session needs a client id: set clientID.")
@@ -339,22 +485,56 @@ public struct MQTTConfiguration: Sendable {
         if let tls, tls.pskIdentity != nil, tls.caFile != nil || tls.caDirectory != nil || tls.certificateFile != nil {
             throw MQTTError(.invalidArgument, "TLS-PSK and certificate-based TLS cannot be used together: set a pre-shared key or CA and certificate files, not both.")
         }
+        if case .webSockets(let ws) = transport {
+            if endpoints.contains(where: { if case .unixSocket = $0 { true } else { false } }) {
+                throw MQTTError(.invalidArgument, "WebSockets need a host and port (Endpoint.tcp), not a Unix socket.")
+            }
+            if !ws.path.hasPrefix("/") {
+                throw MQTTError(.invalidArgument, "Invalid WebSocket path '\(ws.path)': it must start with '/'.")
+            }
+            if ws.path.contains(where: { $0 == " " || $0.isNewline }) || ws.headers.contains(where: { h in
+                h.name.isEmpty || (h.name + h.value).contains(where: { $0.isNewline }) || h.name.contains(where: { $0 == ":" || $0 == " " })
+            }) {
+                throw MQTTError(.invalidArgument, "Invalid WebSocket path or header: no spaces or line breaks in the path, no line breaks in headers, and header names without ':' or spaces.")
+            }
+            if socks5Proxy != nil {
+                throw MQTTError(.invalidArgument, "A SOCKS5 proxy cannot be combined with WebSockets.")
+            }
+            if bindAddress != nil {
+                throw MQTTError(.invalidArgument, "A bind address cannot be combined with WebSockets.")
+            }
+            if let tls {
+                if tls.pskIdentity != nil {
+                    throw MQTTError(.invalidArgument, "TLS-PSK is not available over WebSockets (wss): use certificates.")
+                }
+                if tls.engine != nil || tls.keyForm == .engine {
+                    throw MQTTError(.invalidArgument, "OpenSSL engines are not available over WebSockets (wss): use PEM files.")
+                }
+                if (tls.certificateFile == nil) != (tls.keyFile == nil) {
+                    throw MQTTError(.tls, "Mutual TLS needs both a client certificate (TLS.certificateFile) and its private key (TLS.keyFile).")
+                }
+            }
+        }
     }
 }
 
-/// A parsed `mqtt://` or `mqtts://` URL, read by the same parser as mqtt-pub's `-L` (here the topic is optional).
+/// A parsed `mqtt://`, `mqtts://`, `ws://` or `wss://` URL, read by the same parser as mqtt-pub's `-L` (here the
+/// topic is optional).
 ///
-/// `mqtt[s]://[username[:password]@]host[:port][/topic]`, read by the same parser as mqtt-pub's, mqtt-sub's and
+/// `scheme://[username[:password]@]host[:port][/topic]`, read by the same parser as mqtt-pub's, mqtt-sub's and
 /// mqtt-rr's `-L`:
-/// - The scheme is `mqtt` or `mqtts`, in any case. `ws://` and `wss://` are refused: libmosquitto 2.0.11 has no
-///   WebSockets client.
-/// - The port defaults to 1883, or 8883 for `mqtts`; a given port must be a number from 1 to 65535.
+/// - The scheme is `mqtt`, `mqtts`, `ws` or `wss`, in any case (`mqtts` and `wss` mean TLS, `ws` and `wss`
+///   WebSockets).
+/// - The port defaults to 1883, or 8883 for `mqtts` and `wss` (as mosquitto's clients have it); a given port must be a
+///   number from 1 to 65535.
 /// - The user information ends at the last `@`, so a password may contain `@`; the user name ends at the first `:`.
 /// - The host is an IPv6 literal in brackets (`mqtt://[::1]:1883`), or ends at its only `:`; it must not be empty.
 /// - The topic is everything after the first `/`, and is optional. Nothing is percent-decoded.
 public struct MQTTURL: Sendable, Hashable {
-    /// True for `mqtts://`.
+    /// True for `mqtts://` and `wss://`.
     public var isTLS: Bool
+    /// True for `ws://` and `wss://`.
+    public var isWebSockets: Bool
     /// User name, if given.
     public var username: String?
     /// Password, if given.
@@ -366,7 +546,7 @@ public struct MQTTURL: Sendable, Hashable {
     /// The topic after the first `/`, if any.
     public var topic: String?
 
-    /// Parses `mqtt[s]://[username[:password]@]host[:port][/topic]`.
+    /// Parses `scheme://[username[:password]@]host[:port][/topic]` (`mqtt`, `mqtts`, `ws` or `wss`).
     /// - Throws: ``MQTTError/Code/invalidArgument`` with a sentence that says what is wrong with the URL.
     public init(_ url: String) throws(MQTTError) {
         let parts: MQTTURLComponents
@@ -375,7 +555,7 @@ public struct MQTTURL: Sendable, Hashable {
         } catch {
             switch error {
             case .unsupportedScheme:
-                throw MQTTError(.invalidArgument, "Unsupported URL scheme in '\(url)': use mqtt:// or mqtts://.")
+                throw MQTTError(.invalidArgument, "Unsupported URL scheme in '\(url)': use mqtt://, mqtts://, ws:// or wss://.")
             case .missingTopic, .missingHost:
                 throw MQTTError(.invalidArgument, "Invalid URL '\(url)': the host is empty.")
             case .invalidIPv6Literal:
@@ -384,10 +564,8 @@ public struct MQTTURL: Sendable, Hashable {
                 throw MQTTError(.invalidArgument, "Invalid URL '\(url)': the port must be a number from 1 to 65535.")
             }
         }
-        if parts.scheme.isWebSockets {
-            throw MQTTError(.invalidArgument, "Unsupported URL scheme in '\(url)': libmosquitto 2.0.11 has no WebSockets client; use mqtt:// or mqtts://.")
-        }
         isTLS = parts.scheme.isTLS
+        isWebSockets = parts.scheme.isWebSockets
         username = parts.username.map { String(decoding: $0, as: UTF8.self) }
         password = parts.password.map { String(decoding: $0, as: UTF8.self) }
         host = parts.hostString

@@ -5,8 +5,9 @@
 /// C callbacks and the network thread's loop are events) and performs the returned action after unlocking, so no
 /// lock is held across a libmosquitto call by construction. `Waiter` is how a `connect()` caller is resumed.
 ///
-/// The reconnect policy is decided here, from ``MQTTConfiguration/ReconnectPolicy``; the network thread only
-/// sleeps and connects as told.
+/// The reconnect policy is decided here, from ``MQTTConfiguration/ReconnectPolicy``, and so is which broker each
+/// attempt goes to (``MQTTConfiguration/endpoints``, MQTT 5 redirects); the network thread only sleeps and connects
+/// as told.
 struct ConnectionStateMachine<Waiter> {
     enum Phase {
         /// Created; no network thread yet.
@@ -42,12 +43,35 @@ struct ConnectionStateMachine<Waiter> {
     /// Why the client ended, when it was not a shutdown.
     private(set) var finalError: MQTTError?
     let policy: MQTTConfiguration.ReconnectPolicy
-    let endpoint: String
+    /// The brokers, in order; an entry that answered "server moved" (0x9D) is replaced by its reference.
+    private(set) var endpoints: [MQTTConfiguration.Endpoint]
+    /// Which of ``endpoints`` the next (or current) attempt uses.
+    private(set) var endpointIndex = 0
+    /// A temporary redirect (0x9C) in force: the attempts go there until one fails.
+    private(set) var redirect: MQTTConfiguration.Endpoint?
+    /// A redirect the broker sent during this attempt, followed when the attempt ends.
+    private(set) var pendingRedirect: (target: MQTTConfiguration.Endpoint, permanent: Bool)?
+    /// Redirects followed since the last accepted connection.
+    private(set) var redirectsInARow = 0
+    let maximumRedirects: Int
 
-    init(policy: MQTTConfiguration.ReconnectPolicy, endpoint: String) {
+    init(policy: MQTTConfiguration.ReconnectPolicy, endpoints: [MQTTConfiguration.Endpoint], maximumRedirects: Int = 5) {
+        precondition(!endpoints.isEmpty, "validated by MQTTConfiguration")
         self.policy = policy
-        self.endpoint = endpoint
+        self.endpoints = endpoints
+        self.maximumRedirects = maximumRedirects
     }
+
+    /// Convenience for one endpoint.
+    init(policy: MQTTConfiguration.ReconnectPolicy, endpoint: MQTTConfiguration.Endpoint) {
+        self.init(policy: policy, endpoints: [endpoint])
+    }
+
+    /// The broker the current (or next) attempt connects to.
+    var currentEndpoint: MQTTConfiguration.Endpoint { redirect ?? endpoints[endpointIndex] }
+
+    /// ``currentEndpoint`` for messages.
+    var endpoint: String { "\(currentEndpoint)" }
 
     // MARK: Views
 
@@ -135,7 +159,8 @@ struct ConnectionStateMachine<Waiter> {
     // MARK: The network thread's attempts
 
     enum AttemptAction: Equatable {
-        case connect
+        /// Connect to this broker.
+        case connect(MQTTConfiguration.Endpoint)
         /// Shutdown was requested: leave the loop.
         case stop
     }
@@ -149,9 +174,17 @@ struct ConnectionStateMachine<Waiter> {
             refusal = nil
             acceptedThisAttempt = false
             disconnectReported = false
+            pendingRedirect = nil
             phase = .connecting(attempt: failures)
-            return .connect
+            return .connect(currentEndpoint)
         }
+    }
+
+    /// The broker told this client to use another server (MQTT 5 reason 0x9C, or 0x9D when `permanent`), in its
+    /// CONNACK or DISCONNECT: the attempt's end follows the redirect (see ``attemptEnded(loopError:)``).
+    mutating func redirected(to target: MQTTConfiguration.Endpoint, permanent: Bool) {
+        guard !isClosing else { return }
+        pendingRedirect = (target, permanent)
     }
 
     /// CONNACK accepted: the waiters to resume with it (after the re-subscriptions are queued).
@@ -190,35 +223,63 @@ struct ConnectionStateMachine<Waiter> {
         /// Sleep `delay`, then connect again. `reportDisconnected`: emit `.disconnected(error)` (on_disconnect did
         /// not).
         case reconnect(error: MQTTError, delay: Duration, attempt: Int, reportDisconnected: Bool)
+        /// The broker redirected the client: connect to `target` at once. `reportDisconnected` as for `reconnect`.
+        case redirect(error: MQTTError, target: MQTTConfiguration.Endpoint, reportDisconnected: Bool)
         /// End the client with `error`.
         case giveUp(error: MQTTError, reportDisconnected: Bool)
         /// Shutdown was requested: end without a reconnect decision.
         case stop
     }
 
-    /// The connection (or the attempt) ended: what comes next, by the reconnect policy.
+    /// The connection (or the attempt) ended: what comes next, by the reconnect policy, and where.
+    ///
+    /// A redirect the broker sent is followed at once (no delay, not a failure), up to ``maximumRedirects`` in a row.
+    /// Any other end moves the next attempt to the next endpoint (and drops a temporary redirect).
     mutating func attemptEnded(loopError: MQTTError?) -> AttemptEndedAction {
         if isClosing { return .stop }
         let error = refusal ?? loopError ?? MQTTError(.connectionLost, "Connection to \(endpoint) closed.")
         refusal = nil
-        if acceptedThisAttempt { failures = 0 }
+        if acceptedThisAttempt {
+            failures = 0
+            redirectsInARow = 0
+        }
         phase = .disconnected
         let report = !disconnectReported
         func giveUp(_ e: MQTTError) -> AttemptEndedAction {
             finalError = e
             return .giveUp(error: e, reportDisconnected: report)
         }
-        if !everConnected && !policy.retryInitialConnect { return giveUp(error) }
-        if !policy.enabled { return giveUp(error) }
+        if let (target, permanent) = pendingRedirect, policy.enabled || !everConnected, redirectsInARow < maximumRedirects {
+            pendingRedirect = nil
+            redirectsInARow += 1
+            // "Server moved" replaces the list's entry; from a redirect target, or "use another server", it is a
+            // temporary detour that ends when that broker fails.
+            if permanent && redirect == nil { endpoints[endpointIndex] = target } else { redirect = target }
+            phase = .backingOff(attempt: failures)
+            return .redirect(error: error, target: currentEndpoint, reportDisconnected: report)
+        }
+        pendingRedirect = nil
+        // The next attempt goes to the next broker.
+        redirect = nil
+        let triedEveryEndpoint = failures + 1 >= endpoints.count
+        endpointIndex = (endpointIndex + 1) % endpoints.count
+        // The first connection tries each endpoint once, whatever the policy; after that the policy decides.
+        if !everConnected && (!policy.retryInitialConnect || !policy.enabled) && triedEveryEndpoint { return giveUp(error) }
+        if !policy.enabled && everConnected { return giveUp(error) }
         if policy.giveUpOnFatalErrors && error.isFatalForReconnect { return giveUp(error) }
         failures += 1
         if let max = policy.maximumAttempts, failures > max {
-            return giveUp(MQTTError(.gaveUp, "Gave up reconnecting to \(endpoint) after \(max) attempts. Last error: \(error.message)",
+            return giveUp(MQTTError(.gaveUp, "Gave up reconnecting to \(endpointList) after \(max) attempts. Last error: \(error.message)",
                                     reasonCode: error.reasonCode))
         }
         let delay = policy.delay(forAttempt: failures)
         phase = .backingOff(attempt: failures)
         return .reconnect(error: error, delay: delay, attempt: failures, reportDisconnected: report)
+    }
+
+    /// The endpoints for messages: one, or the list.
+    private var endpointList: String {
+        endpoints.count == 1 ? endpoint : endpoints.map { "\($0)" }.joined(separator: ", ")
     }
 
     // MARK: Shutdown

@@ -36,10 +36,15 @@ struct PublishStateMachine<AckWaiter, SlotWaiter, DrainWaiter, Callback> {
     private(set) var slotWaiters = Deque<(id: UInt64, waiter: SlotWaiter)>()
     /// Messages someone waits for (a waiter or a completion callback), by packet identifier.
     private(set) var pending: [UInt16: Pending] = [:]
+
+    /// Whether a publication at QoS 2 waits for its acknowledgement.
+    var hasPendingQoS2: Bool { plainQoS2.count > 0 || pending.values.contains { $0.qos == .exactlyOnce } }
     /// Messages published with `.enqueued` and no callback: nobody waits, only their slot is tracked. Kept apart
     /// from `pending` because a fast publisher registers one per message.
     private(set) var plainQoS0 = MessageIDSet()
     private(set) var plainQoS12 = MessageIDSet()
+    /// Which of ``plainQoS12`` are QoS 2 (to explain a broker's protocol error, see ``hasPending(qos:)``).
+    private(set) var plainQoS2 = MessageIDSet()
     /// Reason codes of acknowledgements that arrived before their message registered.
     private(set) var earlyAcks: [UInt16: UInt8] = [:]
     private(set) var drainWaiters: [DrainWaiter] = []
@@ -142,6 +147,7 @@ struct PublishStateMachine<AckWaiter, SlotWaiter, DrainWaiter, Callback> {
             plainQoS0.insert(id)
         } else {
             plainQoS12.insert(id)
+            if qos == .exactlyOnce { plainQoS2.insert(id) }
         }
         return .registered
     }
@@ -171,6 +177,7 @@ struct PublishStateMachine<AckWaiter, SlotWaiter, DrainWaiter, Callback> {
     /// on_publish for packet `id`: the completed message (if someone waits for it) and the slots to give back.
     mutating func published(_ id: UInt16, reason: UInt8) -> (Pending?, Release) {
         if plainQoS0.remove(id) || plainQoS12.remove(id) {
+            _ = plainQoS2.remove(id)
             return (nil, releaseSlots())
         }
         let p = pending.removeValue(forKey: id)
@@ -213,6 +220,7 @@ struct PublishStateMachine<AckWaiter, SlotWaiter, DrainWaiter, Callback> {
         slotsInUse = 0
         _ = plainQoS0.removeAll()
         _ = plainQoS12.removeAll()
+        _ = plainQoS2.removeAll()
         return (slots, waited, drains)
     }
 }

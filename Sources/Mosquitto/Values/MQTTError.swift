@@ -14,7 +14,7 @@ public struct MQTTError: Error, Sendable, Hashable, CustomStringConvertible {
         private enum Base: Hashable, Sendable {
             case invalidTopic, invalidFilter, invalidArgument, payloadTooLarge, notConnected, connectionFailed
             case connectionLost, connectionRefused, badCredentials, notAuthorized, tls, subscriptionRejected
-            case publishRejected, protocolError, timeout, shutDown, gaveUp, requiresMQTT5, system
+            case publishRejected, protocolError, timeout, shutDown, gaveUp, requiresMQTT5, system, webSocketRejected
             case library(Int32)
         }
 
@@ -62,6 +62,10 @@ public struct MQTTError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let requiresMQTT5 = Code(.requiresMQTT5)
         /// An operating-system error (see ``MQTTError/systemErrno``).
         public static let system = Code(.system)
+        /// The server did not accept the WebSocket upgrade for MQTT: an HTTP status other than 101 (see
+        /// ``MQTTError/httpStatus``; 401 and 403 are ``badCredentials`` and ``notAuthorized``), no `mqtt` subprotocol,
+        /// or a server that is not a WebSocket endpoint at all (see ``MQTTConfiguration/Transport/webSockets(_:)``).
+        public static let webSocketRejected = Code(.webSocketRejected)
         /// Any other libmosquitto error code (a `MOSQ_ERR_*` value); see ``libraryErrorCode``.
         public static func library(_ rc: Int32) -> Code { Code(.library(rc)) }
 
@@ -89,13 +93,17 @@ public struct MQTTError: Error, Sendable, Hashable, CustomStringConvertible {
     public var systemErrno: Int32?
     /// A sentence a person can act on.
     public var message: String
+    /// The HTTP status with which a server refused the WebSocket upgrade (for example 404), when that is what failed.
+    public var httpStatus: Int?
 
     /// Creates an error.
-    public init(_ code: Code, _ message: String, reasonCode: MQTTReasonCode? = nil, systemErrno: Int32? = nil) {
+    public init(_ code: Code, _ message: String, reasonCode: MQTTReasonCode? = nil, systemErrno: Int32? = nil,
+                httpStatus: Int? = nil) {
         self.code = code
         self.message = message
         self.reasonCode = reasonCode
         self.systemErrno = systemErrno
+        self.httpStatus = httpStatus
     }
 
     /// Creates an error from the reason code byte the engine reads off the wire.
@@ -183,6 +191,11 @@ extension MQTTError {
     var isFatalForReconnect: Bool {
         switch code {
         case .badCredentials, .notAuthorized, .tls, .invalidArgument, .gaveUp, .shutDown: return true
+        case .webSocketRejected:
+            // A wrong path or a server that is not a WebSocket one stays so; a failing proxy, a timeout or a
+            // rate limit may pass.
+            guard let status = httpStatus else { return true }
+            return !(500...599).contains(status) && status != 408 && status != 429
         case .connectionRefused:
             // v3: 1 unacceptable protocol, 2 identifier rejected. v5: 0x84 bad protocol, 0x85 bad client id,
             // 0x8A banned, 0x8C bad authentication method.

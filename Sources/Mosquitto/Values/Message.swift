@@ -366,6 +366,8 @@ public struct ConnAck: Sendable, Hashable {
     public var maximumPacketSize: UInt32?
     /// User properties the broker sent.
     public var userProperties: [UserProperty]
+    /// Which broker accepted the connection: one of ``MQTTConfiguration/endpoints``, or where a redirect led.
+    public var endpoint: MQTTConfiguration.Endpoint?
 
     /// Creates a CONNACK summary with MQTT's defaults.
     public init(sessionPresent: Bool = false) {
@@ -377,6 +379,7 @@ public struct ConnAck: Sendable, Hashable {
         self.receiveMaximum = 65535
         self.maximumPacketSize = nil
         self.userProperties = []
+        self.endpoint = nil
     }
 }
 

@@ -16,6 +16,11 @@ struct BrokerLayout: Sendable {
 struct BrokerPorts: Sendable, Hashable {
     var plain: Int
     var tls: Int?
+    var webSockets: Int? = nil
+    var webSocketsTLS: Int? = nil
+
+    /// Every port the broker listens on.
+    var all: [Int] { [plain] + [tls, webSockets, webSocketsTLS].compactMap { $0 } }
 }
 
 extension MosquittoBroker.Configuration {
@@ -105,6 +110,28 @@ extension MosquittoBroker.Configuration {
             "# Plain MQTT, loopback only.",
             "listener \(ports.plain) 127.0.0.1",
         ]
+        // mosquitto 2.0.11 exits with "Unable to start any listening sockets" when a websockets listener is its only
+        // one: these always come beside the plain listener above. The TLS listener stays the last one written.
+        if let wsPort = ports.webSockets {
+            lines += [
+                "",
+                "# MQTT over WebSockets, loopback only.",
+                "listener \(wsPort) 127.0.0.1",
+                "protocol websockets",
+            ]
+        }
+        if let wssPort = ports.webSocketsTLS, let tlsFiles {
+            lines += [
+                "",
+                "# MQTT over WebSockets over TLS, loopback only, with the generated test certificates.",
+                "listener \(wssPort) 127.0.0.1",
+                "protocol websockets",
+                "cafile \(tlsFiles.caFile)",
+                "certfile \(tlsFiles.serverCertificate)",
+                "keyfile \(tlsFiles.serverKey)",
+                "require_certificate \(requireClientCertificate)",
+            ]
+        }
         if let tlsPort = ports.tls, let tlsFiles {
             lines += [
                 "",

@@ -16,6 +16,8 @@ enum CJSON {
     case string([UInt8])
     case array([CJSON])
     case object([(String, CJSON)])
+    /// JSON text printed as it is (`--json` with `--decode`: the decoded payload).
+    case verbatim([UInt8])
 
     static func int(_ i: Int) -> CJSON { .number(Double(i)) }
 
@@ -26,6 +28,7 @@ enum CJSON {
         case .bool(let b): out.append(contentsOf: (b ? "true" : "false").utf8)
         case .number(let d): out.append(contentsOf: Self.formatNumber(d).utf8)
         case .string(let bytes): Self.printString(bytes, into: &out)
+        case .verbatim(let text): out.append(contentsOf: text)
         case .array(let items):
             out.append(UInt8(ascii: "["))
             for (i, item) in items.enumerated() {

@@ -116,6 +116,8 @@ final class ClientConfig {
     var passwordSources = 0
     var jsonLines = false
     var noReconnect = false
+    var payloadDecode: PayloadCoding.Decode?
+    var encodeMessagePack = false
 
     init(kind: ClientKind) {
         self.kind = kind
@@ -756,6 +758,29 @@ extension ClientConfig {
             } else if cEqual(a, "--json") {
                 if kind == .pub { return unknown() }
                 jsonLines = true
+            } else if cEqual(a, "--decode") {
+                if kind == .pub { return unknown() }
+                guard let v = value("decode") else { return .error }
+                if cEqual(v, "msgpack") {
+                    payloadDecode = .msgpack
+                } else if cEqual(v, "json") {
+                    payloadDecode = .json
+                } else if cEqual(v, "auto") {
+                    payloadDecode = .auto
+                } else {
+                    errorPrintf("Error: --decode takes msgpack, json or auto.\n\n")
+                    return .error
+                }
+                i += 1
+            } else if cEqual(a, "--encode") {
+                if !only(.pub) { return unknown() }
+                guard let v = value("encode") else { return .error }
+                if !cEqual(v, "msgpack") {
+                    errorPrintf("Error: --encode takes msgpack.\n\n")
+                    return .error
+                }
+                encodeMessagePack = true
+                i += 1
             } else if cEqual(a, "--no-reconnect") {
                 if !only(.sub) { return unknown() }
                 noReconnect = true
@@ -767,7 +792,7 @@ extension ClientConfig {
         return .ok
     }
 
-    /// `-L`: `mqtt(s)://[username[:password]@]host[:port]/topic` (and `ws(s)://`, refused at connect time), read by
+    /// `-L`: `mqtt(s)://[username[:password]@]host[:port]/topic` (and `ws(s)://`, over WebSockets), read by
     /// the parser the library uses too (`MQTTURLComponents` says where it is stricter than mosquitto's).
     private func parseURL(_ argument: CStr) -> Bool {
         let url: MQTTURLComponents

@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import CMosquitto
+import MQTTWebSocket
 
 /// Setting up the libmosquitto handle and connecting, as mosquitto's `client_opts_set` and `client_connect` do,
 /// and the messages for what went wrong.
@@ -46,7 +47,8 @@ extension ClientConfig {
     var usesTLS: Bool { !noTLS && (caFile != nil || caPath != nil || psk != nil || tlsUseOSCerts || port == 8883) }
 
     private func applyTLS(to mosq: OpaquePointer) -> Bool {
-        if noTLS { return true }
+        // Over WebSockets, TLS (wss) is the tunnel's: libmosquitto speaks plain MQTT to the tunnel's Unix socket.
+        if noTLS || webSockets { return true }
         // A TLS context of our own, with libmosquitto's defaults applied to it, when there is something to add:
         // the broker's host name checked by OpenSSL itself (so that a wrong name fails the handshake with the
         // "bad certificate" alert, as mosquitto 2.1 does), the reason a certificate was refused, and --tls-keylog.
@@ -113,10 +115,7 @@ extension ClientConfig {
     /// `client_connect`: the blocking connect. Returns libmosquitto's code; a failure is already reported.
     func connect(_ mosq: OpaquePointer) -> Int32 {
         signal(SIGPIPE, SIG_IGN)
-        if webSockets {
-            errPrintf("Error: WebSockets are not supported: libmosquitto 2.0.11 has no WebSockets client (use mqtt:// or mqtts://).\n")
-            return Int32(MOSQ_ERR_NOT_SUPPORTED.rawValue)
-        }
+        if webSockets { return connectWebSocket(mosq) }
         let rc = mosquitto_connect_bind_v5(mosq, host, effectivePort, keepalive, bindAddress, connectProperties)
         if rc > 0 {
             if rc == MOSQ_ERR_ERRNO.rawValue {
@@ -132,9 +131,64 @@ extension ClientConfig {
         return rc
     }
 
-    /// The exit status for a failed connect: 8 for TLS (always), else 1 as mosquitto's clients.
+    /// The exit status for a failed connect: 8 for TLS (always), 13 for a refused WebSocket upgrade (mosquitto 2.1's
+    /// clients end with MOSQ_ERR_UNKNOWN there), else 1 as mosquitto's clients.
     func connectFailureStatus(_ rc: Int32) -> Int32 {
-        rc == MOSQ_ERR_TLS.rawValue ? rc : 1
+        rc == MOSQ_ERR_TLS.rawValue || rc == MOSQ_ERR_UNKNOWN.rawValue ? rc : 1
+    }
+
+    /// Reconnects after a lost connection: over WebSockets with a new tunnel (a fresh upgrade; the old socket file
+    /// is gone), else `mosquitto_reconnect`.
+    func reconnect(_ mosq: OpaquePointer) -> Int32 {
+        webSockets ? connectWebSocket(mosq, quiet: true) : mosquitto_reconnect(mosq)
+    }
+
+    /// `--ws` and `ws(s)://`: libmosquitto 2.0.11 cannot frame WebSockets, so a ``WebSocketTunnel`` performs the
+    /// upgrade (path /mqtt, subprotocol mqtt, TLS for wss) and libmosquitto connects to its private Unix socket.
+    /// Returns libmosquitto's code, or for a failed upgrade the code mosquitto 2.1's clients exit with: 1 when the
+    /// connection is refused (MOSQ_ERR_ERRNO), 8 for TLS, 13 (MOSQ_ERR_UNKNOWN) when the server refuses the upgrade.
+    private func connectWebSocket(_ mosq: OpaquePointer, quiet: Bool = false) -> Int32 {
+        WebSocketConnection.tunnel?.close()
+        WebSocketConnection.tunnel = nil
+        if psk != nil {
+            errPrintf("Error: TLS-PSK is not available over WebSockets; use --cafile or --capath.\n")
+            return Int32(MOSQ_ERR_NOT_SUPPORTED.rawValue)
+        }
+        let tunnel: WebSocketTunnel
+        do {
+            tunnel = try WebSocketTunnel.open(to: webSocketEndpoint)
+        } catch {
+            if !quiet { error.message.withCString { errPrintf("Error: %s\n", $0) } }
+            switch error.kind {
+            case .connectionFailed(let e):
+                if let e { errno = e }
+                return Int32(MOSQ_ERR_ERRNO.rawValue)
+            case .tls: return Int32(MOSQ_ERR_TLS.rawValue)
+            case .invalidConfiguration: return Int32(MOSQ_ERR_INVAL.rawValue)
+            case .system(let e):
+                if let e { errno = e }
+                return Int32(MOSQ_ERR_ERRNO.rawValue)
+            case .rejected, .notWebSocket, .closedWithoutAnswer, .timeout: return Int32(MOSQ_ERR_UNKNOWN.rawValue)
+            }
+        }
+        WebSocketConnection.tunnel = tunnel
+        let rc = mosquitto_connect_bind_v5(mosq, tunnel.socketPath, 0, keepalive, nil, connectProperties)
+        if rc > 0 && !quiet { errPrintf("Unable to connect (%s).\n", mosquitto_strerror(rc)) }
+        return rc
+    }
+
+    /// Where `--ws` connects: the host and port given (1883, or 8883 with --cafile/--capath), path /mqtt, and the
+    /// TLS options when TLS is on.
+    var webSocketEndpoint: WebSocketEndpoint {
+        func s(_ c: CStr?) -> String? { c.map { String(cString: $0) } }
+        let tls: WebSocketTLS? = usesTLS
+            ? WebSocketTLS(caFile: s(caFile), caDirectory: s(caPath), certificateFile: s(certFile), keyFile: s(keyFile),
+                           verifyHostname: !insecure,
+                           useSystemCertificates: tlsUseOSCerts || (caFile == nil && caPath == nil),
+                           minimumVersion: s(tlsVersion), ciphers: s(ciphers), alpn: s(tlsALPN))
+            : nil
+        return WebSocketEndpoint(host: s(host) ?? "localhost", port: Int(effectivePort), path: "/mqtt", tls: tls,
+                                 timeout: .seconds(Int64(max(keepalive, 10))))
     }
 
     /// mosquitto's final `Error: <mosquitto_strerror(rc)>` line, with what actually failed for TLS errors and for a
@@ -314,5 +368,17 @@ enum TLSContext {
         fputs(line, file)
         fputc(10, file)
         fclose(file)
+    }
+}
+
+/// The WebSocket tunnel of the current connection (`--ws`). The tools connect and reconnect from one thread.
+enum WebSocketConnection {
+    nonisolated(unsafe) static var tunnel: WebSocketTunnel?
+
+    /// Lets the tunnel carry what libmosquitto wrote last (DISCONNECT) before the process exits: exiting at once
+    /// dropped it, and the broker then published the client's will.
+    static func finish() {
+        tunnel?.finish()
+        tunnel = nil
     }
 }

@@ -4,11 +4,14 @@ import Glibc
 import Musl
 #endif
 import CMosquitto
+import MessagePack
 
 /// The `--json` output of `mqtt-sub` and `mqtt-rr`: one JSON object per line, for `jq` and friends.
 ///
 /// Unlike mosquitto's `%j` it never loses data:
-/// - the payload is `"payload"` (a JSON string) when it is valid UTF-8, otherwise `"payload_base64"`;
+/// - the payload is `"payload"` (a JSON string) when it is valid UTF-8, otherwise `"payload_base64"`; with
+///   `--decode`, or when the MQTT 5 content type says MessagePack, `"payload"` is the decoded payload as a JSON
+///   value;
 /// - correlation data is `"correlation_data"` (UTF-8) or `"correlation_data_base64"`;
 /// - user properties are an ordered array of `[name, value]` pairs, so repeated names survive;
 /// - `received_at` is RFC 3339 in UTC with nanoseconds.
@@ -18,13 +21,15 @@ import CMosquitto
 /// ```
 enum JSONLines {
     /// Prints the object for one message (without the newline) on standard output.
-    static func print(_ m: mosquitto_message, _ properties: OpaquePointer?) {
+    static func print(_ m: mosquitto_message, _ properties: OpaquePointer?, decoded: MessagePackValue? = nil) {
         var out: [UInt8] = []
-        object(m, properties, clock: .now()).print(into: &out, pretty: false)
+        object(m, properties, clock: .now(), decoded: decoded).print(into: &out, pretty: false)
         outBytes(out)
     }
 
-    static func object(_ m: mosquitto_message, _ properties: OpaquePointer?, clock: MessagePrinter.Clock) -> CJSON {
+    /// `decoded`: with `--decode`, the payload as a value, printed as `"payload"`'s JSON value instead of a string.
+    static func object(_ m: mosquitto_message, _ properties: OpaquePointer?, clock: MessagePrinter.Clock,
+                       decoded: MessagePackValue? = nil) -> CJSON {
         let payload = m.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(m.payloadlen))) } ?? []
         var pairs: [(String, CJSON)] = [
             ("received_at", .string(rfc3339(clock))),
@@ -34,7 +39,11 @@ enum JSONLines {
             ("mid", .int(Int(m.mid))),
             ("payloadlen", .int(Int(m.payloadlen))),
         ]
-        pairs.append(binary("payload", payload))
+        if let decoded {
+            pairs.append(("payload", .verbatim(Array(decoded.jsonText(style: .compact).utf8))))
+        } else {
+            pairs.append(binary("payload", payload))
+        }
         var props: [(String, CJSON)] = []
         var users: [CJSON] = []
         var subscriptionIdentifiers: [UInt32] = []

@@ -41,6 +41,8 @@ final class BatchedLoop {
     private var attached = false
     /// Called with a signal the handler recorded, between passes.
     var onSignal: (Int32) -> Void = { _ in }
+    /// Reconnects a lost connection (`mosquitto_reconnect`; over WebSockets a new tunnel, see `ClientConfig.reconnect`).
+    var reconnect: (OpaquePointer) -> Int32 = { mosquitto_reconnect($0) }
 
     init(mosq: OpaquePointer, io: OpaquePointer) {
         self.mosq = mosq
@@ -86,7 +88,7 @@ final class BatchedLoop {
                     if disconnecting { return 0 }
                 }
                 connackArrived = false
-                rc = mosquitto_reconnect(mosq)
+                rc = reconnect(mosq)
                 mosq_io_set_connection(io, mosquitto_socket(mosq))
             } while rc != 0
         }

@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import CMosquitto
+import MessagePack
 
 /// How `mqtt-sub` and `mqtt-rr` print a message: the payload, `-v`, a `-F` format (mosquitto 2.1's: widths,
 /// precisions, hex separators, `%d`/`%f` numbers, `%j`/`%J` JSON with user properties as an array), or this
@@ -131,13 +132,53 @@ enum MessagePrinter {
 
     /// Prints one message (mosquitto's `print_message`), then flushes standard output.
     static func print(_ config: ClientConfig, _ message: UnsafePointer<mosquitto_message>, _ properties: OpaquePointer?) {
-        if config.watch { Watch.position(message.pointee.topic) }
+        guard let decode = config.payloadDecode else {
+            // --json without --decode: a payload whose MQTT 5 content type says MessagePack is embedded as its value
+            // (binary noise as base64 helps no one reading `mqtt-sub --json | jq`); if it does not decode, it is
+            // printed as base64 as before.
+            if config.jsonLines, let type = PayloadCoding.contentType(properties), PayloadCoding.classify(contentType: type) == true {
+                let m = message.pointee
+                let payload = m.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(m.payloadlen))) } ?? []
+                if case .value(let value, _) = PayloadCoding.render(.msgpack, payload: payload, properties: properties) {
+                    return print(config, m, properties, decoded: value)
+                }
+            }
+            return print(config, message.pointee, properties, decoded: nil)
+        }
+        // --decode: every output prints the payload as JSON text (Python's json.dumps layout), --json embeds it as
+        // a JSON value; a payload that does not decode is reported and not printed.
+        var m = message.pointee
+        let payload = m.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(m.payloadlen))) } ?? []
+        switch PayloadCoding.render(decode, payload: payload, properties: properties) {
+        case .unchanged:
+            print(config, m, properties, decoded: nil)
+        case .failed(let codec, let reason):
+            codec.withCString { c in
+                reason.withCString { r in
+                    config.errPrintf("Error: Message payload is not valid %s on topic %s: %s.\n", c, m.topic, r)
+                }
+            }
+        case .value(let value, let isJSONText):
+            if config.jsonLines {
+                print(config, m, properties, decoded: value)
+                return
+            }
+            var text = isJSONText ? payload : Array(value.jsonText().utf8)
+            text.withUnsafeMutableBytes { bytes in
+                m.payload = bytes.baseAddress
+                m.payloadlen = Int32(bytes.count)
+                print(config, m, properties, decoded: nil)
+            }
+        }
+    }
+
+    private static func print(_ config: ClientConfig, _ m: mosquitto_message, _ properties: OpaquePointer?, decoded: MessagePackValue?) {
+        if config.watch { Watch.position(m.topic) }
         if config.randomFilter < 10000 {
             if Int32(random() % 10000) >= config.randomFilter { return }
         }
-        let m = message.pointee
         if config.jsonLines {
-            JSONLines.print(m, properties)
+            JSONLines.print(m, properties, decoded: decoded)
             outByte(10)
             fflush(cStdout)
         } else if let format = config.format {

@@ -45,6 +45,7 @@ final class PubSession: Session {
             Usage.pub(name)
             return 1
         }
+        if config.encodeMessagePack && !prepareMessagePack() { return 1 }
         let m = createHandle(invalidIDMessage: "Error: Invalid id.\n")
         installLogCallback(m)
         mosquitto_connect_v5_callback_set(m, PubSession.onConnect)
@@ -57,7 +58,57 @@ final class PubSession: Session {
         let rc = config.publishMode == .stdinLine ? lineLoop(m) : otherLoop(m)
         mosquitto_destroy(m)
         if rc != 0 { config.reportRuntimeError(rc, connackReceived: connackReceived) }
+        if connackResult == 0 && rc == 0 && skippedLines > 0 { return 1 }
         return connackResult != 0 ? connackResult : rc
+    }
+
+    /// `--encode msgpack`: the message (`-m`, `-f`, `-s`) is JSON text, sent as MessagePack; invalid JSON is an
+    /// error before anything is sent. On MQTT 5 the content type is `application/msgpack` unless `-D` sets one.
+    /// `-l` lines are encoded one by one as they are read (``encodeLine(_:)``).
+    func prepareMessagePack() -> Bool {
+        if config.isV5 {
+            var existing: CStr?
+            if mosquitto_property_read_string(config.publishProperties, Int32(MQTT_PROP_CONTENT_TYPE.rawValue), &existing, false) == nil {
+                _ = mosquitto_property_add_string(&config.publishProperties, Int32(MQTT_PROP_CONTENT_TYPE.rawValue),
+                                                  PayloadCoding.msgpackContentType)
+            }
+            free(existing)
+        }
+        switch config.publishMode {
+        case .command, .file, .stdinFile:
+            let json = config.message.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(config.messageLength))) } ?? []
+            switch PayloadCoding.encode(json: json) {
+            case .success(let bytes):
+                let buffer = malloc(max(1, bytes.count))!
+                bytes.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+                config.message = buffer
+                config.messageLength = Int32(bytes.count)
+                return true
+            case .failure(let error):
+                error.description.withCString { config.errPrintf("Error: --encode msgpack: the message is not valid JSON: %s.\n", $0) }
+                return false
+            }
+        default:
+            return true
+        }
+    }
+
+    /// Lines of `-l` that were not JSON with `--encode msgpack` (reported and skipped; the exit status is then 1).
+    var skippedLines = 0
+    var lineNumber = 0
+
+    /// One `-l` line as MessagePack; nil (reported) when it is not JSON.
+    func encodeLine(_ line: ArraySlice<UInt8>) -> [UInt8]? {
+        lineNumber += 1
+        switch PayloadCoding.encode(json: Array(line)) {
+        case .success(let bytes): return bytes
+        case .failure(let error):
+            skippedLines += 1
+            error.description.withCString {
+                config.errPrintf("Error: --encode msgpack: line %d is not valid JSON (%s); not sent.\n", Int32(lineNumber), $0)
+            }
+            return nil
+        }
     }
 
     static func session(_ obj: UnsafeMutableRawPointer?) -> PubSession {
@@ -183,7 +234,10 @@ final class PubSession: Session {
                     config.errPrintf("Error sending repeat publish: %s", mosquitto_strerror(rc))
                 }
             }
-        } while rc == 0 && !disconnectSent
+        // Until libmosquitto reports the connection gone, as mosquitto_pub's loop does: a DISCONNECT queued inside
+        // the PUBACK/PUBCOMP callback is written by the next pass, and leaving at once lost it (the broker then
+        // published the will).
+        } while rc == 0
         return status == .disconnected ? 0 : rc
     }
 
@@ -211,7 +265,7 @@ final class PubSession: Session {
                 }
                 reconnectAt = nil
                 status = .connecting
-                if mosquitto_reconnect(m) != 0 {
+                if config.reconnect(m) != 0 {
                     reconnectAt = timespec(tv_sec: now.tv_sec + 1, tv_nsec: now.tv_nsec)
                 }
                 continue
@@ -238,7 +292,13 @@ final class PubSession: Session {
             if readStdin && fds[1].revents != 0 {
                 let eof = reader.fill()
                 while status == .connackReceived, let line = reader.nextLine(final: eof) {
-                    let r = line.withUnsafeBytes { publish(m, $0.baseAddress, Int32($0.count)) }
+                    var encoded: [UInt8]?
+                    if config.encodeMessagePack {
+                        encoded = encodeLine(line)
+                        if encoded == nil { continue }
+                    }
+                    let r = encoded.map { e in e.withUnsafeBytes { publish(m, $0.baseAddress, Int32($0.count)) } }
+                        ?? line.withUnsafeBytes { publish(m, $0.baseAddress, Int32($0.count)) }
                     outstanding += 1
                     if r != 0 && r != MOSQ_ERR_NO_CONN.rawValue { return r }
                 }

@@ -149,9 +149,15 @@ let toolsVersion: StaticString = "2.1.2"
 /// The entry points of `mqtt-pub`, `mqtt-sub` and `mqtt-rr`.
 package enum MosquittoTools {
     /// `mqtt-pub`: never returns.
-    package static func pub() -> Never { exit(PubSession().run()) }
+    package static func pub() -> Never { finishAndExit(PubSession().run()) }
     /// `mqtt-sub`: never returns.
-    package static func sub() -> Never { exit(SubSession().run()) }
+    package static func sub() -> Never { finishAndExit(SubSession().run()) }
     /// `mqtt-rr`: never returns.
-    package static func rr() -> Never { exit(RRSession().run()) }
+    package static func rr() -> Never { finishAndExit(RRSession().run()) }
+}
+
+/// Exits with `status` once a WebSocket tunnel (`--ws`) delivered what libmosquitto wrote last.
+func finishAndExit(_ status: Int32) -> Never {
+    WebSocketConnection.finish()
+    exit(status)
 }

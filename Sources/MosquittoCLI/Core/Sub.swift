@@ -56,9 +56,11 @@ final class SubSession: Session {
         }
         if config.timeout > 0 { alarm(config.timeout) }
 
-        if !config.messageRate && !config.usesTLS && config.socksHost == nil, let io = Batching.start() {
+        if !config.messageRate && (!config.usesTLS || config.webSockets) && config.socksHost == nil, let io = Batching.start() {
             let l = BatchedLoop(mosq: m, io: io)
             l.onSignal = { [unowned self] signal in self.act(on: signal) }
+            let config = self.config
+            l.reconnect = { config.reconnect($0) }
             loop = l
         }
 

@@ -38,7 +38,10 @@ enum Usage {
       -h, --host HOST        broker host (default: localhost)
       -p, --port PORT        broker port (default: 1883, or 8883 with --cafile, --capath or --psk)
           --unix PATH        connect through a Unix domain socket instead of TCP
-      -L, --url URL          mqtt(s)://[user[:password]@]host[:port]/topic in one argument
+      -L, --url URL          mqtt(s)://[user[:password]@]host[:port]/topic in one argument; ws:// and wss://
+                             (MQTT over WebSockets, TLS for wss) take the same form
+          --ws               connect using WebSockets (HTTP path /mqtt, subprotocol mqtt), for brokers reachable
+                             only through a web port; with --cafile, --capath or --tls-use-os-certs it is wss
       -V, --protocol-version mqttv5, mqttv311 (the default; mqttv5 for rr) or mqttv31
       -A ADDRESS             bind the outgoing socket to this local address
           --nodelay          disable Nagle's algorithm
@@ -95,6 +98,10 @@ enum Usage {
           -q, --qos 0|1|2        quality of service (default: 0)
           -r, --retain           the broker keeps the message for later subscribers
               --repeat N         publish N times         --repeat-delay SECS   wait between them
+              --encode msgpack   the message (-m, -f, -s, each -l line) is JSON, sent as MessagePack, with
+                                 content type application/msgpack on MQTT 5 (unless -D sets one); invalid JSON
+                                 is an error and nothing is sent; with -l such a line is reported with its
+                                 number and skipped, the others are sent, and the exit status is 1
 
         \(connection)
         Examples:
@@ -133,7 +140,12 @@ enum Usage {
                                  %C %D %E %F %P %R %S %A MQTT 5 properties; @X strftime; \\n \\t escapes;
                                  widths and precisions: %-10t %05l %.3p
               --pretty           multi-line JSON for %j and %J
-              --json             one JSON object per line, binary-safe (base64), every MQTT 5 property
+              --json             one JSON object per line, binary-safe (base64), every MQTT 5 property; a
+                                 payload with content type application/msgpack is embedded as its value
+              --decode msgpack|json|auto   print payloads as JSON: msgpack decodes MessagePack, json checks
+                                 JSON text, auto chooses by the MQTT 5 content type (others print as they
+                                 are); --json embeds the payload as a JSON value; a payload that does not
+                                 decode is reported on standard error and not printed
           -w, --watch            each topic on its own line of the terminal
               --message-rate     print the number of messages per second instead of the messages
 
@@ -160,7 +172,7 @@ enum Usage {
               --latency          print the time between request and response
           The request carries correlation data only when given: -D publish correlation-data DATA.
         Output:
-          -v, -N, -F FORMAT, --pretty, --json   as for the subscriber
+          -v, -N, -F FORMAT, --pretty, --json, --decode   as for the subscriber
 
         \(connection)
         Example:

@@ -7,10 +7,15 @@ struct ConnectionStateMachineTests {
     typealias Machine = ConnectionStateMachine<String>
     static let lost = MQTTError(.connectionLost, "lost")
 
-    func machine(_ adjust: (inout MQTTConfiguration.ReconnectPolicy) -> Void = { _ in }) -> Machine {
+    static let a = MQTTConfiguration.Endpoint.tcp(host: "a", port: 1883)
+    static let b = MQTTConfiguration.Endpoint.tcp(host: "b", port: 1883)
+    static let c = MQTTConfiguration.Endpoint.tcp(host: "c", port: 1884)
+
+    func machine(endpoints: [MQTTConfiguration.Endpoint] = [.tcp(host: "127.0.0.1", port: 1883)], maximumRedirects: Int = 5,
+                 _ adjust: (inout MQTTConfiguration.ReconnectPolicy) -> Void = { _ in }) -> Machine {
         var policy = MQTTConfiguration.ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .seconds(1))
         adjust(&policy)
-        return Machine(policy: policy, endpoint: "127.0.0.1:1883")
+        return Machine(policy: policy, endpoints: endpoints, maximumRedirects: maximumRedirects)
     }
 
     @Test("connect from idle starts the network thread once; every caller is resumed by the CONNACK; later callers get it at once")
@@ -19,7 +24,7 @@ struct ConnectionStateMachineTests {
         #expect(m.connectionState == .idle)
         guard case .startNetworkThread = m.connect(1, waiter: "a") else { Issue.record("the first connect starts the thread"); return }
         guard case .wait = m.connect(2, waiter: "b") else { Issue.record("the second waits"); return }
-        #expect(m.attemptStarting() == .connect)
+        #expect(m.attemptStarting() == .connect(.tcp(host: "127.0.0.1", port: 1883)))
         let ack = ConnAck(sessionPresent: true)
         #expect(Set(m.connAckAccepted(ack)) == ["a", "b"])
         #expect(m.connectionState == .connected(ack))
@@ -86,6 +91,83 @@ struct ConnectionStateMachineTests {
         _ = keepTrying.connect(1, waiter: "a")
         _ = keepTrying.attemptStarting()
         guard case .reconnect = keepTrying.attemptEnded(loopError: MQTTError(.badCredentials, "bad")) else { Issue.record("a bridge outlives a password rotation"); return }
+    }
+
+    @Test("endpoints: every failure moves the next attempt to the next broker, wrapping around; a working broker is kept")
+    func endpointRotation() {
+        var m = machine(endpoints: [Self.a, Self.b, Self.c]) { $0.retryInitialConnect = true }
+        _ = m.connect(1, waiter: "w")
+        #expect(m.attemptStarting() == .connect(Self.a))
+        _ = m.connAckAccepted(ConnAck())
+        _ = m.disconnected()
+        guard case .reconnect(_, _, 1, _) = m.attemptEnded(loopError: Self.lost) else { Issue.record("lost A: reconnect"); return }
+        #expect(m.attemptStarting() == .connect(Self.b))
+        _ = m.attemptEnded(loopError: Self.lost)
+        #expect(m.attemptStarting() == .connect(Self.c))
+        _ = m.attemptEnded(loopError: Self.lost)
+        #expect(m.attemptStarting() == .connect(Self.a), "wraps around")
+        _ = m.attemptEnded(loopError: Self.lost)
+        // B accepts and later fails: the next one is C, not A.
+        #expect(m.attemptStarting() == .connect(Self.b))
+        _ = m.connAckAccepted(ConnAck())
+        #expect(m.attemptStarting() == .connect(Self.b), "a new attempt on a live connection does not move")
+        _ = m.disconnected()
+        _ = m.attemptEnded(loopError: Self.lost)
+        #expect(m.attemptStarting() == .connect(Self.c))
+    }
+
+    @Test("endpoints: a client that does not retry its first connection still tries each broker once, then gives up")
+    func initialConnectTriesEachEndpoint() {
+        var m = machine(endpoints: [Self.a, Self.b])
+        _ = m.connect(1, waiter: "w")
+        #expect(m.attemptStarting() == .connect(Self.a))
+        guard case .reconnect = m.attemptEnded(loopError: Self.lost) else { Issue.record("B is still to try"); return }
+        #expect(m.attemptStarting() == .connect(Self.b))
+        guard case .giveUp = m.attemptEnded(loopError: Self.lost) else { Issue.record("both failed: give up"); return }
+
+        // Reconnecting off (.never) still tries the list once at start-up, and ends a lost connection at once.
+        var never = machine(endpoints: [Self.a, Self.b]) { $0.enabled = false }
+        _ = never.connect(1, waiter: "w")
+        _ = never.attemptStarting()
+        guard case .reconnect = never.attemptEnded(loopError: Self.lost) else { Issue.record("B is still to try"); return }
+        #expect(never.attemptStarting() == .connect(Self.b))
+        _ = never.connAckAccepted(ConnAck())
+        _ = never.disconnected()
+        guard case .giveUp = never.attemptEnded(loopError: Self.lost) else { Issue.record("no reconnect after a lost connection"); return }
+    }
+
+    @Test("redirects: 0x9C detours until the target fails, 0x9D replaces the entry, loops are bounded, a redirect is not a failure")
+    func redirects() {
+        var m = machine(endpoints: [Self.a, Self.b], maximumRedirects: 3)
+        _ = m.connect(1, waiter: "w")
+        // A refuses with 0x9C → C, at once, even though the initial connect is not retried.
+        #expect(m.attemptStarting() == .connect(Self.a))
+        m.connAckRefused(MQTTError(.connectionRefused, "use another server", reasonCode: 0x9C))
+        m.redirected(to: Self.c, permanent: false)
+        guard case .redirect(_, Self.c, _) = m.attemptEnded(loopError: nil) else { Issue.record("redirect to C"); return }
+        #expect(m.attemptStarting() == .connect(Self.c))
+        _ = m.connAckAccepted(ConnAck())
+        // C fails: the detour ends and the list goes on after A.
+        _ = m.disconnected()
+        guard case .reconnect(_, _, 1, _) = m.attemptEnded(loopError: Self.lost) else { Issue.record("lost C: reconnect"); return }
+        #expect(m.attemptStarting() == .connect(Self.b))
+        // B says it moved to C for good: the list becomes [A, C].
+        _ = m.connAckAccepted(ConnAck())
+        m.redirected(to: Self.c, permanent: true)
+        _ = m.disconnected()
+        guard case .redirect(_, Self.c, _) = m.attemptEnded(loopError: nil) else { Issue.record("moved to C"); return }
+        #expect(m.endpoints == [Self.a, Self.c])
+        #expect(m.attemptStarting() == .connect(Self.c))
+        // C and A keep pointing at each other: with the move, three redirects in a row are followed, the fourth is
+        // a failure.
+        m.redirected(to: Self.a, permanent: false)
+        guard case .redirect = m.attemptEnded(loopError: MQTTError(.connectionRefused, "r", reasonCode: 0x9C)) else { Issue.record("1st"); return }
+        _ = m.attemptStarting()
+        m.redirected(to: Self.c, permanent: false)
+        guard case .redirect = m.attemptEnded(loopError: MQTTError(.connectionRefused, "r", reasonCode: 0x9C)) else { Issue.record("2nd"); return }
+        _ = m.attemptStarting()
+        m.redirected(to: Self.a, permanent: false)
+        guard case .reconnect = m.attemptEnded(loopError: MQTTError(.connectionRefused, "r", reasonCode: 0x9C)) else { Issue.record("3rd: a failure"); return }
     }
 
     @Test("shutdown while connecting, while connected, during backoff and before any thread")
