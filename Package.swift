@@ -7,7 +7,7 @@ let package = Package(
     products: [
         .library(name: "Mosquitto", targets: ["Mosquitto"]),
         .library(name: "MosquittoBroker", targets: ["MosquittoBroker"]),
-        .library(name: "MQTTBridge", targets: ["MQTTBridge"]),
+        .library(name: "MQTTBridge", targets: ["MQTTBridge", "MQTTOutbox"]),
         .library(name: "MessagePack", targets: ["MessagePack", "MessagePackCodable"]),
         .library(name: "MosquittoCodable", targets: ["MosquittoCodable"]),
         .executable(name: "mqtt-pub", targets: ["mqtt-pub"]),
@@ -42,6 +42,13 @@ let package = Package(
         .target(name: "MosquittoPOSIX"),
         // Batched socket I/O under libmosquitto (Sources/CMosquittoIO/mosquitto_io.c says how and why).
         .target(name: "CMosquittoIO", linkerSettings: [.linkedLibrary("dl")]),
+        // The durable outbox's store: an append-only, CRC-checked, segmented log with an acknowledged watermark, an
+        // fsync policy, backpressure and a lock file. The client library's outbox, mqtt-pub --outbox and
+        // mqtt-bridge's spools all use this one implementation.
+        .target(
+            name: "MQTTOutbox",
+            dependencies: ["MosquittoPOSIX", .product(name: "Logging", package: "swift-log")]
+        ),
         // The one parser of `-L` style mqtt:// URLs, shared by the library and the CLIs (pure Swift, no Foundation).
         .target(name: "MQTTURLParser"),
         // MessagePack: the values, a canonical writer, a bounds-checked reader and JSON conversion, in pure Swift
@@ -69,6 +76,7 @@ let package = Package(
                 "CMosquitto",
                 "CMosquittoIO",
                 "MosquittoPOSIX",
+                "MQTTOutbox",
                 "MQTTURLParser",
                 "MQTTWebSocket",
                 .product(name: "Logging", package: "swift-log"),
@@ -89,7 +97,7 @@ let package = Package(
         // The engine of mqtt-pub, mqtt-sub and mqtt-rr: libmosquitto driven directly, as mosquitto's own clients
         // do, with nothing else linked but the WebSocket tunnel (which starts its threads only for --ws), so a short
         // run starts in about the time mosquitto_pub does.
-        .target(name: "MosquittoCLICore", dependencies: ["CMosquitto", "CMosquittoIO", "MQTTURLParser", "MessagePack", "MQTTWebSocket"], path: "Sources/MosquittoCLI/Core"),
+        .target(name: "MosquittoCLICore", dependencies: ["CMosquitto", "CMosquittoIO", "MQTTURLParser", "MessagePack", "MQTTWebSocket", "MQTTOutbox", .product(name: "Logging", package: "swift-log")], path: "Sources/MosquittoCLI/Core"),
         // ArgumentParser options in the CLIs' spelling for library clients: mqtt-bridge's broker options (and the flags to
         // name for a library error), -D properties, and mqtt-sub's printing for library messages (MessageFormatter).
         .target(
@@ -113,6 +121,7 @@ let package = Package(
             dependencies: [
                 "Mosquitto",
                 "MessagePack",
+                "MQTTOutbox",
                 "MosquittoPOSIX",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -211,7 +220,7 @@ let package = Package(
         .testTarget(
             name: "BridgeTests",
             dependencies: [
-                "MQTTBridge", "MQTTBridgeCommand", "Mosquitto", "MosquittoBroker", "MosquittoTestSupport",
+                "MQTTBridge", "MQTTBridgeCommand", "Mosquitto", "MQTTOutbox", "MosquittoBroker", "MosquittoTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -232,6 +241,7 @@ let package = Package(
         .executableTarget(name: "example-work-queue", dependencies: exampleDependencies, path: "Examples/WorkQueue"),
         .executableTarget(name: "example-fan-in-logger", dependencies: exampleDependencies, path: "Examples/FanInLogger"),
         .executableTarget(name: "example-tcp-feed", dependencies: exampleDependencies + ["mqtt-bridge"], path: "Examples/TCPFeed"),
+        .executableTarget(name: "example-store-and-forward", dependencies: exampleDependencies, path: "Examples/StoreAndForward"),
         .executableTarget(name: "example-udp-feed", dependencies: exampleDependencies + ["mqtt-bridge"], path: "Examples/UDPFeed"),
         .testTarget(name: "ExampleTests", dependencies: ["MosquittoBroker", "MosquittoTestSupport"]),
     ],

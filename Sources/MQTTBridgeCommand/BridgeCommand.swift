@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import MQTTBridge
 import Mosquitto
+import MQTTOutbox
 import MosquittoCLI
 import ServiceLifecycle
 import UnixSignals

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import Mosquitto
+import MQTTOutbox
 import MosquittoTestSupport
 import MQTTBridge
 import MQTTBridgeCommand

@@ -1,5 +1,6 @@
 import Foundation
 import Mosquitto
+import MQTTOutbox
 import MosquittoBroker
 import MosquittoTestSupport
 import MQTTBridge

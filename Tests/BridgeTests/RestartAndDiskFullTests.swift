@@ -1,5 +1,6 @@
 import Foundation
 import Mosquitto
+import MQTTOutbox
 import MosquittoBroker
 import MosquittoTestSupport
 import MQTTBridge
@@ -9,31 +10,6 @@ import Testing
 import Glibc
 #endif
 
-/// Mounts a tmpfs of `size` at `path` for the duration of `body` (root only: the tests using it are enabled as root,
-/// which CI is).
-func withSmallFilesystem<T>(at path: String, size: String, _ body: () async throws -> T) async throws -> T {
-    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    func run(_ arguments: [String]) throws -> Int32 {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/" + arguments[0])
-        p.arguments = Array(arguments.dropFirst())
-        try p.run()
-        p.waitUntilExit()
-        return p.terminationStatus
-    }
-    let status = try run(["mount", "-t", "tmpfs", "-o", "size=\(size),mode=0700", "tmpfs", path])
-    try #require(status == 0, "mount -t tmpfs failed (exit \(status))")
-    do {
-        let r = try await body()
-        _ = try run(["umount", "-l", path])
-        return r
-    } catch {
-        _ = try? run(["umount", "-l", path])
-        throw error
-    }
-}
-
-let isRoot = getuid() == 0
 
 /// Line `n` of the full-disk feed: 49 bytes.
 func diskFullLine(_ n: Int) -> String { "n\(pad6(n)) " + String(repeating: "p", count: 40) + "\n" }

@@ -1,5 +1,6 @@
 import Foundation
 import Mosquitto
+import MQTTOutbox
 import MosquittoTestSupport
 import MQTTBridge
 import Testing
@@ -89,11 +90,20 @@ struct SpoolTests {
         spool.acknowledge(through: all[99].sequence)
         #expect(spool.depth.records == 200)
         #expect(spool.firstUnacknowledged == all[100].sequence)
-        // A crash now (no flush, no close): a second opener sees the old watermark and resends all 300.
-        let crashed = try Spool(configuration: SpoolConfiguration(directory: dir, segmentBytes: 4096))
+        // A crash now (no flush, no close): the files as they are now (copied, since this spool holds the lock on
+        // its directory while it lives) show the old watermark, and an opener resends all 300.
+        func snapshot() throws -> String {
+            let copy = temporaryDirectory() + "/crashed"
+            try FileManager.default.copyItem(atPath: dir, toPath: copy)
+            return copy
+        }
+        let crashedDir = try snapshot()
+        let crashed = try Spool(configuration: SpoolConfiguration(directory: crashedDir, segmentBytes: 4096))
         #expect(crashed.recoveredRecords == 300)
         try spool.flushDone()
-        let flushed = try Spool(configuration: SpoolConfiguration(directory: dir, segmentBytes: 4096))
+        let flushedDir = try snapshot()
+        defer { for d in [crashedDir, flushedDir] { try? FileManager.default.removeItem(atPath: d) } }
+        let flushed = try Spool(configuration: SpoolConfiguration(directory: flushedDir, segmentBytes: 4096))
         #expect(flushed.recoveredRecords == 200)
         #expect(try flushed.readBatch(maxRecords: 1).first?.topic == "t/100")
         // After a rewind the same records come again, in order, from the watermark.

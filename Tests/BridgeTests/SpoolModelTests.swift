@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Mosquitto
+import MQTTOutbox
 import MosquittoTestSupport
 import Testing
 import MQTTBridge

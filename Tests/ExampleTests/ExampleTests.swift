@@ -91,6 +91,15 @@ struct ExampleTests {
         #expect(out.contains("OK: 20 datagrams became 20 MQTT messages on udp/in/127.0.0.1; 5 MQTT messages on udp/out became 5 datagrams."))
     }
 
+    @Test("example-store-and-forward: 10,000 QoS 1 readings stored while the broker is away survive SIGKILL and arrive in order")
+    func storeAndForward() async throws {
+        let out = try await runExample("example-store-and-forward")
+        #expect(out.contains("it stored them all; killing it with SIGKILL"))
+        #expect(out.contains("gateway: the outbox holds 10000 readings a previous run left; they go first"))
+        // Nothing was acknowledged before the kill, so the bound on duplicates is 0.
+        #expect(out.contains("OK: all 10001 readings arrived in order, 0 duplicates; the 10000 stored before the SIGKILL came first."))
+    }
+
     @Test("--broker HOST:PORT runs an example against a broker it did not start")
     func externalBroker() async throws {
         let broker = try MosquittoBroker()

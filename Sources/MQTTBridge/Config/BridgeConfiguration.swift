@@ -1,4 +1,5 @@
 import Mosquitto
+import MQTTOutbox
 
 /// Which way a route forwards.
 public enum RouteDirection: String, Sendable, Hashable, CaseIterable {

@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import Mosquitto
+import MQTTOutbox
 
 /// `read(2)`, under a name that `ConfigParser.read(file:)` does not hide.
 private func systemRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int) -> Int { read(fd, buffer, count) }

@@ -1,3 +1,4 @@
+import MQTTOutbox
 import NIOCore
 import NIOPosix
 

@@ -1,3 +1,4 @@
+import MQTTOutbox
 import MosquittoPOSIX
 import Prometheus
 import Synchronization

@@ -1,6 +1,7 @@
 import MosquittoPOSIX
 import Logging
 import Mosquitto
+import MQTTOutbox
 import NIOCore
 import NIOPosix
 import ServiceLifecycle

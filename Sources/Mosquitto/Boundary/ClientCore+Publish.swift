@@ -190,4 +190,8 @@ public enum PublishCompletion: Sendable, Hashable {
     /// Return as soon as the message is in the client's bounded outgoing queue, so that one publisher keeps
     /// many messages in flight. Suspends only while the queue is full.
     case enqueued
+    /// Return once the message is stored in the client's durable outbox (``MQTTConfiguration/outbox``), written
+    /// to its file and synced per the outbox's fsync policy: from then on it survives a restart of the process.
+    /// Needs an outbox (without one, `publish` throws ``MQTTError/Code/invalidArgument``).
+    case stored
 }

@@ -53,15 +53,37 @@ public enum ConnectionEvent: Sendable, Hashable {
 /// waiting task throws `CancellationError`, and the scoped ones rethrow what their closure throws.
 public final class MQTTClient: Sendable {
     let core: ClientCore
+    /// The durable outbox, when ``MQTTConfiguration/outbox`` is set.
+    let outbox: ClientOutbox?
 
     /// Creates a client. Nothing is sent until ``connect()``.
-    /// - Throws: ``MQTTError`` for an invalid configuration (keepalive, port, TLS files, will topic …).
+    ///
+    /// With an ``MQTTConfiguration/outbox``, this opens it: it takes the directory's lock and finds what a
+    /// previous run left unacknowledged, which ``connect()`` then sends first.
+    /// - Throws: ``MQTTError`` for an invalid configuration (keepalive, port, TLS files, will topic …);
+    ///   ``MQTTError/Code/outboxInUse`` when another live client holds the outbox directory,
+    ///   ``MQTTError/Code/outboxUnavailable`` when it cannot be created or read.
     public init(configuration: MQTTConfiguration) throws(MQTTError) {
         core = try ClientCore(configuration: configuration)
+        if let o = configuration.outbox {
+            do {
+                outbox = try ClientOutbox(o, core: core, logger: configuration.logger)
+            } catch {
+                _ = core.requestShutdown()
+                throw error
+            }
+        } else {
+            outbox = nil
+        }
     }
+
+    /// What the durable outbox holds now: depth, the age of the oldest message, what a previous run left and
+    /// what was cut off as torn. nil without an ``MQTTConfiguration/outbox``.
+    public var outboxStatus: OutboxStatus? { outbox?.status }
 
     deinit {
         _ = core.requestShutdown()
+        outbox?.abandon()
     }
 
     /// The configuration the client was made with.
@@ -108,7 +130,8 @@ public final class MQTTClient: Sendable {
     /// client reconnects by itself. Calling `connect()` again while connected returns the current CONNACK.
     @discardableResult
     public func connect() async throws -> ConnAck {
-        try await core.connect()
+        outbox?.start()
+        return try await core.connect()
     }
 
     /// Publishes a message.
@@ -123,9 +146,19 @@ public final class MQTTClient: Sendable {
     /// - Throws: ``MQTTError``: `.notConnected` for QoS 0 while offline (QoS 1/2 are queued until the connection
     ///   returns), `.notAuthorized`/`.publishRejected` when the broker refuses it (MQTT 5), `.shutDown`.
     ///   Cancelling the task stops the wait; a message already handed to libmosquitto is still delivered.
+    ///
+    /// With an ``MQTTConfiguration/outbox``, the message is stored first and the client sends it from there, so
+    /// QoS 0 is accepted while offline too; ``PublishCompletion/stored`` and ``PublishCompletion/enqueued`` return once
+    /// it is written, and the receipt's ``PublishReceipt/messageID`` is 0. It throws
+    /// ``MQTTError/Code/outboxFull`` or ``MQTTError/Code/outboxUnavailable`` (per
+    /// ``MQTTConfiguration/Outbox/whenFull``) when the message could not be stored.
     @discardableResult
     nonisolated(nonsending) public func publish(_ message: MQTTMessage, completion: PublishCompletion = .acknowledged) async throws -> PublishReceipt {
-        try await core.publish(message, completion: completion)
+        if let outbox { return try await outbox.publish(message, completion: completion) }
+        if completion == .stored {
+            throw MQTTError(.invalidArgument, "PublishCompletion.stored needs a durable outbox: set MQTTConfiguration.outbox, or use .enqueued.")
+        }
+        return try await core.publish(message, completion: completion)
     }
 
     /// Hands a message to the bounded outgoing queue and reports its completion through `onComplete`.
@@ -140,25 +173,31 @@ public final class MQTTClient: Sendable {
     @discardableResult
     public func publish(_ message: MQTTMessage,
                         onComplete: @escaping @Sendable (Result<MQTTReasonCode, MQTTError>) -> Void) async throws -> PublishReceipt {
-        try await core.publish(message, completion: .enqueued, onComplete: { onComplete($0.map(MQTTReasonCode.init(rawValue:))) })
+        let callback: PublishCallback = { onComplete($0.map(MQTTReasonCode.init(rawValue:))) }
+        if let outbox { return try await outbox.publish(message, completion: .stored, onComplete: callback) }
+        return try await core.publish(message, completion: .enqueued, onComplete: callback)
     }
 
     /// Publishes bytes to a topic. See ``publish(_:completion:)``.
     @discardableResult
     public func publish(to topic: String, payload: some Sequence<UInt8>, qos: QoS = .atLeastOnce, retain: Bool = false,
                         properties: MessageProperties = .init(), completion: PublishCompletion = .acknowledged) async throws -> PublishReceipt {
-        try await core.publish(MQTTMessage(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties), completion: completion)
+        try await publish(MQTTMessage(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties), completion: completion)
     }
 
     /// Publishes a UTF-8 string to a topic. See ``publish(_:completion:)``.
     @discardableResult
     public func publish(to topic: String, string: String, qos: QoS = .atLeastOnce, retain: Bool = false,
                         properties: MessageProperties = .init(), completion: PublishCompletion = .acknowledged) async throws -> PublishReceipt {
-        try await core.publish(MQTTMessage(topic: topic, string: string, qos: qos, retain: retain, properties: properties), completion: completion)
+        try await publish(MQTTMessage(topic: topic, string: string, qos: qos, retain: retain, properties: properties), completion: completion)
     }
 
     /// Waits until every publication handed to the client so far has completed (acknowledged, written, or failed).
+    ///
+    /// With an ``MQTTConfiguration/outbox``, that is until the outbox is empty: every stored message acknowledged,
+    /// those a previous run left included (or the client shut down).
     public func waitUntilAllPublished() async {
+        if let outbox { await outbox.waitUntilEmpty() }
         await core.waitUntilAllPublished()
     }
 
@@ -275,6 +314,8 @@ public final class MQTTClient: Sendable {
     ///     expiry when the client connected with none. Ignored on MQTT 3.x.
     public func shutdown(disconnectReason: MQTTReasonCode = .normalDisconnection, properties: DisconnectProperties = .init()) async {
         await core.shutdown(disconnectReason: disconnectReason.rawValue, properties: properties)
+        // After the engine: the acknowledgements it received up to the end are recorded before the files close.
+        await outbox?.stop()
     }
 
     /// Connects, runs `body`, and shuts the client down however `body` ends.

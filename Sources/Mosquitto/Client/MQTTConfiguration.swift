@@ -400,6 +400,10 @@ public struct MQTTConfiguration: Sendable {
     /// milliseconds; it also bounds how late a keepalive PINGREQ goes out. Tests stretch it so that a missed
     /// wake-up cannot hide behind a short timeout.
     var pollIdleTimeoutMilliseconds: Int32 = 1000
+    /// A durable outbox: published messages are written to this directory before they are sent, and leave it when
+    /// the broker acknowledged them, so they survive a restart of the process, `kill -9` or a reboot. nil (the
+    /// default) keeps the outgoing queue in memory, as every MQTT client does. See ``Outbox``.
+    public var outbox: Outbox?
     /// Where the client logs. libmosquitto's own log lines are forwarded at `.debug`/`.trace` when that level is on.
     public var logger: Logger = Logger(label: "mosquitto.client")
 

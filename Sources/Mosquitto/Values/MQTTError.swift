@@ -15,6 +15,7 @@ public struct MQTTError: Error, Sendable, Hashable, CustomStringConvertible {
             case invalidTopic, invalidFilter, invalidArgument, payloadTooLarge, notConnected, connectionFailed
             case connectionLost, connectionRefused, badCredentials, notAuthorized, tls, subscriptionRejected
             case publishRejected, protocolError, timeout, shutDown, gaveUp, requiresMQTT5, system, webSocketRejected
+            case outboxInUse, outboxFull, outboxUnavailable
             case library(Int32)
         }
 
@@ -66,6 +67,14 @@ public struct MQTTError: Error, Sendable, Hashable, CustomStringConvertible {
         /// ``MQTTError/httpStatus``; 401 and 403 are ``badCredentials`` and ``notAuthorized``), no `mqtt` subprotocol,
         /// or a server that is not a WebSocket endpoint at all (see ``MQTTConfiguration/Transport/webSockets(_:)``).
         public static let webSocketRejected = Code(.webSocketRejected)
+        /// Another live client (in this process or another) holds the outbox directory
+        /// (``MQTTConfiguration/Outbox``); two clients never share one.
+        public static let outboxInUse = Code(.outboxInUse)
+        /// The outbox holds its ``MQTTConfiguration/Outbox/maximumBytes`` and its full policy is
+        /// ``MQTTConfiguration/Outbox/FullPolicy/fail``: the message was not stored.
+        public static let outboxFull = Code(.outboxFull)
+        /// The outbox could not be opened or written (a full disk, permissions): the message was not stored.
+        public static let outboxUnavailable = Code(.outboxUnavailable)
         /// Any other libmosquitto error code (a `MOSQ_ERR_*` value); see ``libraryErrorCode``.
         public static func library(_ rc: Int32) -> Code { Code(.library(rc)) }
 

@@ -116,6 +116,10 @@ final class ClientConfig {
     var passwordSources = 0
     var jsonLines = false
     var noReconnect = false
+    /// `--outbox DIR` (mqtt-pub): a durable outbox every message is stored in before it is sent.
+    var outboxDirectory: String?
+    /// `--drain` (mqtt-pub, with `--outbox`): send what the outbox holds, then exit.
+    var drainOutbox = false
     var payloadDecode: PayloadCoding.Decode?
     var encodeMessagePack = false
 
@@ -781,6 +785,14 @@ extension ClientConfig {
                 }
                 encodeMessagePack = true
                 i += 1
+            } else if cEqual(a, "--outbox") {
+                if !only(.pub) { return unknown() }
+                guard let v = value("outbox") else { return .error }
+                outboxDirectory = String(cString: v)
+                i += 1
+            } else if cEqual(a, "--drain") {
+                if !only(.pub) { return unknown() }
+                drainOutbox = true
             } else if cEqual(a, "--no-reconnect") {
                 if !only(.sub) { return unknown() }
                 noReconnect = true

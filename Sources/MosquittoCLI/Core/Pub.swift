@@ -24,6 +24,8 @@ final class PubSession: Session {
     var nextPublish = timeval()
     /// Published, not yet reported by the publish callback (`-l`).
     var outstanding = 0
+    /// `--outbox`: the durable outbox the messages go through.
+    var outbox: OutboxSender?
 
     init() { super.init(kind: .pub, defaultName: "mqtt-pub") }
 
@@ -40,18 +42,18 @@ final class PubSession: Session {
                 return 1
             }
         }
+        if config.outboxDirectory != nil { return runWithOutbox() }
+        if config.drainOutbox {
+            config.errPrintf("Error: --drain sends what an outbox holds: give the outbox with --outbox DIR.\n")
+            return 1
+        }
         if config.topic == nil || config.publishMode == .none {
             errorPrintf("Error: Both topic and message must be supplied.\n")
             Usage.pub(name)
             return 1
         }
         if config.encodeMessagePack && !prepareMessagePack() { return 1 }
-        let m = createHandle(invalidIDMessage: "Error: Invalid id.\n")
-        installLogCallback(m)
-        mosquitto_connect_v5_callback_set(m, PubSession.onConnect)
-        mosquitto_disconnect_v5_callback_set(m, PubSession.onDisconnect)
-        mosquitto_publish_v5_callback_set(m, PubSession.onPublish)
-        if !config.apply(to: m) { return 1 }
+        guard let m = makeHandle() else { return 1 }
         let connected = config.connect(m)
         if connected != 0 { return config.connectFailureStatus(connected) }
 
@@ -60,6 +62,17 @@ final class PubSession: Session {
         if rc != 0 { config.reportRuntimeError(rc, connackReceived: connackReceived) }
         if connackResult == 0 && rc == 0 && skippedLines > 0 { return 1 }
         return connackResult != 0 ? connackResult : rc
+    }
+
+    /// The libmosquitto handle with mqtt-pub's callbacks and the options applied; nil (reported) when an option
+    /// cannot be applied.
+    func makeHandle() -> OpaquePointer? {
+        let m = createHandle(invalidIDMessage: "Error: Invalid id.\n")
+        installLogCallback(m)
+        mosquitto_connect_v5_callback_set(m, PubSession.onConnect)
+        mosquitto_disconnect_v5_callback_set(m, PubSession.onDisconnect)
+        mosquitto_publish_v5_callback_set(m, PubSession.onPublish)
+        return config.apply(to: m) ? m : nil
     }
 
     /// `--encode msgpack`: the message (`-m`, `-f`, `-s`) is JSON text, sent as MessagePack; invalid JSON is an
@@ -132,6 +145,11 @@ final class PubSession: Session {
         if result == 0 {
             s.connackReceived = true
             s.firstPublish = true
+            if s.outbox != nil {
+                // The outbox's loop publishes what it holds.
+                s.status = .connackReceived
+                return
+            }
             var rc: Int32 = 0
             switch s.config.publishMode {
             case .command, .file, .stdinFile:
@@ -185,6 +203,11 @@ final class PubSession: Session {
             }
         }
         s.publishCount += 1
+        if let outbox = s.outbox {
+            // Settled, acknowledged or refused (reported above): it leaves the outbox.
+            outbox.published(mid: mid)
+            return
+        }
         if s.config.publishMode == .stdinLine {
             if mid == s.lastMid {
                 _ = mosquitto_disconnect_v5(mosq, 0, s.config.disconnectProperties)

@@ -102,12 +102,20 @@ enum Usage {
                                  content type application/msgpack on MQTT 5 (unless -D sets one); invalid JSON
                                  is an error and nothing is sent; with -l such a line is reported with its
                                  number and skipped, the others are sent, and the exit status is 1
+              --outbox DIR       store every message in the durable outbox DIR before it is sent (-q 1 or 2);
+                                 it leaves DIR when the broker acknowledged it. With -l every line read is
+                                 stored first, so kill -9 loses nothing read. If the broker cannot be
+                                 reached the messages stay in DIR and the exit status is 75
+              --drain            with --outbox and no message: send what DIR holds, exit 0 once the broker
+                                 acknowledged all of it (75 if it cannot be reached)
 
         \(connection)
         Examples:
           NAME -t sensors/kitchen/temperature -m 21.5 -q 1
           seq 1 100 | NAME -t numbers -l
           NAME -L mqtts://broker.example.com/alerts -f alert.json -D publish content-type application/json
+          NAME --outbox /var/lib/readings -t sensors/gw1 -m 21.5 -q 1    (exit 75: stored, broker away)
+          NAME --outbox /var/lib/readings --drain                         (later: send what is stored)
 
         """)
     }

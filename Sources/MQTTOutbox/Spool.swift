@@ -7,7 +7,6 @@ import Musl
 import Darwin
 #endif
 import Logging
-import Mosquitto
 import Synchronization
 
 /// `close(2)`, named so that it does not clash with ``Spool/close()``.
@@ -19,7 +18,7 @@ func closeFile(_ fd: Int32) {
     #endif
 }
 
-/// Settings of a route's on-disk spool.
+/// Settings of an on-disk spool: the durable outbox of a client (`MQTTConfiguration.outbox`) or of a bridge route.
 public struct SpoolConfiguration: Sendable, Hashable {
     /// When the spool calls `fsync`.
     public enum FsyncPolicy: Sendable, Hashable {
@@ -69,9 +68,12 @@ public struct SpoolError: Error, Sendable, CustomStringConvertible {
     public var message: String
     /// The errno, when a system call failed.
     public var errno: Int32?
-    init(_ message: String, errno: Int32? = nil) {
+    /// True when another live process (or another open spool in this one) holds the directory's lock.
+    public var inUse: Bool
+    init(_ message: String, errno: Int32? = nil, inUse: Bool = false) {
         self.message = message
         self.errno = errno
+        self.inUse = inUse
     }
     public var description: String {
         if let errno { return "\(message): \(String(cString: strerror(errno)))" }
@@ -95,6 +97,10 @@ package struct SpoolRecord: Sendable, Hashable {
         package static let deadLetter = Flags(rawValue: 8)
         /// The payload was transcoded to MessagePack (content type `application/msgpack` on MQTT 5).
         package static let messagePack = Flags(rawValue: 16)
+        /// The record carries MQTT 5 publish properties (``SpoolRecord/properties``), stored between the topic and
+        /// the payload as `[length u32 LE][bytes]`. Records without this flag (every record a bridge wrote before
+        /// the spool became the client's outbox) read as before.
+        package static let properties = Flags(rawValue: 32)
     }
     /// The sequence number, increasing by one per record in a spool.
     package var sequence: UInt64
@@ -102,24 +108,28 @@ package struct SpoolRecord: Sendable, Hashable {
     package var topic: String
     /// The payload, byte-exact.
     package var payload: [UInt8]
-    /// The QoS to publish with.
-    package var qos: QoS
+    /// The QoS to publish with (0, 1 or 2).
+    package var qosLevel: UInt8
     /// Flags.
     package var flags: Flags
+    /// Encoded MQTT 5 publish properties (the client library's encoding); empty when there are none.
+    package var properties: [UInt8]
 
     /// Creates a record (the sequence is assigned by ``Spool/append(_:)``).
-    package init(sequence: UInt64 = 0, topic: String, payload: [UInt8], qos: QoS, flags: Flags = []) {
+    package init(sequence: UInt64 = 0, topic: String, payload: [UInt8], qosLevel: UInt8, flags: Flags = [], properties: [UInt8] = []) {
         self.sequence = sequence
         self.topic = topic
         self.payload = payload
-        self.qos = qos
-        self.flags = flags
+        self.qosLevel = qosLevel
+        self.flags = properties.isEmpty ? flags.subtracting(.properties) : flags.union(.properties)
+        self.properties = properties
     }
 }
 
 /// A durable, append-only, segmented log of frames waiting for the broker's acknowledgement.
 ///
-/// Each record is `[length u32 LE][crc32 u32 LE][sequence u64 LE][flags u8][qos u8][topic length u16 LE][topic][payload]`,
+/// Each record is `[length u32 LE][crc32 u32 LE][sequence u64 LE][flags u8][qos u8][topic length u16 LE][topic][payload]`
+/// (with the ``SpoolRecord/Flags-swift.struct/properties`` flag, `[length u32 LE][properties]` comes before the payload),
 /// with the CRC over everything after it. The done watermark (every record up to it was acknowledged by the broker)
 /// is kept in a small `done` file of two slots `[sequence u64 LE][crc32 u32 LE]`, written in place, alternately, so
 /// that recording acknowledgements never needs new disk space: a full disk cannot stop the spool from freeing
@@ -182,6 +192,8 @@ package final class Spool: Sendable {
         var doneSlot = 0
         /// The last topic decoded, so records of one topic share one string.
         var lastTopicBytes: [UInt8] = []
+        /// The `lock` file's descriptor, holding an exclusive `flock` for as long as the spool is open.
+        var lockFD: Int32 = -1
         var lastTopic = ""
         /// Read-ahead buffer for ``readBatch(maxRecords:maxBytes:)``: bytes of `readSegment` from `chunkOffset`.
         var chunk: [UInt8] = []
@@ -205,10 +217,16 @@ package final class Spool: Sendable {
         donePath = dir + "/done"
         try Self.makeDirectory(dir)
         var s = State()
+        s.lockFD = try Self.lock(dir)
+        // Until the state owns the lock (and deinit releases it), a failed open releases it here.
+        var stateOwnsLock = false
+        defer { if !stateOwnsLock { closeFile(s.lockFD) } }
         // Done watermark: the larger valid slot. A leftover `done.tmp` is from the earlier rename-based format.
         unlink(dir + "/done.tmp")
         let doneFD = open(donePath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard doneFD >= 0 else { throw SpoolError("Cannot open the spool's watermark file \(donePath)", errno: errno) }
+        guard doneFD >= 0 else {
+            throw SpoolError("Cannot open the spool's watermark file \(donePath)", errno: errno)
+        }
         _ = fchmod(doneFD, 0o600)
         var slots = [UInt8](repeating: 0, count: 2 * Self.doneSlotBytes)
         let slotBytes = Self.pread(doneFD, &slots, 0)
@@ -300,6 +318,7 @@ package final class Spool: Sendable {
             s.readSequence = s.nextSequence
         }
         state = LockedValue(s)
+        stateOwnsLock = true
         if s.pendingCount > 0 {
             logger.info("Spool \(dir): \(s.pendingCount) unacknowledged records (\(s.pendingBytes) bytes) recovered, resending.")
         }
@@ -312,7 +331,40 @@ package final class Spool: Sendable {
             s.segments.removeAll()
             if s.doneFD >= 0 { closeFile(s.doneFD) }
             s.doneFD = -1
+            if s.lockFD >= 0 { closeFile(s.lockFD) }
+            s.lockFD = -1
         }
+    }
+
+    /// Takes the directory's lock: an exclusive `flock` on `lock`, which also holds the owner's process id for the
+    /// error a second opener gets. The kernel releases it when the process ends, however it ends.
+    static func lock(_ dir: String) throws -> Int32 {
+        let path = dir + "/lock"
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SpoolError("Cannot open the lock file \(path)", errno: errno) }
+        // A lock just released can still be held for an instant by a child that another thread of this process
+        // forked and has not exec'd yet (the descriptor is close-on-exec, but the child shares it until then):
+        // an open right after a close retries for a little while before it reports the directory as in use.
+        var result = flock(fd, LOCK_EX | LOCK_NB)
+        var e = result == 0 ? 0 : errno
+        for _ in 0..<50 where result != 0 && e == EWOULDBLOCK {
+            usleep(20_000)
+            result = flock(fd, LOCK_EX | LOCK_NB)
+            e = result == 0 ? 0 : errno
+        }
+        if result != 0 {
+            var owner = [UInt8](repeating: 0, count: 24)
+            let n = Self.pread(fd, &owner, 0)
+            closeFile(fd)
+            guard e == EWOULDBLOCK else { throw SpoolError("Cannot lock \(path)", errno: e) }
+            let pid = String(decoding: owner.prefix(max(0, n)).filter { $0 >= 0x30 && $0 <= 0x39 }, as: UTF8.self)
+            throw SpoolError(
+                "\(dir) is in use by another live client\(pid.isEmpty ? "" : " (process \(pid))"); two clients cannot share one outbox or spool. Give each its own directory, or stop the other one first.",
+                inUse: true)
+        }
+        _ = ftruncate(fd, 0)
+        _ = Self.pwrite(fd, Array("\(getpid())\n".utf8), 0)
+        return fd
     }
 
     // MARK: Appending
@@ -321,6 +373,19 @@ package final class Spool: Sendable {
     /// (the caller should stop reading its socket and wait with ``whenSpaceAvailable(_:)``).
     @discardableResult
     package func append(_ records: [SpoolRecord]) throws -> Bool {
+        var first: UInt64 = 0
+        return try append(records, firstSequence: &first)
+    }
+
+    /// Appends one record and returns its sequence number.
+    package func append(_ record: SpoolRecord) throws -> UInt64 {
+        var first: UInt64 = 0
+        try append([record], firstSequence: &first)
+        return first
+    }
+
+    @discardableResult
+    private func append(_ records: [SpoolRecord], firstSequence: inout UInt64) throws -> Bool {
         if records.isEmpty { return isFull }
         var bytes: [UInt8] = []
         var waiter: CheckedContinuation<Void, Never>?
@@ -328,6 +393,7 @@ package final class Spool: Sendable {
             if s.closed { throw SpoolError("The spool is closed.") }
             bytes.removeAll(keepingCapacity: true)
             var seq = s.nextSequence
+            firstSequence = seq
             var sizes: [Pending] = []
             sizes.reserveCapacity(records.count)
             let now = ContinuousClock.now
@@ -535,6 +601,7 @@ package final class Spool: Sendable {
     /// Hands out again every record not yet acknowledged (after a failed publish).
     package func rewind() {
         state.withLock { s in
+            guard !s.closed else { return }
             let target = s.done + 1
             // Fast path: the oldest unacknowledged record's position is known.
             if s.sizesHead < s.sizes.count {
@@ -588,6 +655,13 @@ package final class Spool: Sendable {
                 closeFile(s.doneFD)
                 s.doneFD = -1
             }
+            // The segments too: a closed spool holds no file open, so its directory can be removed and its space
+            // is freed at once (reads return nothing, appends throw).
+            for seg in s.segments { closeFile(seg.fd) }
+            s.segments.removeAll()
+            s.chunkOffset = -1
+            if s.lockFD >= 0 { closeFile(s.lockFD) }
+            s.lockFD = -1
             s.closed = true
             let w = s.recordsWaiter
             s.recordsWaiter = nil
@@ -645,7 +719,8 @@ package final class Spool: Sendable {
         if let last = s.segments.last, last.size == 0 { return }
         // The previous segment is complete: make it durable before starting the next one.
         if let last = s.segments.last, configuration.fsync != .never { _ = fdatasync(last.fd) }
-        let name = "seg-" + String(s.nextSequence).leftPadded(20) + ".log"
+        let digits = String(s.nextSequence)
+        let name = "seg-" + String(repeating: "0", count: max(0, 20 - digits.count)) + digits + ".log"
         let path = configuration.directory + "/" + name
         let fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SpoolError("Cannot create spool segment \(path)", errno: errno) }
@@ -685,14 +760,19 @@ package final class Spool: Sendable {
 
     static func encode(_ r: SpoolRecord, sequence: UInt64, into out: inout [UInt8]) {
         let topic = Array(r.topic.utf8)
-        let bodyLength = 8 + 1 + 1 + 2 + topic.count + r.payload.count
+        let hasProperties = r.flags.contains(.properties)
+        let bodyLength = 8 + 1 + 1 + 2 + topic.count + (hasProperties ? 4 + r.properties.count : 0) + r.payload.count
         let start = out.count
         out.append(contentsOf: repeatElement(0, count: 8))
         withUnsafeBytes(of: sequence.littleEndian) { out.append(contentsOf: $0) }
         out.append(r.flags.rawValue)
-        out.append(r.qos.rawValue)
+        out.append(r.qosLevel)
         withUnsafeBytes(of: UInt16(truncatingIfNeeded: topic.count).littleEndian) { out.append(contentsOf: $0) }
         out.append(contentsOf: topic)
+        if hasProperties {
+            withUnsafeBytes(of: UInt32(truncatingIfNeeded: r.properties.count).littleEndian) { out.append(contentsOf: $0) }
+            out.append(contentsOf: r.properties)
+        }
         out.append(contentsOf: r.payload)
         let crc = out.withUnsafeBytes { CRC32.checksum(UnsafeRawBufferPointer(rebasing: $0[(start + 8)...])) }
         out.withUnsafeMutableBytes { p in
@@ -711,7 +791,7 @@ package final class Spool: Sendable {
     static func decode(_ p: UnsafeRawBufferPointer, lastTopicBytes: inout [UInt8], lastTopic: inout String) -> SpoolRecord {
         let seq = p.loadUnaligned(fromByteOffset: 0, as: UInt64.self).littleEndian
         let flags = SpoolRecord.Flags(rawValue: p[8])
-        let qos = QoS(rawValue: p[9]) ?? .atLeastOnce
+        let qos = p[9] <= 2 ? p[9] : 1
         let tl = Int(p.loadUnaligned(fromByteOffset: 10, as: UInt16.self).littleEndian)
         let topicBytes = UnsafeRawBufferPointer(rebasing: p[12..<12 + tl])
         let topic: String
@@ -722,8 +802,16 @@ package final class Spool: Sendable {
             lastTopicBytes = Array(topicBytes)
             lastTopic = topic
         }
-        let payload = Array(UnsafeRawBufferPointer(rebasing: p[(12 + tl)...]))
-        return SpoolRecord(sequence: seq, topic: topic, payload: payload, qos: qos, flags: flags)
+        var at = 12 + tl
+        var properties: [UInt8] = []
+        if flags.contains(.properties), at + 4 <= p.count {
+            let pl = Int(p.loadUnaligned(fromByteOffset: at, as: UInt32.self).littleEndian)
+            let end = min(p.count, at + 4 + pl)
+            properties = Array(UnsafeRawBufferPointer(rebasing: p[(at + 4)..<end]))
+            at = end
+        }
+        let payload = Array(UnsafeRawBufferPointer(rebasing: p[at...]))
+        return SpoolRecord(sequence: seq, topic: topic, payload: payload, qosLevel: qos, flags: flags, properties: properties)
     }
 
     static func makeDirectory(_ path: String) throws {
