@@ -6,14 +6,16 @@
 // Like the C program it uses only the library and the C runtime (no Foundation), so the peak memory compares
 // the two libraries, not their programs' extras.
 //
-//   mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311] [network|pool|unbatched|ws|ws-pub|ws-sub] [PLAINPORT]
+//   mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311] [network|pool|unbatched|ws|ws-pub|ws-sub|outbox-interval|outbox-always] [PLAINPORT]
 //
 // By default the publishing task and the counting task run on their client's network thread
 // (`Task(executorPreference: client.executor)`), where the C program's callbacks run; "pool" runs them on the
 // global concurrent executor instead, as plain `Task { }` does; "unbatched" runs them on the network thread with
 // the library's socket batching off (`batchesSocketIO = false`: libmosquitto's own reads and writes); "ws" runs them
 // on the network thread with both clients over WebSockets (PORT is then the broker's websockets listener);
-// "ws-pub"/"ws-sub" with only the publisher or the subscriber over WebSockets, the other on PLAINPORT.
+// "ws-pub"/"ws-sub" with only the publisher or the subscriber over WebSockets, the other on PLAINPORT;
+// "outbox-interval"/"outbox-always" on the network thread with the publisher's durable outbox in a fresh directory
+// under /tmp (fsync every second, or after every append), publishing with `completion: .stored`.
 //
 // Prints one line of JSON: {"impl":"swift","qos":Q,"messages":N,"received":R,"seconds":S,"rate":R/S,"peak_rss_kb":K,
 // "cpu_ms":T}, T being the process's CPU time (user + system, all threads, connecting included).
@@ -65,7 +67,7 @@ func seconds(_ d: Duration) -> Double {
 nonisolated func run(_ args: [String]) async -> Int32 {
     guard args.count >= 6, let port = Int(args[2]), let qosValue = UInt8(args[3]), let level = QoS(rawValue: qosValue),
           let count = Int(args[4]), let size = Int(args[5]) else {
-        printError("usage: mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311] [network|pool|unbatched|ws|ws-pub|ws-sub] [PLAINPORT]")
+        printError("usage: mosquitto-bench-swift HOST PORT QOS COUNT SIZE [5|311] [network|pool|unbatched|ws|ws-pub|ws-sub|outbox-interval|outbox-always] [PLAINPORT]")
         return 1
     }
     let host = args[1]
@@ -92,6 +94,28 @@ nonisolated func run(_ args: [String]) async -> Int32 {
         pc.maximumQueuedMessages = 1000
         pc.batchesSocketIO = batched
         pc.transport = wsPub ? .webSockets(.init()) : .tcp
+        var outboxDirectory: String?
+        if mode.hasPrefix("outbox-") {
+            var template = Array("/tmp/bench-outbox-XXXXXX".utf8CString)
+            guard let made = mkdtemp(&template) else { printError("mkdtemp failed"); return 1 }
+            let dir = String(cString: made)
+            outboxDirectory = dir
+            pc.outbox = .init(directory: dir, fsync: mode == "outbox-always" ? .always : .interval(.seconds(1)))
+        }
+        defer {
+            if let dir = outboxDirectory {
+                // The outbox's files: a few segments, the watermark and the lock.
+                if let d = opendir(dir) {
+                    while let e = readdir(d) {
+                        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                        if name != "." && name != ".." { unlink(dir + "/" + name) }
+                    }
+                    closedir(d)
+                }
+                rmdir(dir)
+            }
+        }
+        let completion: PublishCompletion = outboxDirectory == nil ? .enqueued : .stored
         let pub = try MQTTClient(configuration: pc)
         try await pub.connect()
 
@@ -108,7 +132,7 @@ nonisolated func run(_ args: [String]) async -> Int32 {
         let payload = [UInt8](repeating: UInt8(ascii: "x"), count: size)
         let publisher = Task(executorPreference: onNetworkThread ? pub.executor : nil) {
             for _ in 0..<count {
-                try await pub.publish(MQTTMessage(topic: topic, payload: payload, qos: level), completion: .enqueued)
+                try await pub.publish(MQTTMessage(topic: topic, payload: payload, qos: level), completion: completion)
             }
             return seconds(clock.now - start)
         }
@@ -121,7 +145,7 @@ nonisolated func run(_ args: [String]) async -> Int32 {
         let (got, last) = try await reader.value
         timeout.cancel()
         let elapsed = got == count ? seconds(last - start) : seconds(clock.now - start)
-        print("{\"impl\":\"\(mode == "pool" ? "swift-pool" : mode == "unbatched" ? "swift-unbatched" : mode.hasPrefix("ws") ? "swift-\(mode)" : "swift")\",\"qos\":\(qosValue),\"messages\":\(count),\"received\":\(got),\"seconds\":\(elapsed),\"publish_seconds\":\(published),\"rate\":\(Double(got) / elapsed),\"peak_rss_kb\":\(peakResidentKiB()),\"cpu_ms\":\(cpuMilliseconds())}")
+        print("{\"impl\":\"\(mode == "pool" ? "swift-pool" : mode == "unbatched" ? "swift-unbatched" : mode.hasPrefix("ws") || mode.hasPrefix("outbox") ? "swift-\(mode)" : "swift")\",\"qos\":\(qosValue),\"messages\":\(count),\"received\":\(got),\"seconds\":\(elapsed),\"publish_seconds\":\(published),\"rate\":\(Double(got) / elapsed),\"peak_rss_kb\":\(peakResidentKiB()),\"cpu_ms\":\(cpuMilliseconds())}")
         await pub.shutdown()
         await sub.shutdown()
         return got >= count ? 0 : 2

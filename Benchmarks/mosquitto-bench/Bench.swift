@@ -27,7 +27,7 @@ struct Bench: AsyncParsableCommand {
           swift build -c release --static-swift-stdlib --product mosquitto-bench-swift
           .build/release/mosquitto-bench throughput --messages 100000 --size 64 --repeat 15
         """,
-        subcommands: [Throughput.self, WebSockets.self],
+        subcommands: [Throughput.self, WebSockets.self, Outbox.self],
         defaultSubcommand: Throughput.self
     )
 }
@@ -213,5 +213,62 @@ struct WebSockets: AsyncParsableCommand {
         print("|---|---|---|---|---|---|---|" + (split ? "---|---|" : ""))
         for r in rows { print(r) }
         print("\n\(messages) messages of \(size) bytes, one publisher and one subscriber per process, private mosquitto on loopback.")
+    }
+}
+
+/// The durable outbox against the in-memory queue, same program, same broker, alternating rounds.
+struct Outbox: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure the library's durable outbox (fsync every second, and after every append) against its in-memory queue.")
+
+    @Option(help: "Messages per run.") var messages = 100_000
+    @Option(help: "Payload size in bytes.") var size = 64
+    @Option(help: "QoS of the messages.") var qos = 1
+    @Option(help: "Rounds; the median is reported.") var `repeat` = 5
+    @Option(help: "Path of the Swift program (default: next to this executable).") var swiftProgram: String?
+
+    func run() async throws {
+        let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        let swiftPath = swiftProgram ?? here.appendingPathComponent("mosquitto-bench-swift").path
+        guard FileManager.default.isExecutableFile(atPath: swiftPath) else {
+            throw ValidationError("mosquitto-bench-swift is missing at \(swiftPath); build it with: swift build -c release --product mosquitto-bench-swift")
+        }
+        var config = MosquittoBroker.Configuration()
+        config.maxQueuedMessages = 0
+        let broker = try MosquittoBroker(configuration: config)
+        try await broker.start()
+        var results: [String: [Result]] = [:]
+        let modes = ["network", "outbox-interval", "outbox-always"]
+        do {
+            for i in 1...self.repeat {
+                for mode in i % 2 == 1 ? modes : modes.reversed() {
+                    let args = [broker.host, "\(broker.port)", "\(qos)", "\(messages)", "\(size)", "5", mode]
+                    let out = try await MosquittoBroker.runCommand(swiftPath, args, timeout: .seconds(600))
+                    guard let line = out.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
+                          let r = try? JSONDecoder().decode(Result.self, from: Data(line.utf8)) else {
+                        throw ValidationError("\(mode) run failed: \(out.output)")
+                    }
+                    FileHandle.standardError.write(Data("run \(i) \(mode): \(Int(r.rate)) msg/s, \(r.received)/\(r.messages) received, CPU \(Int(r.cpu_ms ?? 0)) ms\n".utf8))
+                    results[mode, default: []].append(r)
+                }
+            }
+        } catch {
+            await broker.shutdown()
+            throw error
+        }
+        await broker.shutdown()
+        let t = Throughput()
+        let memory = t.median(results["network"]!.map(\.rate))
+        let f = { (x: Double) in String(format: "%.2f", x) }
+        print("| queue | msg/s (median of \(self.repeat)) | / in-memory | per round: median (middle half) | CPU ms per run | delivered |")
+        print("|---|---|---|---|---|---|")
+        for mode in modes {
+            let rs = results[mode]!
+            let m = t.median(rs.map(\.rate))
+            let paired = t.quartiles(zip(rs, results["network"]!).map { $0.rate / $1.rate })
+            let name = mode == "network" ? "in memory (`.enqueued`)" : mode == "outbox-interval" ? "outbox, fsync every 1 s (`.stored`)" : "outbox, fsync always (`.stored`)"
+            print("| \(name) | \(Int(m)) | **\(f(m / memory))** | \(f(paired.median)) (\(f(paired.low))-\(f(paired.high))) | \(Int(t.median(rs.compactMap(\.cpu_ms)))) | \(rs.allSatisfy { $0.received == $0.messages } ? "all" : "LOSS") |")
+        }
+        print("\n\(messages) messages of \(size) bytes at QoS \(qos), one publisher and one subscriber per process, private mosquitto on loopback, outbox on \(FileManager.default.temporaryDirectory.path)'s filesystem.")
     }
 }

@@ -29,10 +29,13 @@ final class ClientOutbox: Sendable {
     private let configuration: MQTTConfiguration.Outbox
     private let logger: Logger
     private let state = LockedValue(State())
+    /// The engine's network thread, where the pump runs.
+    private let executor: any TaskExecutor
 
     init(_ configuration: MQTTConfiguration.Outbox, core: ClientCore, logger: Logger) throws(MQTTError) {
         self.configuration = configuration
         self.logger = logger
+        executor = core.executor
         let fsync: SpoolConfiguration.FsyncPolicy = switch configuration.fsync {
         case .always: .always
         case .interval(let d): .interval(d)
@@ -73,7 +76,8 @@ final class ClientOutbox: Sendable {
     func start() {
         state.withLock { s in
             guard s.pumpTask == nil, !s.stopped else { return }
-            s.pumpTask = Task { [pump] in await pump.run() }
+            // On the network thread, where the engine takes the messages: no hop between the pump and the queue.
+            s.pumpTask = Task(executorPreference: executor) { [pump] in await pump.run() }
         }
     }
 
