@@ -38,7 +38,8 @@ extension MQTTConfiguration {
         /// What `publish` does when the outbox holds ``maximumBytes`` of unacknowledged messages, or the disk is full.
         public enum FullPolicy: Sendable, Hashable {
             /// Wait until the broker acknowledged enough (or, for a full disk, until a write succeeds, retried every
-            /// 100 ms). Cancelling the waiting task stops the wait; nothing was stored then.
+            /// 100 ms; cancelling the waiting task stops those retries, and nothing was stored then). A shutdown ends
+            /// either wait.
             case suspendPublisher
             /// Throw at once: ``MQTTError/Code/outboxFull``, or ``MQTTError/Code/outboxUnavailable`` for a full
             /// disk. Nothing was stored.
