@@ -398,4 +398,28 @@ struct CompletionCallbackTests {
             #expect(abandoned.value.allSatisfy { $0.code == .shutDown })
         }
     }
+
+    @Test("A second shutdown() returns only after every abandoned message's callback ran, however slow they are")
+    func joinWaitsForCallbacks() async throws {
+        try await withBroker { broker in
+            let pub = try await connected(broker)
+            await broker.stop()
+            let holder = try PortHolder(port: broker.port)
+            defer { holder.release() }
+            #expect(await eventually { pub.state == .disconnected })
+            let called = Locked(0)
+            for i in 0..<10 {
+                try await pub.publish(MQTTMessage(topic: "late", string: "\(i)", qos: .atLeastOnce)) { _ in
+                    usleep(50_000)  // on the network thread, inside the teardown
+                    called.withLock { $0 += 1 }
+                }
+            }
+            let first = Task { await pub.shutdown() }
+            // The teardown is under way (it runs the callbacks, 0.5 s in all) when the second caller joins it.
+            #expect(await eventually { called.value > 0 })
+            await pub.shutdown()
+            #expect(called.value == 10, "shutdown() returned before the callbacks it abandoned had run")
+            await first.value
+        }
+    }
 }

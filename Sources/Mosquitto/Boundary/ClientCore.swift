@@ -566,8 +566,10 @@ final class ClientCore: @unchecked Sendable {
             e.yield(.shutDown)
             e.finish()
         }
-        for j in work.joinWaiters { j.resume() }
         withExtendedLifetime(work.responseStream) {}
+        // Only now may shutdown() return: its caller reads what the callbacks above recorded.
+        let joiners = work.isFirst ? work.joinWaiters + state.withLock { $0.endedAfterFinishing() } : work.joinWaiters
+        for j in joiners { j.resume() }
     }
 
     /// Requests shutdown; returns what the lifecycle says to do (drain the running network thread, finish here

@@ -58,6 +58,8 @@ struct CoreState {
         var joinWaiters: [CheckedContinuation<Void, Never>] = []
         /// Released after unlocking: dropping a stream ends it, which takes the lock again.
         var responseStream: MessageStream?
+        /// Whether this is the first teardown: it sets ``CoreState/ended`` once it has resolved everything.
+        var isFirst = false
     }
 
     /// The connection lifecycle and the `connect()` waiters (see ``ConnectionStateMachine``).
@@ -66,7 +68,11 @@ struct CoreState {
     var networkThreadID: Int = -1
     var handleClosed = false
     var handleDestroyed = false
-    /// Every waiter was resolved and every stream ended (``takeEverything(error:)`` ran): `shutdown()` returns.
+    /// ``takeEverything(error:)`` ran: the first finisher is resolving what it took, outside the lock.
+    var finishing = false
+    /// The first finisher has resolved every waiter, called every completion callback and ended every stream
+    /// (``endedAfterFinishing()``): `shutdown()` returns. Set only then, not in ``takeEverything(error:)``: a
+    /// `shutdown()` that looked in between returned while abandoned messages' callbacks had yet to run.
     var ended = false
     var activeCalls = 0
     var idCounter: UInt64 = 0
@@ -108,17 +114,25 @@ struct CoreState {
     mutating func takeEverything(error: MQTTError?) -> Teardown {
         var t = Teardown()
         handleClosed = true
-        ended = true
+        t.isFirst = !finishing
+        finishing = true
         t.connectWaiters = lifecycle.ended(error: error)
         (t.slotWaiters, t.pending, t.drainWaiters) = publishes.close()
         (t.subacks, t.buffers) = subscriptions.close()
         t.unsubacks = unsubacks.close()
         t.requests = requests.close()
         t.events = Array(events.values); events.removeAll()
-        t.joinWaiters = joinWaiters; joinWaiters.removeAll()
+        if t.isFirst { t.joinWaiters = joinWaiters; joinWaiters.removeAll() }
         t.responseStream = responseStream
         responseStream = nil
         return t
+    }
+
+    /// The first finisher resolved everything it took: `shutdown()` may return. The joiners that came meanwhile.
+    mutating func endedAfterFinishing() -> [CheckedContinuation<Void, Never>] {
+        ended = true
+        defer { joinWaiters.removeAll() }
+        return joinWaiters
     }
 }
 
