@@ -110,6 +110,8 @@ package struct WebSocketFailure: Error, Sendable, CustomStringConvertible {
         case invalidConfiguration
         /// The local socket could not be made.
         case system(errno: Int32?)
+        /// ``WebSocketUpgradeCancellation/cancel()`` ended the attempt (the caller is shutting down).
+        case cancelled
     }
     package var kind: Kind
     package var message: String
@@ -118,6 +120,48 @@ package struct WebSocketFailure: Error, Sendable, CustomStringConvertible {
         self.message = message
     }
     package var description: String { message }
+}
+
+/// Ends a WebSocket connection attempt from another thread: the thread blocked in
+/// ``WebSocketTunnel/open(to:logger:cancellation:)`` gets a ``WebSocketFailure/Kind/cancelled`` failure at once,
+/// instead of waiting out the endpoint's timeout (30 s by default) for a server that accepted TCP and never answers
+/// the upgrade. Cancelling is final: later attempts with it fail at once, as a client that is shutting down wants.
+package final class WebSocketUpgradeCancellation: Sendable {
+    private struct State {
+        var cancelled = false
+        var attempt: EventLoopPromise<Void>?
+    }
+    private let state = NIOLockedValueBox(State())
+
+    package init() {}
+
+    /// Fails the attempt under way, if any, and every later one.
+    package func cancel() {
+        let attempt = state.withLockedValue { s -> EventLoopPromise<Void>? in
+            s.cancelled = true
+            defer { s.attempt = nil }
+            return s.attempt
+        }
+        attempt?.fail(Self.failure)
+    }
+
+    /// Whether ``cancel()`` was called.
+    package var isCancelled: Bool { state.withLockedValue { $0.cancelled } }
+
+    static let failure = WebSocketFailure(.cancelled, "The WebSocket connection attempt was abandoned: the client is shutting down.")
+
+    /// Makes `attempt` the one ``cancel()`` fails; false when already cancelled.
+    func begin(_ attempt: EventLoopPromise<Void>) -> Bool {
+        state.withLockedValue { s in
+            if s.cancelled { return false }
+            s.attempt = attempt
+            return true
+        }
+    }
+
+    func end() {
+        state.withLockedValue { $0.attempt = nil }
+    }
 }
 
 /// A private tunnel that lets libmosquitto 2.0.11, which cannot frame WebSockets, speak MQTT over WebSockets.
@@ -165,8 +209,10 @@ package final class WebSocketTunnel: Sendable {
     static let maximumFrameSize = 268_435_455 + 5 + 14
 
     /// Connects to the broker, performs the WebSocket upgrade and opens the local socket. Blocks the calling thread,
-    /// which must not be a SwiftNIO event loop.
-    package static func open(to endpoint: WebSocketEndpoint, logger: Logger? = nil) throws(WebSocketFailure) -> WebSocketTunnel {
+    /// which must not be a SwiftNIO event loop, until the upgrade is done, fails, times out, or `cancellation` is
+    /// cancelled.
+    package static func open(to endpoint: WebSocketEndpoint, logger: Logger? = nil,
+                             cancellation: WebSocketUpgradeCancellation? = nil) throws(WebSocketFailure) -> WebSocketTunnel {
         let sslContext: NIOSSLContext?
         if let tls = endpoint.tls { sslContext = try makeSSLContext(tls) } else { sslContext = nil }
         let loop = MultiThreadedEventLoopGroup.singleton.next()
@@ -200,24 +246,35 @@ package final class WebSocketTunnel: Sendable {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
             }
+        // One wait covers connect, TLS and upgrade, so that the timeout and a cancellation end any of them.
+        let connecting = bootstrap.connect(host: endpoint.host, port: endpoint.port)
+        connecting.whenComplete { result in
+            switch result {
+            case .failure(let error):
+                upgraded.fail(connectFailure(error, endpoint: endpoint))
+            case .success(let channel):
+                var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: endpoint.path)
+                let hostHeader = endpoint.host.contains(":") ? "[\(endpoint.host)]" : endpoint.host
+                head.headers.add(name: "Host", value: "\(hostHeader):\(endpoint.port)")
+                head.headers.add(name: "Sec-WebSocket-Protocol", value: "mqtt")
+                for h in endpoint.headers { head.headers.add(name: h.name, value: h.value) }
+                channel.write(HTTPClientRequestPart.head(head), promise: nil)
+                channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+            }
+        }
+        if let cancellation, !cancellation.begin(upgraded) {
+            upgraded.fail(WebSocketUpgradeCancellation.failure)
+        }
         let channel: Channel
         do {
-            channel = try bootstrap.connect(host: endpoint.host, port: endpoint.port).wait()
-        } catch {
-            upgraded.fail(error)
-            throw connectFailure(error, endpoint: endpoint)
-        }
-        var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: endpoint.path)
-        let hostHeader = endpoint.host.contains(":") ? "[\(endpoint.host)]" : endpoint.host
-        head.headers.add(name: "Host", value: "\(hostHeader):\(endpoint.port)")
-        head.headers.add(name: "Sec-WebSocket-Protocol", value: "mqtt")
-        for h in endpoint.headers { head.headers.add(name: h.name, value: h.value) }
-        channel.write(HTTPClientRequestPart.head(head), promise: nil)
-        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
-        do {
             try upgraded.futureResult.wait()
+            cancellation?.end()
+            // The upgrade completed in the channel's pipeline, so the connect succeeded.
+            channel = try connecting.wait()
         } catch {
-            channel.close(promise: nil)
+            cancellation?.end()
+            // Now or whenever a connect still under way completes: nothing is left open.
+            connecting.whenSuccess { $0.close(promise: nil) }
             if let failure = error as? WebSocketFailure { throw failure }
             throw classify(error, endpoint: endpoint)
         }

@@ -225,6 +225,33 @@ struct WebSocketTests {
         }
     }
 
+    @Test("shutdown() during an upgrade the server never answers returns at once, and connect() fails with shutDown")
+    func shutdownDuringHungUpgrade() async throws {
+        // A listener that never accepts: the kernel completes the TCP handshake, the GET is never answered.
+        let (fd, port) = try listenOnLoopback()
+        defer { close(fd) }
+        var c = MQTTConfiguration(host: "127.0.0.1", port: port)
+        c.transport = .webSockets(.init(upgradeTimeout: .seconds(120)))
+        c.logger = quietLogger()
+        let client = try MQTTClient(configuration: c)
+        let connecting = Task { try await client.connect() }
+        // The connection waits in the listener's backlog: the network thread is waiting for the upgrade.
+        #expect(await eventually {
+            var listener = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            return poll(&listener, 1, 0) == 1
+        })
+        let start = ContinuousClock.now
+        await client.shutdown()
+        let took = ContinuousClock.now - start
+        #expect(took < .seconds(20 * testTimeScale), "shutdown() waited \(took) for an upgrade that times out after 120 s")
+        do {
+            _ = try await connecting.value
+            Issue.record("connect() succeeded against a server that never answers")
+        } catch let e as MQTTError {
+            #expect(e.code == .shutDown, "\(e)")
+        }
+    }
+
     @Test("extra headers go out with the upgrade; a 101 with a wrong Sec-WebSocket-Accept is refused")
     func headersAndSubprotocol() async throws {
         // A 101 whose Sec-WebSocket-Accept is wrong fails the upgrade too (it is not a WebSocket server for us).

@@ -75,6 +75,8 @@ final class ClientCore: @unchecked Sendable {
     static let readBatch = 256
     /// The WebSocket transport (nil for plain TCP): each connection attempt opens a tunnel with it.
     let webSocket: WebSocketTransport?
+    /// Cancelled by shutdown: a WebSocket upgrade the network thread waits for ends at once, not at its timeout.
+    let upgradeCancellation = WebSocketUpgradeCancellation()
     /// Buffers for libmosquitto's socket reads and writes (see "Batched socket I/O" above); nil when batching is off or
     /// unavailable.
     let io: OpaquePointer?
@@ -309,7 +311,7 @@ final class ClientCore: @unchecked Sendable {
             var rc = MOSQ_ERR_SUCCESS.rawValue
             if let webSocket {
                 do {
-                    tunnel = try webSocket.open(to: endpoint, logger: logger)
+                    tunnel = try webSocket.open(to: endpoint, logger: logger, cancellation: upgradeCancellation)
                 } catch {
                     loopError = error
                     rc = MOSQ_ERR_CONN_REFUSED.rawValue
@@ -585,6 +587,7 @@ final class ClientCore: @unchecked Sendable {
             closingHint.store(true, ordering: .sequentiallyConsistent)
             executor.wakeIfSleeping()
             wakeup.signal()
+            if webSocket != nil { upgradeCancellation.cancel() }
         }
         return action
     }

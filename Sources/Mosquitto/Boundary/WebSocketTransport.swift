@@ -22,7 +22,8 @@ struct WebSocketTransport: Sendable {
 
     /// Opens a tunnel to `endpoint` (blocking: connect, TLS, upgrade); its socket path is where libmosquitto
     /// connects. `endpoint` is a TCP one: ``MQTTConfiguration`` refuses anything else with WebSockets.
-    func open(to endpoint: MQTTConfiguration.Endpoint, logger: Logger) throws(MQTTError) -> WebSocketTunnel {
+    func open(to endpoint: MQTTConfiguration.Endpoint, logger: Logger,
+              cancellation: WebSocketUpgradeCancellation) throws(MQTTError) -> WebSocketTunnel {
         guard case .tcp(let host, let port) = endpoint else {
             throw MQTTError(.invalidArgument, "MQTT over WebSockets needs a host and port, not \(endpoint).")
         }
@@ -30,7 +31,7 @@ struct WebSocketTransport: Sendable {
         target.host = host
         target.port = port
         do {
-            return try WebSocketTunnel.open(to: target, logger: logger)
+            return try WebSocketTunnel.open(to: target, logger: logger, cancellation: cancellation)
         } catch {
             throw Self.mqttError(error)
         }
@@ -49,6 +50,7 @@ struct WebSocketTransport: Sendable {
         case .timeout: return MQTTError(.timeout, failure.message)
         case .invalidConfiguration: return MQTTError(.invalidArgument, failure.message)
         case .system(let e): return MQTTError(.system, failure.message, systemErrno: e)
+        case .cancelled: return MQTTError(.shutDown, failure.message)
         }
     }
 }

@@ -168,7 +168,7 @@ extension ClientConfig {
             case .system(let e):
                 if let e { errno = e }
                 return Int32(MOSQ_ERR_ERRNO.rawValue)
-            case .rejected, .notWebSocket, .closedWithoutAnswer, .timeout: return Int32(MOSQ_ERR_UNKNOWN.rawValue)
+            case .rejected, .notWebSocket, .closedWithoutAnswer, .timeout, .cancelled: return Int32(MOSQ_ERR_UNKNOWN.rawValue)
             }
         }
         WebSocketConnection.tunnel = tunnel
