@@ -68,6 +68,53 @@ struct WebSocketCLITests {
         }
     }
 
+    /// mqtt-sub's reconnect over WebSockets makes a new tunnel (a new upgrade): libmosquitto's own reconnect, which
+    /// mqtt-sub used when batching was off or with --message-rate, went back to the Unix socket of the tunnel that
+    /// was gone and never came back.
+    @Test("mqtt-sub --ws reconnects with a new upgrade after the broker restarts: batched, unbatched, --message-rate",
+          arguments: ["batched", "unbatched", "message-rate"])
+    func subReconnectsOverWebSockets(mode: String) async throws {
+        var bc = MosquittoBroker.Configuration(persistence: true)
+        bc.webSockets = true
+        try await withBroker(bc) { broker in
+            var env = ProcessInfo.processInfo.environment
+            env["MOSQUITTO_SWIFT_SOCKET_BATCHING"] = mode == "batched" ? "on" : "off"
+            var args = ["--ws", "-h", broker.host, "-p", String(broker.webSocketsPort ?? 0), "-t", "wsrc/#", "-c",
+                        "-i", "ws-resumer-\(mode)", "-q", "1"]
+            if mode == "message-rate" { args.append("--message-rate") }
+            let sub = try Child(tool("mqtt-sub"), args, environment: env)
+            defer { sub.killIfRunning() }
+            func output() -> String { String(decoding: sub.currentOutput(), as: UTF8.self) }
+            // With --message-rate the output is one "N msgs/s" line a second: subscribed once a line counts one.
+            func received(after offset: Int = 0) -> Bool {
+                let tail = String(decoding: sub.currentOutput().dropFirst(offset), as: UTF8.self)
+                if mode != "message-rate" { return !tail.isEmpty }
+                return tail.split(separator: "\n").contains { $0.hasSuffix(" msgs/s") && !$0.hasPrefix("0 ") }
+            }
+            let client = try await libraryClient(broker)
+            let deadline = ContinuousClock.now + .seconds(30) * testTimeScale
+            while !received() && ContinuousClock.now < deadline {
+                try await client.publish(to: "wsrc/a", string: "first", qos: .atMostOnce)
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(received(), "mqtt-sub --ws never received anything: \(output())")
+            await client.shutdown()
+            try await broker.restart()
+            let mark = sub.currentOutput().count
+            // Queued for the persistent session while mqtt-sub is away: it arrives once mqtt-sub reconnected.
+            let again = try await libraryClient(broker)
+            try await again.publish(to: "wsrc/b", string: "after restart", qos: .atLeastOnce)
+            #expect(await eventually(timeout: .seconds(30)) {
+                mode == "message-rate" ? received(after: mark) : output().contains("after restart")
+            }, "no message after the restart: \(output())")
+            sub.signal(SIGTERM)
+            let result = await sub.wait(timeout: .seconds(30) * testTimeScale)
+            await again.shutdown()
+            #expect(result.status == 0, "\(result)")
+            if mode != "message-rate" { #expect(result.out.hasSuffix("after restart\n"), "\(result)") }
+        }
+    }
+
     /// Up to `count` messages from `stream`, or what arrived within `timeout` (the stream ends then).
     static func take(_ stream: MessageStream, _ count: Int, within timeout: Duration) async -> [MQTTMessage] {
         let timer = Task {

@@ -28,11 +28,15 @@ enum Batching {
 /// The signal a batched loop has yet to act on (its handler only records it).
 let pendingSignal = Atomic<Int32>(0)
 
-/// mosquitto_loop_forever for plain TCP and Unix-socket connections, in one thread, with ``Batching``: the same
-/// callbacks in the same order, the same reconnects (one second apart), the same return codes.
+/// mosquitto_loop_forever for plain TCP and Unix-socket connections, in one thread, with ``Batching`` when it is
+/// available: the same callbacks in the same order, the same reconnects (one second apart), the same return codes.
+///
+/// Also the loop of every `--ws` connection, batched or not: mosquitto_loop_forever's reconnect would go back to the
+/// Unix socket of a tunnel that is gone, while ``reconnect`` makes a new tunnel.
 final class BatchedLoop {
     let mosq: OpaquePointer
-    let io: OpaquePointer
+    /// The batching buffers, or nil for libmosquitto's own reads and writes.
+    let io: OpaquePointer?
     /// Set by the owner whenever it asks libmosquitto to disconnect (mosquitto_loop_forever reads the client's
     /// state for this).
     var disconnecting = false
@@ -43,17 +47,20 @@ final class BatchedLoop {
     var onSignal: (Int32) -> Void = { _ in }
     /// Reconnects a lost connection (`mosquitto_reconnect`; over WebSockets a new tunnel, see `ClientConfig.reconnect`).
     var reconnect: (OpaquePointer) -> Int32 = { mosquitto_reconnect($0) }
+    /// Called once a second between passes, when set (`--message-rate`).
+    var everySecond: (() -> Void)?
+    private var nextSecond = monotonicMilliseconds() + 1000
 
-    init(mosq: OpaquePointer, io: OpaquePointer) {
+    init(mosq: OpaquePointer, io: OpaquePointer?) {
         self.mosq = mosq
         self.io = io
-        mosq_io_set_connection(io, mosquitto_socket(mosq))
+        if let io { mosq_io_set_connection(io, mosquitto_socket(mosq)) }
     }
 
     /// Asks libmosquitto to disconnect, letting the DISCONNECT leave the output buffer before the socket closes.
     func disconnect(reason: Int32, properties: OpaquePointer?) {
         disconnecting = true
-        mosq_io_set_linger(io, 2000)
+        if let io { mosq_io_set_linger(io, 2000) }
         _ = mosquitto_disconnect_v5(mosq, reason, properties)
     }
 
@@ -66,7 +73,7 @@ final class BatchedLoop {
         var rc: Int32 = 0
         while true {
             repeat { rc = pass() } while rc == 0
-            mosq_io_detach(io)
+            if let io { mosq_io_detach(io) }
             attached = false
             switch rc {
             case MOSQ_ERR_NOMEM.rawValue, MOSQ_ERR_PROTOCOL.rawValue, MOSQ_ERR_INVAL.rawValue, MOSQ_ERR_NOT_FOUND.rawValue,
@@ -89,7 +96,7 @@ final class BatchedLoop {
                 }
                 connackArrived = false
                 rc = reconnect(mosq)
-                mosq_io_set_connection(io, mosquitto_socket(mosq))
+                if let io { mosq_io_set_connection(io, mosquitto_socket(mosq)) }
             } while rc != 0
         }
     }
@@ -98,13 +105,24 @@ final class BatchedLoop {
     /// arrived, write what they made libmosquitto queue, send the buffer, run the keepalive.
     private func pass() -> Int32 {
         handleSignals()
+        var wait: Int32 = 1000
+        if let everySecond {
+            var now = monotonicMilliseconds()
+            if now >= nextSecond {
+                everySecond()
+                nextSecond += 1000
+                if nextSecond <= now { nextSecond = now + 1000 }
+                now = monotonicMilliseconds()
+            }
+            wait = Int32(max(0, min(1000, nextSecond - now)))
+        }
         let fd = mosquitto_socket(mosq)
         if fd < 0 { return MOSQ_ERR_NO_CONN.rawValue }
-        let buffered = mosq_io_pending_input(io) > 0
+        let buffered = io.map { mosq_io_pending_input($0) > 0 } ?? false
         var events = Int16(POLLIN)
-        if mosquitto_want_write(mosq) || mosq_io_pending_output(io) > 0 { events |= Int16(POLLOUT) }
+        if mosquitto_want_write(mosq) || (io.map { mosq_io_pending_output($0) > 0 } ?? false) { events |= Int16(POLLOUT) }
         var socket = pollfd(fd: fd, events: events, revents: 0)
-        let n = poll(&socket, 1, buffered ? 0 : 1000)
+        let n = poll(&socket, 1, buffered ? 0 : wait)
         if n < 0 {
             if errno == EINTR {
                 handleSignals()
@@ -117,7 +135,7 @@ final class BatchedLoop {
             repeat {
                 let rc = mosquitto_loop_read(mosq, 1)
                 if rc != 0 || mosquitto_socket(mosq) < 0 { return rc }
-                if connackArrived && !attached {
+                if connackArrived && !attached, let io {
                     attached = mosq_io_attach(io) == 0
                 }
                 if mosquitto_want_write(mosq) {
@@ -125,13 +143,20 @@ final class BatchedLoop {
                     if w != 0 || mosquitto_socket(mosq) < 0 { return w }
                 }
                 packets += 1
-            } while attached && packets < 1000 && mosq_io_pending_input(io) > 0
+            } while attached && packets < 1000 && (io.map { mosq_io_pending_input($0) > 0 } ?? false)
         }
         if mosquitto_want_write(mosq) {
             let w = mosquitto_loop_write(mosq, 1)
             if w != 0 || mosquitto_socket(mosq) < 0 { return w }
         }
-        if attached && mosq_io_flush(io) < 0 { return MOSQ_ERR_CONN_LOST.rawValue }
+        if attached, let io, mosq_io_flush(io) < 0 { return MOSQ_ERR_CONN_LOST.rawValue }
         return mosquitto_loop_misc(mosq)
     }
+}
+
+/// CLOCK_MONOTONIC in milliseconds.
+func monotonicMilliseconds() -> Int {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
 }

@@ -57,11 +57,23 @@ final class SubSession: Session {
         if config.timeout > 0 { alarm(config.timeout) }
 
         if !config.messageRate && (!config.usesTLS || config.webSockets) && config.socksHost == nil, let io = Batching.start() {
-            let l = BatchedLoop(mosq: m, io: io)
+            loop = BatchedLoop(mosq: m, io: io)
+        } else if config.webSockets {
+            // Unbatched, but still this loop: libmosquitto's would reconnect to the socket of a tunnel that is gone.
+            let l = BatchedLoop(mosq: m, io: nil)
+            if config.messageRate {
+                l.everySecond = { [unowned self] in
+                    outPrintf("%d msgs/s\n", rateCount)
+                    fflush(cStdout)
+                    rateCount = 0
+                }
+            }
+            loop = l
+        }
+        if let l = loop {
             l.onSignal = { [unowned self] signal in self.act(on: signal) }
             let config = self.config
             l.reconnect = { config.reconnect($0) }
-            loop = l
         }
 
         var rc: Int32
@@ -76,6 +88,7 @@ final class SubSession: Session {
                 let count = rateCount
                 rateCount = 0
                 outPrintf("%d msgs/s\n", count)
+                fflush(cStdout)
             }
         } else {
             rc = mosquitto_loop_forever(m, -1, 1)
