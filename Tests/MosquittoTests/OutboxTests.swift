@@ -1,6 +1,6 @@
 import Foundation
 import Logging
-import Mosquitto
+@testable import Mosquitto
 import MosquittoBroker
 import MosquittoTestSupport
 import Testing
@@ -164,6 +164,46 @@ struct OutboxTests {
         }
     }
 
+    @Test("a message expiry interval counts the time in the outbox, across a restart: expired messages are not sent, the others go with what is left")
+    func expiryCountsTimeStored() async throws {
+        try await withBroker { broker in
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            await broker.stop()
+            let holder = try PortHolder(port: broker.port)
+            // Stored by one client while the broker is away; that client ends before anything was sent.
+            let first = try MQTTClient(configuration: outboxConfiguration(broker, directory: dir))
+            func expiring(_ seconds: UInt32?) -> MessageProperties {
+                var p = MessageProperties()
+                p.messageExpiryInterval = seconds
+                p.contentType = "text/plain"
+                return p
+            }
+            try await first.publish(to: "outbox/expiry", string: "short", qos: .atLeastOnce, properties: expiring(2), completion: .stored)
+            try await first.publish(to: "outbox/expiry", string: "long", qos: .atLeastOnce, properties: expiring(3600), completion: .stored)
+            try await first.publish(to: "outbox/expiry", string: "none", qos: .atLeastOnce, properties: expiring(nil), completion: .stored)
+            await first.shutdown()
+            // Wall-clock time passes (a restart, a reboot): "short" runs out while it waits.
+            try await Task.sleep(for: .seconds(3))
+            holder.release()
+            try await broker.start()
+            let (monitor, received) = try await collect(broker, "outbox/expiry", count: 2)
+            let second = try MQTTClient(configuration: outboxConfiguration(broker, directory: dir))
+            try await second.connect()
+            await second.waitUntilAllPublished()
+            let got = try await received.value
+            // In order, so an expired "short" that was sent would have come first.
+            #expect(got.compactMap(\.string) == ["long", "none"])
+            let long = got.first { $0.string == "long" }?.properties.messageExpiryInterval
+            #expect(long.map { $0 <= 3597 && $0 > 3000 } == true, "\(String(describing: long))")
+            #expect(got.first { $0.string == "none" }?.properties.messageExpiryInterval == nil)
+            #expect(second.outboxStatus?.refusedMessages == 1)
+            #expect(second.outboxStatus?.messages == 0)
+            await second.shutdown()
+            await monitor.shutdown()
+        }
+    }
+
     @Test("QoS 2 through the outbox with the broker restarted mid-stream: every message once, in order")
     func qos2BrokerRestart() async throws {
         try await withBroker(.init(persistence: true)) { broker in
@@ -318,5 +358,40 @@ struct OutboxTests {
                 await monitor2.shutdown()
             }
         }
+    }
+}
+
+/// The arithmetic of a message expiry interval in the outbox, without a broker.
+@Suite("Durable outbox: message expiry")
+struct OutboxExpiryTests {
+    @Test("what is left of an interval: time stored counts, a clock that went back counts as none, nothing left throws messageExpired")
+    func remaining() throws {
+        #expect(try ClientOutbox.remainingExpiry(60, storedAt: 1_000, topic: "t", now: 1_000) == 60)
+        #expect(try ClientOutbox.remainingExpiry(60, storedAt: 1_000, topic: "t", now: 1_059) == 1)
+        #expect(try ClientOutbox.remainingExpiry(60, storedAt: 1_000, topic: "t", now: 900) == 60)
+        for now: UInt64 in [1_060, 1_061, 99_999] {
+            #expect {
+                _ = try ClientOutbox.remainingExpiry(60, storedAt: 1_000, topic: "a/b", now: now)
+            } throws: { error in
+                guard let e = error as? MQTTError, e.code == .messageExpired else { return false }
+                return e.message.contains("'a/b'") && e.message.contains("60 s")
+            }
+        }
+    }
+
+    @Test("the stored time is kept only with an expiry interval, and records written without it read as before")
+    func coding() {
+        var p = MessageProperties()
+        p.contentType = "application/json"
+        let plain = OutboxPropertiesCoding.encode(p, storedAt: 1_234)
+        #expect(OutboxPropertiesCoding.decodeStored(plain).storedAt == nil)
+        #expect(OutboxPropertiesCoding.decodeStored(plain).properties == p)
+        p.messageExpiryInterval = 30
+        let stamped = OutboxPropertiesCoding.encode(p, storedAt: 0x0102_0304_0506_0708)
+        #expect(OutboxPropertiesCoding.decodeStored(stamped).storedAt == 0x0102_0304_0506_0708)
+        #expect(OutboxPropertiesCoding.decode(stamped) == p)
+        let old = OutboxPropertiesCoding.encode(p)
+        #expect(OutboxPropertiesCoding.decodeStored(old).storedAt == nil)
+        #expect(OutboxPropertiesCoding.decode(old) == p)
     }
 }

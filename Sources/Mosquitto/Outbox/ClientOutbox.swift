@@ -1,3 +1,10 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Logging
 import MosquittoPOSIX
 import MQTTOutbox
@@ -57,9 +64,17 @@ final class ClientOutbox: Sendable {
         pump.add(OutboxLane(
             name: "outbox",
             spool: spool,
-            message: { r in
-                MQTTMessage(topic: r.topic, payload: r.payload, qos: r.qos, retain: r.flags.contains(.retain),
-                            properties: isV5 ? OutboxPropertiesCoding.decode(r.properties) : MessageProperties())
+            message: { r throws(MQTTError) in
+                var properties = MessageProperties()
+                if isV5 {
+                    let stored = OutboxPropertiesCoding.decodeStored(r.properties)
+                    properties = stored.properties
+                    if let expiry = properties.messageExpiryInterval, let storedAt = stored.storedAt {
+                        properties.messageExpiryInterval = try Self.remainingExpiry(expiry, storedAt: storedAt, topic: r.topic)
+                    }
+                }
+                return MQTTMessage(topic: r.topic, payload: r.payload, qos: r.qos, retain: r.flags.contains(.retain),
+                                   properties: properties)
             },
             refused: { [weak self] r, error in self?.refused(r, error) },
             settled: { [weak self] sequence, delivered in self?.settled(sequence, delivered: delivered) }))
@@ -132,7 +147,7 @@ final class ClientOutbox: Sendable {
         }
         let record = SpoolRecord(topic: message.topic, payload: Array(message.payload), qos: message.qos,
                                  flags: message.retain ? .retain : [],
-                                 properties: message.properties.isEmpty ? [] : OutboxPropertiesCoding.encode(message.properties))
+                                 properties: message.properties.isEmpty ? [] : OutboxPropertiesCoding.encode(message.properties, storedAt: Self.wallClockSeconds()))
         let waits = onComplete != nil || completion == .acknowledged
         if waits { state.withLock { $0.registering += 1 } }
         let sequence: UInt64
@@ -246,7 +261,11 @@ final class ClientOutbox: Sendable {
     }
 
     private func refused(_ record: SpoolRecord, _ error: MQTTError) {
-        logger.error("Outbox: the message to '\(record.topic)' was refused for good and leaves the outbox: \(error.message)")
+        if error.code == .messageExpired {
+            logger.warning("Outbox: \(error.message)")
+        } else {
+            logger.error("Outbox: the message to '\(record.topic)' was refused for good and leaves the outbox: \(error.message)")
+        }
         let waiter = state.withLock { s -> Waiter? in
             s.refused += 1
             let w = s.waiters.removeValue(forKey: record.sequence)
@@ -282,12 +301,36 @@ final class ClientOutbox: Sendable {
 
 /// The outbox's encoding of MQTT 5 publish properties: `[tag u8][length u32 LE][bytes]` per property, in a
 /// fixed order. Only what a publisher sets is kept (not topic aliases, which belong to one connection).
+extension ClientOutbox {
+    /// Now, in wall-clock seconds since 1970: a stored message's age must survive a restart or a reboot.
+    static func wallClockSeconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(max(0, ts.tv_sec))
+    }
+
+    /// What is left of a message expiry interval once the time since the message was stored is taken off, as a broker
+    /// does for a message it holds (MQTT 5, 3.3.2.3.3). A clock that went back counts as no time spent.
+    /// - Throws: ``MQTTError/Code/messageExpired`` when nothing is left: the message is not sent.
+    static func remainingExpiry(_ interval: UInt32, storedAt: UInt64, topic: String,
+                                now: UInt64 = wallClockSeconds()) throws(MQTTError) -> UInt32 {
+        let waited = now > storedAt ? now - storedAt : 0
+        guard waited < UInt64(interval) else {
+            throw MQTTError(.messageExpired, "The message to '\(topic)' waited \(waited) s in the outbox, past its message expiry interval of \(interval) s: it was not sent, as a broker would not deliver it.")
+        }
+        return interval - UInt32(waited)
+    }
+}
+
 enum OutboxPropertiesCoding {
     private enum Tag: UInt8 {
         case payloadFormat = 1, messageExpiry = 2, contentType = 3, responseTopic = 8, correlationData = 9, userProperty = 38
+        /// Not an MQTT property: when the message was stored (wall-clock seconds since 1970, UInt64 LE), written with a
+        /// message expiry interval so that the time spent in the outbox counts against it. Older readers skip it.
+        case storedAt = 200
     }
 
-    static func encode(_ p: MessageProperties) -> [UInt8] {
+    static func encode(_ p: MessageProperties, storedAt: UInt64? = nil) -> [UInt8] {
         var out: [UInt8] = []
         func put(_ tag: Tag, _ bytes: some Collection<UInt8>) {
             out.append(tag.rawValue)
@@ -306,11 +349,16 @@ enum OutboxPropertiesCoding {
         if let r = p.responseTopic { put(.responseTopic, Array(r.utf8)) }
         if let d = p.correlationData { put(.correlationData, d) }
         for u in p.userProperties { put(.userProperty, string(u.name) + string(u.value)) }
+        if p.messageExpiryInterval != nil, let storedAt { withUnsafeBytes(of: storedAt.littleEndian) { put(.storedAt, Array($0)) } }
         return out
     }
 
-    static func decode(_ bytes: [UInt8]) -> MessageProperties {
+    static func decode(_ bytes: [UInt8]) -> MessageProperties { decodeStored(bytes).properties }
+
+    /// The properties, and when the message was stored if that was recorded.
+    static func decodeStored(_ bytes: [UInt8]) -> (properties: MessageProperties, storedAt: UInt64?) {
         var p = MessageProperties()
+        var storedAt: UInt64?
         var i = 0
         func u32(_ at: Int) -> Int? {
             guard at + 4 <= bytes.count else { return nil }
@@ -329,11 +377,13 @@ enum OutboxPropertiesCoding {
                     p.userProperties.append(UserProperty(String(decoding: value[4..<(4 + nl)], as: UTF8.self),
                                                          String(decoding: value[(8 + nl)..<(8 + nl + vl)], as: UTF8.self)))
                 }
+            case .storedAt:
+                if value.count == 8 { storedAt = value.reversed().reduce(0) { $0 << 8 | UInt64($1) } }
             case nil: break
             }
             i += 5 + n
         }
-        return p
+        return (p, storedAt)
     }
 
     private static func u32At(_ b: [UInt8], _ at: Int) -> Int? {

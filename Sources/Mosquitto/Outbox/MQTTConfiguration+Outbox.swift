@@ -22,7 +22,11 @@ extension MQTTConfiguration {
     /// - A torn last record (a crash in the middle of a write) is detected by its checksum on open, reported in the
     ///   log and in ``OutboxStatus/corruptBytes``, and cut off; the records before it are sent.
     /// - The on-disk format is mqtt-bridge's spool format: one implementation serves both.
-    /// - A message expiry interval counts from the moment the message is sent, not from when it was stored.
+    /// - A message expiry interval (MQTT 5) counts from when the message was stored, by the wall clock, across
+    ///   restarts: the message goes out with what is left of it, and one whose interval ran out is not sent. Its
+    ///   waiter or callback gets ``MQTTError/Code/messageExpired`` and ``OutboxStatus/refusedMessages`` counts it.
+    ///   The count stops once the message is handed to libmosquitto (at most ``MQTTConfiguration/maximumQueuedMessages``
+    ///   at a time, also while offline), as for a client without an outbox.
     public struct Outbox: Sendable, Hashable {
         /// When the outbox calls `fsync`.
         public enum FsyncPolicy: Sendable, Hashable {
@@ -82,6 +86,7 @@ public struct OutboxStatus: Sendable, Hashable {
     public var recoveredMessages: Int
     /// Bytes of a torn or corrupt tail cut off when the outbox was opened (a crash in the middle of a write).
     public var corruptBytes: Int
-    /// Messages the broker or the client refused for good since the client was created (logged, then removed).
+    /// Messages the broker or the client refused for good, or that expired in the outbox (MQTT 5 message expiry
+    /// interval), since the client was created (logged, then removed).
     public var refusedMessages: Int
 }

@@ -9,8 +9,9 @@ package struct OutboxLane: Sendable {
     package var name: String
     /// The spool the records come from.
     package var spool: Spool
-    /// Turns a record into the message to publish.
-    package var message: @Sendable (SpoolRecord) -> MQTTMessage
+    /// Turns a record into the message to publish, or refuses it for good (a message that expired while it waited):
+    /// the record then goes to `refused`, as one the broker refused.
+    package var message: @Sendable (SpoolRecord) throws(MQTTError) -> MQTTMessage
     /// A record refused for good, by the broker (a reason code of 0x80 or above) or by the client (a topic or
     /// payload it will never send): it is marked done after this returns. The owner may append it again elsewhere.
     package var refused: @Sendable (SpoolRecord, MQTTError) -> Void
@@ -18,7 +19,7 @@ package struct OutboxLane: Sendable {
     /// false when it was refused. Runs on the client's network thread: keep it short.
     package var settled: @Sendable (_ sequence: UInt64, _ delivered: Bool) -> Void
 
-    package init(name: String, spool: Spool, message: @escaping @Sendable (SpoolRecord) -> MQTTMessage,
+    package init(name: String, spool: Spool, message: @escaping @Sendable (SpoolRecord) throws(MQTTError) -> MQTTMessage,
                  refused: @escaping @Sendable (SpoolRecord, MQTTError) -> Void,
                  settled: @escaping @Sendable (_ sequence: UInt64, _ delivered: Bool) -> Void) {
         self.name = name
@@ -177,8 +178,17 @@ package final class OutboxPump: Sendable {
         for r in records {
             let seq = r.sequence
             window.push(seq)
+            let message: MQTTMessage
             do {
-                try await send(lane.message(r)) { result in
+                message = try lane.message(r)
+            } catch {
+                lane.refused(r, error)
+                window.acknowledge(seq, spool: spool, doorbell: doorbell)
+                lane.settled(seq, false)
+                continue
+            }
+            do {
+                try await send(message) { result in
                     switch result {
                     case .success:
                         window.acknowledge(seq, spool: spool, doorbell: doorbell)

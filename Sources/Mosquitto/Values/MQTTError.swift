@@ -15,7 +15,7 @@ public struct MQTTError: Error, Sendable, Hashable, CustomStringConvertible {
             case invalidTopic, invalidFilter, invalidArgument, payloadTooLarge, notConnected, connectionFailed
             case connectionLost, connectionRefused, badCredentials, notAuthorized, tls, subscriptionRejected
             case publishRejected, protocolError, timeout, shutDown, gaveUp, requiresMQTT5, system, webSocketRejected
-            case outboxInUse, outboxFull, outboxUnavailable
+            case outboxInUse, outboxFull, outboxUnavailable, messageExpired
             case library(Int32)
         }
 
@@ -75,6 +75,9 @@ public struct MQTTError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let outboxFull = Code(.outboxFull)
         /// The outbox could not be opened or written (a full disk, permissions): the message was not stored.
         public static let outboxUnavailable = Code(.outboxUnavailable)
+        /// The message's MQTT 5 message expiry interval ran out while it waited in the outbox
+        /// (``MQTTConfiguration/Outbox``): it was not sent, and left the outbox.
+        public static let messageExpired = Code(.messageExpired)
         /// Any other libmosquitto error code (a `MOSQ_ERR_*` value); see ``libraryErrorCode``.
         public static func library(_ rc: Int32) -> Code { Code(.library(rc)) }
 
