@@ -32,6 +32,40 @@ struct ResilienceTests {
         }
     }
 
+    /// Two clients with one client ID take the session from each other: the broker accepts each, then ends the
+    /// other's connection. Before backoffResetAfter every CONNACK reset the delay, and the pair reconnected every
+    /// initialDelay forever; now the delays grow as for failed attempts.
+    @Test("two clients with the same client ID back off instead of taking the session from each other every initialDelay")
+    func clientIDTakeoverBacksOff() async throws {
+        try await withBroker { broker in
+            var c = config(broker, id: "twin")
+            c.reconnect.initialDelay = .milliseconds(50)
+            c.reconnect.maximumDelay = .seconds(2)
+            c.logger = quietLogger()
+            let first = try MQTTClient(configuration: c)
+            let second = try MQTTClient(configuration: c)
+            let delays = LockedValue<[Duration]>([])
+            var watchers: [Task<Void, Never>] = []
+            for client in [first, second] {
+                let events = client.makeEventStream()
+                watchers.append(Task {
+                    for await e in events {
+                        if case .reconnecting(let after, _) = e { delays.withLock { $0.append(after) } }
+                    }
+                })
+            }
+            try await first.connect()
+            try await second.connect()
+            #expect(await eventually(timeout: .seconds(60)) { delays.withLock { $0.count } >= 8 })
+            let seen = delays.withLock { $0 }
+            // Jitter is ±20 %: without the growth every delay stays under 60 ms.
+            #expect(seen.max().map { $0 >= .milliseconds(150) } == true, "\(seen)")
+            await first.shutdown()
+            await second.shutdown()
+            for w in watchers { await w.value }
+        }
+    }
+
     /// `withQoS1: false` is the QoS 2 stream alone: there the broker's resends hit libmosquitto hardest
     /// (31-136 duplicates per restart before `QoS2Deduplicator`).
     @Test("SIGTERM restart mid-stream with persistence and persistent sessions: no QoS 1 loss, QoS 2 exactly once",

@@ -353,7 +353,8 @@ final class ClientCore: @unchecked Sendable {
             tunnel?.close()
             tunnel = nil
             // The connection is over (or never came up): the lifecycle decides what comes next.
-            switch state.withLock({ $0.lifecycle.attemptEnded(loopError: loopError) }) {
+            let (next, shortConnections) = state.withLock { ($0.lifecycle.attemptEnded(loopError: loopError), $0.lifecycle.shortConnections) }
+            switch next {
             case .stop:
                 break outer
             case .giveUp(let error, let reportDisconnected):
@@ -368,7 +369,9 @@ final class ClientCore: @unchecked Sendable {
                 if reportDisconnected { emit(.disconnected(error)) }
                 let next = state.withLock { $0.lifecycle.currentEndpoint }
                 let target = next == endpoint ? "" : " to \(next)"
-                logger.notice("MQTT connection to \(endpoint) unavailable (\(error.message)); reconnecting\(target) in \(delay) (attempt \(attempt))")
+                let who = config.clientID.map { " (another client with the client ID '\($0)'?)" } ?? ""
+                let flapping = shortConnections > 1 ? "; the broker accepted and then ended the last \(shortConnections) connections within \(config.reconnect.backoffResetAfter) each\(who), so the delay grows" : ""
+                logger.notice("MQTT connection to \(endpoint) unavailable (\(error.message)); reconnecting\(target) in \(delay) (attempt \(attempt))\(flapping)")
                 emit(.reconnecting(after: delay, attempt: attempt))
                 let ns = Int(max(0, delay / .nanoseconds(1)))
                 _ = wakeup.wait(timeout: .now() + .nanoseconds(ns))

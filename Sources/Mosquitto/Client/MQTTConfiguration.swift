@@ -186,11 +186,20 @@ public struct MQTTConfiguration: Sendable {
         /// Stop at once on refusals that retrying cannot fix: bad credentials, not authorised, banned,
         /// bad client id, unsupported protocol, TLS failures.
         public var giveUpOnFatalErrors: Bool
+        /// How long an accepted connection must last for the next delay to start again from ``initialDelay``.
+        ///
+        /// Connections that the broker accepts and then ends sooner, several in a row, keep growing the delay as
+        /// failed attempts do: a broker that drops the client right after CONNACK, or two clients that keep taking
+        /// the same client ID from each other, would otherwise reconnect every ``initialDelay`` forever. The first
+        /// short connection in a row does not count, so one broker restart changes nothing. They do not count
+        /// towards ``maximumAttempts``.
+        public var backoffResetAfter: Duration
 
         /// Creates a policy.
         public init(enabled: Bool = true, initialDelay: Duration = .milliseconds(500), maximumDelay: Duration = .seconds(30),
                     multiplier: Double = 2, jitter: Double = 0.2, maximumAttempts: Int? = nil,
-                    retryInitialConnect: Bool = false, giveUpOnFatalErrors: Bool = true) {
+                    retryInitialConnect: Bool = false, giveUpOnFatalErrors: Bool = true,
+                    backoffResetAfter: Duration = .seconds(10)) {
             self.enabled = enabled
             self.initialDelay = initialDelay
             self.maximumDelay = maximumDelay
@@ -199,6 +208,7 @@ public struct MQTTConfiguration: Sendable {
             self.maximumAttempts = maximumAttempts
             self.retryInitialConnect = retryInitialConnect
             self.giveUpOnFatalErrors = giveUpOnFatalErrors
+            self.backoffResetAfter = backoffResetAfter
         }
 
         /// Exponential backoff from 0.5 s to 30 s with ±20 % jitter, forever, giving up on fatal refusals.

@@ -33,6 +33,11 @@ struct ConnectionStateMachine<Waiter> {
     private(set) var everConnected = false
     /// Failed attempts since the last accepted one.
     private(set) var failures = 0
+    /// Accepted connections in a row that ended within ``MQTTConfiguration/ReconnectPolicy/backoffResetAfter`` (a
+    /// flapping connection): from the second on, each adds a step to the backoff.
+    private(set) var shortConnections = 0
+    /// When the broker accepted the current connection.
+    private(set) var acceptedAt: ContinuousClock.Instant?
     /// Per attempt: the CONNACK's refusal, whether the broker accepted, whether on_disconnect reported the end.
     private(set) var refusal: MQTTError?
     private(set) var acceptedThisAttempt = false
@@ -188,9 +193,10 @@ struct ConnectionStateMachine<Waiter> {
     }
 
     /// CONNACK accepted: the waiters to resume with it (after the re-subscriptions are queued).
-    mutating func connAckAccepted(_ ack: ConnAck) -> [Waiter] {
+    mutating func connAckAccepted(_ ack: ConnAck, now: ContinuousClock.Instant = .now) -> [Waiter] {
         everConnected = true
         acceptedThisAttempt = true
+        acceptedAt = now
         switch phase {
         case .draining:
             // Shutdown raced the handshake: DISCONNECT follows, but the connection did come up.
@@ -235,14 +241,20 @@ struct ConnectionStateMachine<Waiter> {
     ///
     /// A redirect the broker sent is followed at once (no delay, not a failure), up to ``maximumRedirects`` in a row.
     /// Any other end moves the next attempt to the next endpoint (and drops a temporary redirect).
-    mutating func attemptEnded(loopError: MQTTError?) -> AttemptEndedAction {
+    mutating func attemptEnded(loopError: MQTTError?, now: ContinuousClock.Instant = .now) -> AttemptEndedAction {
         if isClosing { return .stop }
         let error = refusal ?? loopError ?? MQTTError(.connectionLost, "Connection to \(endpoint) closed.")
         refusal = nil
         if acceptedThisAttempt {
             failures = 0
             redirectsInARow = 0
+            if let at = acceptedAt, now - at < policy.backoffResetAfter {
+                shortConnections += 1
+            } else {
+                shortConnections = 0
+            }
         }
+        acceptedAt = nil
         phase = .disconnected
         let report = !disconnectReported
         func giveUp(_ e: MQTTError) -> AttemptEndedAction {
@@ -272,7 +284,7 @@ struct ConnectionStateMachine<Waiter> {
             return giveUp(MQTTError(.gaveUp, "Gave up reconnecting to \(endpointList) after \(max) attempts. Last error: \(error.message)",
                                     reasonCode: error.reasonCode))
         }
-        let delay = policy.delay(forAttempt: failures)
+        let delay = policy.delay(forAttempt: failures + max(0, shortConnections - 1))
         phase = .backingOff(attempt: failures)
         return .reconnect(error: error, delay: delay, attempt: failures, reportDisconnected: report)
     }

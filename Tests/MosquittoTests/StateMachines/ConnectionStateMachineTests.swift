@@ -52,6 +52,45 @@ struct ConnectionStateMachineTests {
         guard case .reconnect(_, _, 1, _) = m.attemptEnded(loopError: Self.lost) else { Issue.record("back to attempt 1 after a success"); return }
     }
 
+    @Test("a flapping connection (accepted, then ended within backoffResetAfter) grows the delay from the second in a row; a stable one resets it; neither counts towards maximumAttempts")
+    func flappingConnection() {
+        var m = machine {
+            $0.jitter = 0
+            $0.maximumAttempts = 2
+            $0.backoffResetAfter = .seconds(10)
+        }
+        let t0 = ContinuousClock.now
+        _ = m.connect(1, waiter: "a")
+        /// One connection accepted at `start` that ends `lasted` later: the delay and the attempt number reported.
+        func connection(at start: Duration, lasted: Duration) -> (Duration, Int) {
+            _ = m.attemptStarting()
+            _ = m.connAckAccepted(ConnAck(), now: t0 + start)
+            _ = m.disconnected()
+            guard case .reconnect(_, let delay, let attempt, _) = m.attemptEnded(loopError: Self.lost, now: t0 + start + lasted) else {
+                Issue.record("a lost connection reconnects")
+                return (.zero, -1)
+            }
+            return (delay, attempt)
+        }
+        // The first short one in a row changes nothing (one broker restart): the initial delay.
+        #expect(connection(at: .zero, lasted: .seconds(1)) == (.milliseconds(100), 1))
+        // From the second on, each adds a step, as failed attempts do; the attempt count (and the limit) is untouched.
+        #expect(connection(at: .seconds(2), lasted: .milliseconds(500)) == (.milliseconds(200), 1))
+        #expect(connection(at: .seconds(3), lasted: .milliseconds(10)) == (.milliseconds(400), 1))
+        #expect(m.shortConnections == 3)
+        // A refused TCP connect in between counts as a failure and keeps the streak.
+        _ = m.attemptStarting()
+        guard case .reconnect(_, let refusedDelay, 2, _) = m.attemptEnded(loopError: Self.lost, now: t0 + .seconds(4)) else {
+            Issue.record("a failed attempt after a short connection reconnects, as attempt 2"); return
+        }
+        #expect(refusedDelay == .milliseconds(800), "attempt 2 plus two short connections beyond the first: step 4")
+        #expect(connection(at: .seconds(5), lasted: .seconds(1)) == (.milliseconds(800), 1))
+        // A connection that lasted backoffResetAfter starts again from the initial delay.
+        #expect(connection(at: .seconds(10), lasted: .seconds(10)) == (.milliseconds(100), 1))
+        #expect(m.shortConnections == 0)
+        #expect(connection(at: .seconds(30), lasted: .seconds(1)) == (.milliseconds(100), 1))
+    }
+
     @Test("a refused CONNACK is the reason the attempt ends, not libmosquitto's protocol error; the first refusal ends a client that does not retry")
     func refusal() {
         var m = machine()
