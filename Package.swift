@@ -13,6 +13,7 @@ let package = Package(
         .executable(name: "mqtt-pub", targets: ["mqtt-pub"]),
         .executable(name: "mqtt-sub", targets: ["mqtt-sub"]),
         .executable(name: "mqtt-rr", targets: ["mqtt-rr"]),
+        .executable(name: "mqtt-ws-tunnel", targets: ["mqtt-ws-tunnel"]),
         .executable(name: "mqtt-bridge", targets: ["mqtt-bridge"]),
         .executable(name: "mosquitto-demo", targets: ["mosquitto-demo"]),
         .executable(name: "mosquitto-bench", targets: ["mosquitto-bench"]),
@@ -97,7 +98,7 @@ let package = Package(
         // The engine of mqtt-pub, mqtt-sub and mqtt-rr: libmosquitto driven directly, as mosquitto's own clients
         // do, with nothing else linked but the WebSocket tunnel (which starts its threads only for --ws), so a short
         // run starts in about the time mosquitto_pub does.
-        .target(name: "MosquittoCLICore", dependencies: ["CMosquitto", "CMosquittoIO", "MQTTURLParser", "MessagePack", "MQTTWebSocket", "MQTTOutbox", .product(name: "Logging", package: "swift-log")], path: "Sources/MosquittoCLI/Core"),
+        .target(name: "MosquittoCLICore", dependencies: ["CMosquitto", "CMosquittoIO", "MQTTURLParser", "MessagePack", "MQTTOutbox", .product(name: "Logging", package: "swift-log")], path: "Sources/MosquittoCLI/Core"),
         // ArgumentParser options in the CLIs' spelling for library clients: mqtt-bridge's broker options (and the flags to
         // name for a library error), -D properties, and mqtt-sub's printing for library messages (MessageFormatter).
         .target(
@@ -115,6 +116,9 @@ let package = Package(
         .executableTarget(name: "mqtt-pub", dependencies: ["MosquittoCLICore"]),
         .executableTarget(name: "mqtt-sub", dependencies: ["MosquittoCLICore"]),
         .executableTarget(name: "mqtt-rr", dependencies: ["MosquittoCLICore"]),
+        // The WebSocket tunnel the three tools start for --ws: kept out of them, so that their plain-MQTT path does not
+        // load SwiftNIO and BoringSSL.
+        .executableTarget(name: "mqtt-ws-tunnel", dependencies: ["MQTTWebSocket"]),
         // The MQTT <-> TCP/UDP bridge as a library (a ServiceLifecycle Service), with no command-line code in it.
         .target(
             name: "MQTTBridge",

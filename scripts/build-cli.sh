@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds mqtt-pub, mqtt-sub and mqtt-rr for installing: release mode, the Swift runtime linked in
-# (--static-swift-stdlib) and libstdc++ too, so that a run loads no more shared libraries than mosquitto_pub does
+# Builds mqtt-pub, mqtt-sub and mqtt-rr (and mqtt-ws-tunnel, which they start for --ws) for installing: release
+# mode, the Swift runtime linked in (--static-swift-stdlib) and libstdc++ too, so that a run loads no more shared libraries than mosquitto_pub does
 # (libmosquitto, libssl, libcrypto, libc, libm, libgcc_s). Loading and relocating the dynamic libstdc++ alone costs
 # a short run about 1.6 million instructions, as much as the whole of mosquitto_pub's own work.
 #
@@ -25,12 +25,13 @@ if [ -n "$STDCXX" ] && [ -f "$STDCXX" ]; then
 else
   echo "note: no static libstdc++.a found (install libstdc++-dev); libstdc++ stays a shared library" >&2
 fi
-for product in mqtt-pub mqtt-sub mqtt-rr; do
+# mqtt-ws-tunnel is the WebSocket tunnel the three start for --ws (SwiftNIO and BoringSSL live there, not in them).
+for product in mqtt-pub mqtt-sub mqtt-rr mqtt-ws-tunnel; do
   swift build -c release --static-swift-stdlib --scratch-path "$SCRATCH" --product "$product" "${EXTRA[@]}" >&2
 done
 BIN="$(cd "$SCRATCH/release" && pwd)"
 if [ -n "$INSTALL" ]; then
-  install -m 0755 "$BIN/mqtt-pub" "$BIN/mqtt-sub" "$BIN/mqtt-rr" "$INSTALL/"
+  install -m 0755 "$BIN/mqtt-pub" "$BIN/mqtt-sub" "$BIN/mqtt-rr" "$BIN/mqtt-ws-tunnel" "$INSTALL/"
   BIN="$INSTALL"
 fi
 echo "$BIN"

@@ -349,6 +349,18 @@ package final class WebSocketTunnel: Sendable {
         close()
     }
 
+    /// Blocks until the WebSocket side closed: the broker or libmosquitto's side ended, or `alive`, asked every
+    /// `interval`, said no (``WebSocketTunnelHelper``: its tool is gone).
+    package func waitUntilClosed(checkingEvery interval: Duration, while alive: @escaping @Sendable () -> Bool) {
+        let channel = webSocket
+        let check = channel.eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(Int64(interval / .milliseconds(1))),
+                                                           delay: .milliseconds(Int64(interval / .milliseconds(1)))) { _ in
+            if !alive() { channel.close(promise: nil) }
+        }
+        try? channel.closeFuture.wait()
+        check.cancel()
+    }
+
     /// Whether the WebSocket side is still open (for tests).
     package var isOpen: Bool { webSocket.isActive }
 

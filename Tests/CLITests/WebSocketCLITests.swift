@@ -158,6 +158,45 @@ struct WebSocketCLITests {
         }
     }
 
+    /// The tunnel runs in mqtt-ws-tunnel, started by the tool for --ws only.
+    @Test("the tunnel is a helper process: it ends when its tool is killed with SIGKILL, and a tool without it says what is missing")
+    func helperProcess() async throws {
+        try await withBroker(Self.wsBroker) { broker in
+            let ws = String(broker.webSocketsPort ?? 0)
+            let client = try await libraryClient(broker)
+            try await client.publish(to: "wshelper/r", string: "ready", qos: .atLeastOnce, retain: true)
+            let sub = try Child(tool("mqtt-sub"), ["--ws", "-h", broker.host, "-p", ws, "-t", "wshelper/#", "-q", "1"])
+            defer { sub.killIfRunning() }
+            #expect(await printedSomething(sub, timeout: .seconds(30) * testTimeScale))
+            let children = (try? String(contentsOfFile: "/proc/\(sub.pid)/task/\(sub.pid)/children", encoding: .utf8)) ?? ""
+            let helpers = children.split(separator: " ").compactMap { pid_t($0) }.filter { pid in
+                ((try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) ?? "").hasPrefix("mqtt-ws-tunnel")
+            }
+            #expect(helpers.count == 1, "children of mqtt-sub: \(children)")
+            sub.signal(SIGKILL)
+            _ = await sub.wait(timeout: .seconds(10))
+            // Gone, or a zombie waiting for a parent that does not reap (as PID 1 in some containers).
+            func running(_ pid: pid_t) -> Bool {
+                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { return false }
+                return !stat[close...].hasPrefix(") Z")
+            }
+            for pid in helpers { #expect(await eventually(timeout: .seconds(10)) { !running(pid) }, "mqtt-ws-tunnel \(pid) outlived its tool") }
+            try await client.publish(to: "wshelper/r", string: "", qos: .atLeastOnce, retain: true)
+            await client.shutdown()
+
+            // mqtt-pub copied alone: --ws says what is missing; plain MQTT does not need the helper.
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            try FileManager.default.copyItem(atPath: tool("mqtt-pub"), toPath: dir + "/mqtt-pub")
+            let missing = try await run(dir + "/mqtt-pub", ["--ws", "-h", broker.host, "-p", ws, "-t", "t", "-m", "m"])
+            #expect(missing.status != 0, "\(missing)")
+            #expect(missing.stderr.contains("mqtt-ws-tunnel"), "\(missing.stderr)")
+            let plain = try await run(dir + "/mqtt-pub", at(broker) + ["-t", "t", "-m", "m"])
+            #expect(plain.status == 0, "\(plain)")
+        }
+    }
+
     @Test("mqtt-rr --ws: request and response over WebSockets")
     func rrOverWebSockets() async throws {
         try await withBroker(Self.wsBroker) { broker in

@@ -4,7 +4,6 @@ import Glibc
 import Musl
 #endif
 import CMosquitto
-import MQTTWebSocket
 
 /// Setting up the libmosquitto handle and connecting, as mosquitto's `client_opts_set` and `client_connect` do,
 /// and the messages for what went wrong.
@@ -143,10 +142,11 @@ extension ClientConfig {
         webSockets ? connectWebSocket(mosq, quiet: true) : mosquitto_reconnect(mosq)
     }
 
-    /// `--ws` and `ws(s)://`: libmosquitto 2.0.11 cannot frame WebSockets, so a ``WebSocketTunnel`` performs the
-    /// upgrade (path /mqtt, subprotocol mqtt, TLS for wss) and libmosquitto connects to its private Unix socket.
-    /// Returns libmosquitto's code, or for a failed upgrade the code mosquitto 2.1's clients exit with: 1 when the
-    /// connection is refused (MOSQ_ERR_ERRNO), 8 for TLS, 13 (MOSQ_ERR_UNKNOWN) when the server refuses the upgrade.
+    /// `--ws` and `ws(s)://`: libmosquitto 2.0.11 cannot frame WebSockets, so a tunnel (``WebSocketHelper``, the
+    /// `mqtt-ws-tunnel` program) performs the upgrade (path /mqtt, subprotocol mqtt, TLS for wss) and libmosquitto
+    /// connects to its private Unix socket. Returns libmosquitto's code, or for a failed upgrade the code mosquitto
+    /// 2.1's clients exit with: 1 when the connection is refused (MOSQ_ERR_ERRNO), 8 for TLS, 13 (MOSQ_ERR_UNKNOWN)
+    /// when the server refuses the upgrade.
     private func connectWebSocket(_ mosq: OpaquePointer, quiet: Bool = false) -> Int32 {
         WebSocketConnection.tunnel?.close()
         WebSocketConnection.tunnel = nil
@@ -154,21 +154,19 @@ extension ClientConfig {
             errPrintf("Error: TLS-PSK is not available over WebSockets; use --cafile or --capath.\n")
             return Int32(MOSQ_ERR_NOT_SUPPORTED.rawValue)
         }
-        let tunnel: WebSocketTunnel
-        do {
-            tunnel = try WebSocketTunnel.open(to: webSocketEndpoint)
-        } catch {
-            if !quiet { error.message.withCString { errPrintf("Error: %s\n", $0) } }
-            switch error.kind {
-            case .connectionFailed(let e):
-                if let e { errno = e }
+        let tunnel: WebSocketHelper
+        switch WebSocketHelper.open(arguments: webSocketArguments) {
+        case .success(let t): tunnel = t
+        case .failure(let failure):
+            if !quiet { failure.message.withCString { errPrintf("Error: %s\n", $0) } }
+            switch failure.kind {
+            case "connectionFailed", "system":
+                if failure.number != 0 { errno = failure.number }
                 return Int32(MOSQ_ERR_ERRNO.rawValue)
-            case .tls: return Int32(MOSQ_ERR_TLS.rawValue)
-            case .invalidConfiguration: return Int32(MOSQ_ERR_INVAL.rawValue)
-            case .system(let e):
-                if let e { errno = e }
-                return Int32(MOSQ_ERR_ERRNO.rawValue)
-            case .rejected, .notWebSocket, .closedWithoutAnswer, .timeout, .cancelled: return Int32(MOSQ_ERR_UNKNOWN.rawValue)
+            case "tls": return Int32(MOSQ_ERR_TLS.rawValue)
+            case "invalidConfiguration": return Int32(MOSQ_ERR_INVAL.rawValue)
+            case "missing": return Int32(MOSQ_ERR_NOT_SUPPORTED.rawValue)
+            default: return Int32(MOSQ_ERR_UNKNOWN.rawValue)  // rejected, notWebSocket, closedWithoutAnswer, timeout
             }
         }
         WebSocketConnection.tunnel = tunnel
@@ -177,18 +175,26 @@ extension ClientConfig {
         return rc
     }
 
-    /// Where `--ws` connects: the host and port given (1883, or 8883 with --cafile/--capath), path /mqtt, and the
-    /// TLS options when TLS is on.
-    var webSocketEndpoint: WebSocketEndpoint {
+    /// Where `--ws` connects, as `mqtt-ws-tunnel`'s arguments: the host and port given (1883, or 8883 with
+    /// --cafile/--capath), path /mqtt, and the TLS options when TLS is on.
+    var webSocketArguments: [String] {
         func s(_ c: CStr?) -> String? { c.map { String(cString: $0) } }
-        let tls: WebSocketTLS? = usesTLS
-            ? WebSocketTLS(caFile: s(caFile), caDirectory: s(caPath), certificateFile: s(certFile), keyFile: s(keyFile),
-                           verifyHostname: !insecure,
-                           useSystemCertificates: tlsUseOSCerts || (caFile == nil && caPath == nil),
-                           minimumVersion: s(tlsVersion), ciphers: s(ciphers), alpn: s(tlsALPN))
-            : nil
-        return WebSocketEndpoint(host: s(host) ?? "localhost", port: Int(effectivePort), path: "/mqtt", tls: tls,
-                                 timeout: .seconds(Int64(max(keepalive, 10))))
+        var a = ["--host", s(host) ?? "localhost", "--port", String(effectivePort), "--path", "/mqtt",
+                 "--timeout-ms", String(Int(max(keepalive, 10)) * 1000)]
+        if usesTLS {
+            a.append("--tls")
+            func add(_ flag: String, _ value: CStr?) { if let v = s(value) { a += [flag, v] } }
+            add("--cafile", caFile)
+            add("--capath", caPath)
+            add("--cert", certFile)
+            add("--key", keyFile)
+            if insecure { a.append("--insecure") }
+            if tlsUseOSCerts || (caFile == nil && caPath == nil) { a.append("--os-certs") }
+            add("--tls-version", tlsVersion)
+            add("--ciphers", ciphers)
+            add("--alpn", tlsALPN)
+        }
+        return a
     }
 
     /// mosquitto's final `Error: <mosquitto_strerror(rc)>` line, with what actually failed for TLS errors and for a
@@ -371,14 +377,3 @@ enum TLSContext {
     }
 }
 
-/// The WebSocket tunnel of the current connection (`--ws`). The tools connect and reconnect from one thread.
-enum WebSocketConnection {
-    nonisolated(unsafe) static var tunnel: WebSocketTunnel?
-
-    /// Lets the tunnel carry what libmosquitto wrote last (DISCONNECT) before the process exits: exiting at once
-    /// dropped it, and the broker then published the client's will.
-    static func finish() {
-        tunnel?.finish()
-        tunnel = nil
-    }
-}
