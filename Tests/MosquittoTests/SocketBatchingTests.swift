@@ -165,8 +165,12 @@ struct SocketBatchingTests {
         // The tested version is patched; the switch turns batching off before the version is even looked at.
         #expect(SocketBatching.decide(libraryVersion: "2.0.11", switchSetting: nil) { installs += 1; return nil } == .on)
         #expect(installs == 1)
-        #expect(SocketBatching.decide(libraryVersion: "2.0.11", switchSetting: "0") { installs += 1; return nil } != .on)
+        for setting in ["0", "off", "false", "no"] {
+            #expect(SocketBatching.decide(libraryVersion: "2.0.11", switchSetting: setting) { installs += 1; return nil } != .on)
+        }
         #expect(installs == 1)
+        #expect(SocketBatching.decide(libraryVersion: "2.0.11", switchSetting: "1") { installs += 1; return nil } == .on)
+        #expect(installs == 2)
         // A failed installation is off, and the line gives its reason.
         let failed = SocketBatching.decide(libraryVersion: "2.0.11", switchSetting: nil) { "a slot could not be written" }
         #expect(failed == .off(reason: "Socket batching is off: a slot could not be written. The client uses libmosquitto's own socket I/O."))

@@ -699,11 +699,14 @@ final class ClientCore: @unchecked Sendable {
 /// "libmosquitto 2.0.11 workarounds", section "Socket batching", says why and how it is pinned).
 ///
 /// Decided once per process, when the first client that wants batching asks, in this order: the switch
-/// `MOSQUITTO_SWIFT_SOCKET_BATCHING=0` (for comparisons, and for ruling batching out when chasing a problem) turns it
+/// `MOSQUITTO_SWIFT_SOCKET_BATCHING=0` (or `off`; for comparisons, and for ruling batching out when chasing a problem) turns it
 /// off; a libmosquitto other than the ``testedVersions`` turns it off before anything is patched; then
 /// `mosq_io_install` patches every slot or none and checks the result. When it is off, one debug line per process
 /// says why.
 enum SocketBatching {
+    /// The values of `MOSQUITTO_SWIFT_SOCKET_BATCHING` that turn batching off, here and in the CLIs.
+    static let offSettings: Set<String> = ["0", "off", "false", "no"]
+
     /// The libmosquitto versions whose `read`/`write`/`close` calls the redirection was tested against.
     static let testedVersions: Set<String> = ["2.0.11"]
 
@@ -736,8 +739,8 @@ enum SocketBatching {
     /// called only when the switch and the version allow. The process's decision passes the real inputs; tests
     /// pass another version or a failing installation here, and see whether `install` was called at all.
     static func decide(libraryVersion: String, switchSetting: String?, install: () -> String?) -> Decision {
-        if switchSetting == "0" {
-            return .off(reason: "Socket batching is off: MOSQUITTO_SWIFT_SOCKET_BATCHING=0. The client uses libmosquitto's own socket I/O.")
+        if let setting = switchSetting, SocketBatching.offSettings.contains(setting) {
+            return .off(reason: "Socket batching is off: MOSQUITTO_SWIFT_SOCKET_BATCHING=\(setting). The client uses libmosquitto's own socket I/O.")
         }
         guard testedVersions.contains(libraryVersion) else {
             let tested = testedVersions.sorted().joined(separator: ", ")

@@ -13,9 +13,12 @@ import Synchronization
 /// `write` that mosquitto_sub also makes is most of what is left.
 enum Batching {
     /// A buffer set bound to this thread, or nil when batching is off: another libmosquitto than the tested
-    /// 2.0.11, `MOSQUITTO_SWIFT_SOCKET_BATCHING=off`, or an installation that failed its self-check.
+    /// 2.0.11, `MOSQUITTO_SWIFT_SOCKET_BATCHING=off` (or `0`), or an installation that failed its self-check.
     static func start() -> OpaquePointer? {
-        if let setting = getenv("MOSQUITTO_SWIFT_SOCKET_BATCHING"), strcmp(setting, "off") == 0 { return nil }
+        // The library's values too (SocketBatching.offSettings): one switch for both.
+        if let setting = getenv("MOSQUITTO_SWIFT_SOCKET_BATCHING"), ["0", "off", "false", "no"].contains(String(cString: setting)) {
+            return nil
+        }
         var major: Int32 = 0, minor: Int32 = 0, revision: Int32 = 0
         mosquitto_lib_version(&major, &minor, &revision)
         guard major == 2 && minor == 0 && revision == 11 else { return nil }
