@@ -83,4 +83,34 @@ struct TranscodeTests {
             await sub.shutdown()
         }
     }
+
+    @Test("a publisher that keeps sending what is not MessagePack to a json_msgpack route gets one warning line, then a count: not one line per message")
+    func untranscodableIsRateLimited() async throws {
+        try await withBroker { broker in
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            var route = try serverRoute("codec", direction: .both, topic: "codec/feed/x", subscriptions: ["codec/cmd/#"])
+            route.transcode = .jsonMessagePack
+            route.deadLetterTopic = "codec/dead"
+            let capture = OpLogCapture()
+            let n = 50
+            try await opWithBridge(opConfig(host: broker.host, port: broker.port, spool: dir, routes: [route], capture: capture), capture) { bridge in
+                let m = bridge.metrics.route("codec")
+                #expect(await eventually { m.isSubscribed })
+                let pub = try await connected(broker)
+                for i in 0..<n { try await pub.publish(to: "codec/cmd/\(i)", payload: [0xc1, UInt8(i)], qos: .atLeastOnce) }
+                #expect(await eventually { m.deadLettered.value == n })
+                await pub.shutdown()
+            }
+            // Stopping the route logs the count of a window still open.
+            let firsts = capture.lines(containing: "is not MessagePack; sent to codec/dead").filter { !$0.contains("more message") }
+            let summaries = capture.lines(containing: "toward the feed that")
+            let counted = summaries.reduce(0) { total, line in
+                total + (Int(line.split(separator: ": ", maxSplits: 1).last?.prefix { $0.isNumber } ?? "") ?? 0)
+            }
+            #expect(firsts.count >= 1 && firsts.count + summaries.count <= 6, "\(capture.all)")
+            #expect(firsts.count + counted == n, "every message is logged or counted: \(capture.all)")
+        }
+    }
+
 }

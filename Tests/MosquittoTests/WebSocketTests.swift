@@ -48,7 +48,15 @@ struct WebSocketTests {
           arguments: [false, true], [QoS.atMostOnce, .atLeastOnce, .exactlyOnce])
     func roundTrip(tls: Bool, qos: QoS) async throws {
         try await withBroker(Self.wsBroker) { broker in
-            let sub = try await Self.wsConnected(broker, tls: tls)
+            // A persistent session: a connection lost under load (seen once in a loaded ThreadSanitizer run: 4 QoS 1
+            // messages missing in the middle, the plain subscriber had all) does not lose what the broker holds.
+            let sub = try await Self.wsConnected(broker, tls: tls, id: "rt-sub-\(tls)-\(qos.rawValue)") {
+                $0.session = .persistent(expiry: 300)
+            }
+            let subEvents = Locked<[String]>([])
+            let watcher = Task {
+                for await e in sub.makeEventStream() { subEvents.withLock { $0.append("\(e)") } }
+            }
             let pub = try await Self.wsConnected(broker, tls: tls)
             // And a plain-TCP subscriber: the WebSocket client's messages are ordinary MQTT to everyone else.
             let plain = try await connected(broker)
@@ -59,10 +67,20 @@ struct WebSocketTests {
                                                userProperties: [UserProperty("k", "v"), UserProperty("k", "v2")])
             let sent = (0..<20).map { MQTTMessage(topic: "ws/rt/\($0)", string: "message \($0) über ws", qos: qos, properties: properties) }
             for m in sent { try await pub.publish(m) }
-            let got = try await collect(stream, count: sent.count, timeout: .seconds(15 * testTimeScale))
+            let last = sent.last!.topic
+            let received = try await collect(stream, until: { $0.topic == last }, timeout: .seconds(15 * testTimeScale))
             let gotPlain = try await collect(plainStream, count: sent.count, timeout: .seconds(15 * testTimeScale))
-            #expect(got.map(\.topic) == sent.map(\.topic))
-            #expect(got.map(\.payload) == sent.map(\.payload))
+            let reconnected = subEvents.withLock { $0.contains { $0.hasPrefix("disconnected") } }
+            // QoS 1 is at least once: after a lost connection the broker resends what was not acknowledged.
+            var got: [MQTTMessage] = []
+            for m in received where qos != .atLeastOnce || !reconnected || !got.contains(where: { $0.topic == m.topic }) { got.append(m) }
+            if qos == .atMostOnce && reconnected {
+                // QoS 0 sent while the subscriber was away is gone, as MQTT says; what arrived is in order.
+                #expect(got.map(\.topic) == sent.map(\.topic).filter { t in got.contains { $0.topic == t } })
+            } else {
+                #expect(got.map(\.topic) == sent.map(\.topic), "subscriber's connection events: \(subEvents.withLock { $0 })")
+                #expect(got.map(\.payload) == sent.map(\.payload))
+            }
             #expect(gotPlain.map(\.payload) == sent.map(\.payload))
             for m in got {
                 #expect(m.qos == qos)
@@ -73,6 +91,7 @@ struct WebSocketTests {
                 #expect(m.properties.payloadFormat == .utf8)
             }
             await pub.shutdown(); await sub.shutdown(); await plain.shutdown()
+            await watcher.value
         }
     }
 

@@ -314,7 +314,7 @@ public final class BridgeService: Service, Sendable {
         }
         let runtime = RouteRuntime(config: route, metrics: routeMetrics, registry: metrics.registry, spool: spool,
                                    spoolFull: configuration.spoolFull, statePrefix: configuration.statePrefix, doorbell: doorbell,
-                                   logger: logger)
+                                   eventLoop: group.next(), logger: logger)
         switch route.feed.mode {
         case .tcpServer: try await runtime.startServer(group: group)
         case .udp: try await runtime.startUDP(group: group)

@@ -56,6 +56,9 @@ final class RouteRuntime: Sendable {
     let spoolFull: SpoolConfiguration.FullPolicy
     let logger: Logger
     let doorbell: Doorbell
+    /// Messages toward the feed that are not MessagePack (a `json_msgpack` route): a publisher sending something
+    /// else sends it again and again, so one line for the first, then a count at most every 10 s.
+    private let untranscodableLog: BurstLogger
     /// Settings a reload swaps in place; readers cache them and refresh when `generation` moves.
     private let live: LockedValue<LiveSettings>
     let generation = Atomic<Int>(0)
@@ -112,7 +115,8 @@ final class RouteRuntime: Sendable {
     static let spoolErrorLogInterval: Duration = .seconds(30)
 
     init(config: RouteConfiguration, metrics: RouteMetrics, registry: PrometheusCollectorRegistry, spool: Spool?,
-         spoolFull: SpoolConfiguration.FullPolicy, statePrefix: String, doorbell: Doorbell, logger: Logger) {
+         spoolFull: SpoolConfiguration.FullPolicy, statePrefix: String, doorbell: Doorbell, eventLoop: any EventLoop,
+         logger: Logger) {
         self.config = config
         self.metrics = metrics
         self.registry = registry
@@ -123,6 +127,12 @@ final class RouteRuntime: Sendable {
         self.doorbell = doorbell
         self.logger = logger
         self.encoder = FrameEncoder(framing: config.framing)
+        let name = config.name
+        untranscodableLog = BurstLogger(eventLoop: eventLoop, first: { detail in
+            logger.warning("Route \(name): \(detail)")
+        }, summary: { count, detail in
+            logger.warning("Route \(name): \(count) more message\(count == 1 ? "" : "s") toward the feed that \(count == 1 ? "was" : "were") not MessagePack (the last: \(detail))")
+        })
     }
 
     /// The live settings now.
@@ -398,10 +408,10 @@ final class RouteRuntime: Sendable {
         if spool != nil {
             metrics.deadLettered.add()
             _ = ingest([SpoolRecord(topic: settings.deadLetterTopic, payload: message.payload, qos: settings.qos, flags: .deadLetter)])
-            logger.warning("Route \(config.name): the message on '\(message.topic)' is not MessagePack; sent to \(settings.deadLetterTopic)")
+            untranscodableLog.record("the message on '\(message.topic)' is not MessagePack; sent to \(settings.deadLetterTopic)")
         } else {
             metrics.drops[.unencodable]!.add()
-            logger.warning("Route \(config.name): the message on '\(message.topic)' is not MessagePack; dropped (the route has no spool for a dead-letter topic)")
+            untranscodableLog.record("the message on '\(message.topic)' is not MessagePack; dropped (the route has no spool for a dead-letter topic)")
         }
     }
 
@@ -420,6 +430,7 @@ final class RouteRuntime: Sendable {
         try? await client?.close()
         for c in conns where c.target == nil { try? await c.channel.close() }
         for t in tasks { await t?.value }
+        untranscodableLog.flush()
         state.withLock { s in
             s.connections.removeAll()
             s.snapshot = []
