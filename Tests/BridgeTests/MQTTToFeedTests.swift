@@ -251,6 +251,36 @@ struct OtherFeedTests {
         }
     }
 
+    /// Routes start before the first connection; a subscribe made offline returns at once. The route said
+    /// "subscribed" then, before the broker had the filter, and a message published right after never reached the
+    /// feed (a loaded ThreadSanitizer run lost the first of 50 that way).
+    @Test("a route is subscribed only once the broker has its filter: not while the broker is down, and the first message after it reaches the feed")
+    func subscribedOnlyWhenTheBrokerHasIt() async throws {
+        try await withBroker { broker in
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            await broker.stop()
+            let holder = try PortHolder(port: broker.port)
+            let route = try serverRoute("late", direction: .toFeed, subscriptions: ["late/#"])
+            try await withBridge(bridgeConfig(broker, spool: dir, routes: [route])) { bridge in
+                let peer = try await FeedPeer.connect(port: try #require(bridge.port(ofRoute: "late")))
+                let m = bridge.metrics.route("late")
+                #expect(await eventually { m.openConnectionCount == 1 })
+                try await Task.sleep(for: .milliseconds(500))
+                #expect(!m.isSubscribed, "subscribed while the broker is down")
+                #expect(!bridge.isReady)
+                holder.release()
+                try await broker.start()
+                #expect(await eventually(timeout: .seconds(30)) { m.isSubscribed })
+                let pub = try await connected(broker)
+                try await pub.publish(to: "late/1", string: "first", qos: .atLeastOnce)
+                #expect(await eventually { lines(peer.received) == ["first"] }, "\(lines(peer.received))")
+                await pub.shutdown()
+                await peer.close()
+            }
+        }
+    }
+
     @Test("/metrics, /healthz and /readyz answer over HTTP with the route counters")
     func metricsEndpoint() async throws {
         try await withBroker { broker in

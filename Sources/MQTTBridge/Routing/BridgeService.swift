@@ -334,8 +334,22 @@ public final class BridgeService: Service, Sendable {
             runtime.setFanOutTask(Task {
                 while !Task.isCancelled {
                     do {
+                        // Routes start before the first connection. Made offline, a subscribe returns at once and its
+                        // SUBSCRIBE waits for the connection: "subscribed" (and /readyz) then came before the broker
+                        // had the filter, and a message published meanwhile never reached the feed (seen under load).
+                        while !Self.isConnected(client) && !Task.isCancelled {
+                            try? await Task.sleep(for: .milliseconds(20))
+                        }
+                        if Task.isCancelled { return }
                         let stream = try await client.subscribe(
                             subscriptions, buffer: SubscriptionBuffer(capacity: 16384, overflow: .backpressure(maxWait: .seconds(3600))))
+                        // A connection lost before the SUBACK: the client re-sends the SUBSCRIBE right after the next
+                        // CONNACK; say subscribed once connected again.
+                        if stream.grantedQoS.contains(where: { $0 == nil }) {
+                            while !Self.isConnected(client) && !Task.isCancelled {
+                                try? await Task.sleep(for: .milliseconds(20))
+                            }
+                        }
                         runtime.metrics.subscribed.store(true, ordering: .releasing)
                         for try await message in stream { runtime.fanOut(message) }
                         if Task.isCancelled { return }
@@ -349,6 +363,11 @@ public final class BridgeService: Service, Sendable {
             })
         }
         state.withLock { $0.routes[route.name] = runtime }
+    }
+
+    private static func isConnected(_ client: MQTTClient) -> Bool {
+        if case .connected = client.state { return true }
+        return false
     }
 
     private func stopEverything(client: MQTTClient, drain: Bool, publisherRunning: Bool = false) async {
