@@ -49,6 +49,8 @@ import Synchronization
 //   exited on its own (check `hasExited`). It is set only by `start()` and cleared by `stop()`/`kill()`.
 // - `starting` is true while exactly one `start()` is between its check and its end.
 // - once `isShutDown` is true the directory is gone and nothing can be started again.
+// - `holds` has a hold for each port mosquitto can share one with, and, while the broker is stopped, for every
+//   port; it is empty after shutdown.
 public final class MosquittoBroker: Sendable {
     private struct State {
         var ports: BrokerPorts?
@@ -56,6 +58,9 @@ public final class MosquittoBroker: Sendable {
         var preparedFiles = false
         var starting = false
         var isShutDown = false
+        /// Sockets that keep the broker's ports from other processes while mosquitto is not bound to them
+        /// (see `PortHold`), by port. A port without one is mosquitto's, or was taken while the broker was down.
+        var holds: [Int: PortHold] = [:]
     }
 
     /// The configuration the broker was created with.
@@ -231,7 +236,10 @@ public final class MosquittoBroker: Sendable {
     /// ``port`` (and ``tlsPort``) succeeds. If the broker loses a race for a port to another
     /// process, new ports are chosen and it is tried again.
     ///
-    /// Later calls, after ``stop()`` or ``kill()`` or a crash, reuse the same ports, files and data.
+    /// Later calls, after ``stop()`` or ``kill()`` or a crash, reuse the same ports, files and data. After
+    /// ``stop()`` and ``kill()`` the broker keeps its ports with sockets that are bound but do not listen, so
+    /// clients are refused as by a stopped broker, while no other socket (another test's listener, an outgoing
+    /// connection's local port) can take a port before the next start.
     ///
     /// - Throws: ``MosquittoBrokerError``: ``MosquittoBrokerError/Code/executableNotFound`` when
     ///   mosquitto is not installed, ``MosquittoBrokerError/Code/exitedDuringStartup`` or
@@ -295,6 +303,7 @@ public final class MosquittoBroker: Sendable {
         state.withLock { state in
             if state.child === child { state.child = nil }
         }
+        holdPortsWhileStopped()
         if wasRunning {
             logger.notice(
                 "mosquitto broker stopped",
@@ -314,6 +323,7 @@ public final class MosquittoBroker: Sendable {
         state.withLock { state in
             if state.child === child { state.child = nil }
         }
+        holdPortsWhileStopped()
         if wasRunning {
             logger.notice("mosquitto broker killed", metadata: ["mosquitto.pid": "\(child.pid)"])
         }
@@ -360,10 +370,14 @@ public final class MosquittoBroker: Sendable {
     /// Stops the broker (as ``stop()``) and removes its directory. The instance cannot be started again.
     public func shutdown() async {
         await stop()
-        let removeDirectory = state.withLock { state -> Bool in
-            defer { state.isShutDown = true }
-            return !state.isShutDown
+        let (removeDirectory, holds) = state.withLock { state -> (Bool, [PortHold]) in
+            defer {
+                state.isShutDown = true
+                state.holds = [:]
+            }
+            return (!state.isShutDown, Array(state.holds.values))
         }
+        for hold in holds { hold.release() }
         if removeDirectory {
             try? FileManager.default.removeItem(atPath: layout.directory)
         }
@@ -422,6 +436,32 @@ public final class MosquittoBroker: Sendable {
         }
     }
 
+    /// Releases the holds on the ports mosquitto cannot bind beside one: the WebSockets listeners' (libwebsockets
+    /// does not set `SO_REUSEADDR`), or all of them where ``PortHold/sharesWithMosquitto`` is false.
+    private func releaseHoldsMosquittoCannotShare(_ ports: BrokerPorts) {
+        let released = state.withLock { state in
+            let unshared = PortHold.sharesWithMosquitto ? [ports.webSockets, ports.webSocketsTLS].compactMap { $0 } : ports.all
+            return unshared.compactMap { state.holds.removeValue(forKey: $0) }
+        }
+        for hold in released { hold.release() }
+    }
+
+    /// Holds every port of a stopped broker, so that its next start finds them free: without this, a test
+    /// process's other connections and `bind(0)` calls take a stopped broker's port now and then (a port taken
+    /// by a long-lived connection stays taken). A port something else took meanwhile stays without a hold.
+    private func holdPortsWhileStopped() {
+        guard let ports = state.withLock({ state in state.isShutDown || state.child != nil ? nil : state.ports }) else { return }
+        for port in ports.all where state.withLock({ $0.holds[port] == nil }) {
+            guard let hold = try? PortHold(port: port) else { continue }
+            let kept = state.withLock { state in
+                guard !state.isShutDown, state.holds[port] == nil else { return false }
+                state.holds[port] = hold
+                return true
+            }
+            if !kept { hold.release() }
+        }
+    }
+
     private enum LaunchOutcome {
         case ready(ChildProcess)
         case portInUse(MosquittoBrokerError)
@@ -444,11 +484,21 @@ public final class MosquittoBroker: Sendable {
             } else {
                 let tls = configuration.tls
                 let ws = configuration.webSockets
-                let reserved = try POSIX.reserveLoopbackPorts(count: 1 + (tls ? 1 : 0) + (ws ? 1 : 0) + (tls && ws ? 1 : 0))
+                var fresh: [PortHold] = []
+                for _ in 0..<(1 + (tls ? 1 : 0) + (ws ? 1 : 0) + (tls && ws ? 1 : 0)) {
+                    fresh.append(try PortHold(port: 0))
+                }
+                let reserved = fresh.map(\.port)
                 var next = reserved.dropFirst().makeIterator()
                 ports = BrokerPorts(plain: reserved[0], tls: tls ? next.next() : nil, webSockets: ws ? next.next() : nil,
                                     webSocketsTLS: tls && ws ? next.next() : nil)
+                let previous = state.withLock { state in
+                    defer { state.holds = Dictionary(uniqueKeysWithValues: fresh.map { ($0.port, $0) }) }
+                    return Array(state.holds.values)
+                }
+                for hold in previous { hold.release() }
             }
+            releaseHoldsMosquittoCannotShare(ports)
             try POSIX.writePrivateFile(
                 layout.configurationFile,
                 contents: configuration.renderMosquittoConf(layout: layout, ports: ports, tlsFiles: tlsFiles)

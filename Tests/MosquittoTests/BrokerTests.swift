@@ -139,6 +139,29 @@ struct BrokerTests {
         }
     }
 
+    @Test("a stopped broker keeps its ports: nothing else can bind them, connections are refused, and it starts on them again", arguments: [false, true])
+    func stoppedBrokerKeepsItsPorts(webSockets: Bool) async throws {
+        var configuration = MosquittoBroker.Configuration(tls: webSockets)
+        configuration.webSockets = webSockets
+        try await withUnstartedBroker(configuration) { broker in
+            try await broker.start()
+            let ports = [broker.port, broker.tlsPort, broker.webSocketsPort, broker.webSocketsTLSPort].compactMap { $0 }
+            #expect(ports.count == (webSockets ? 4 : 1))
+            for round in 1...2 {
+                if round == 1 { await broker.stop() } else { await broker.kill() }
+                for port in ports {
+                    // What another process (or this one's bind(0) and outgoing connections) would do: a plain bind.
+                    #expect(bindWithoutReuse(port) == EADDRINUSE, "port \(port) was free for anyone while the broker was down")
+                    #expect(connectErrno(port) == ECONNREFUSED, "port \(port) must refuse, as with nothing listening")
+                }
+                try await broker.start()
+                for port in ports {
+                    #expect(connectErrno(port) == 0, "broker not listening on \(port) after start \(round + 1)")
+                }
+            }
+        }
+    }
+
     @Test("a broker dropped while running is killed and its directory removed")
     func deinitKillsBroker() async throws {
         let (directory, pid) = try await startAndForget()
@@ -468,4 +491,29 @@ private func client(_ tool: ClientTool, _ arguments: [String]) async throws -> C
         status: result.wasSignalled ? 128 + result.exitCode : result.exitCode,
         output: result.output
     )
+}
+
+/// `bind(127.0.0.1:port)` without `SO_REUSEADDR`: 0, or the errno.
+private func bindWithoutReuse(_ port: Int) -> Int32 {
+    withLoopbackSocket(port) { fd, address in bind(fd, address, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+}
+
+/// `connect(127.0.0.1:port)`: 0, or the errno.
+private func connectErrno(_ port: Int) -> Int32 {
+    withLoopbackSocket(port) { fd, address in connect(fd, address, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+}
+
+private func withLoopbackSocket(_ port: Int, _ call: (Int32, UnsafePointer<sockaddr>) -> Int32) -> Int32 {
+    #if canImport(Glibc)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    #else
+    let fd = socket(AF_INET, SOCK_STREAM, 0)
+    #endif
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let result = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(fd, $0) } }
+    return result == 0 ? 0 : errno
 }

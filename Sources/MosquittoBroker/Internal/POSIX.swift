@@ -7,6 +7,7 @@ import Musl
 #endif
 
 import Foundation
+import MosquittoPOSIX
 
 /// Thin wrappers over the POSIX calls the broker needs: loopback sockets, owner-only files, signals.
 enum POSIX {
@@ -150,41 +151,14 @@ enum POSIX {
     ///
     /// Each port is found by binding a socket to `127.0.0.1:0` and reading the port the kernel chose.
     /// All sockets stay open until every port is known, so the ports differ; then they are closed.
-    /// Another process could take a port before mosquitto binds it; the caller retries when that happens.
+    /// Another process could take a port before it is used; callers that can, keep a ``PortHold`` instead.
     static func reserveLoopbackPorts(count: Int) throws(MosquittoBrokerError) -> [Int] {
-        var sockets: [Int32] = []
-        defer { for fd in sockets { close(fd) } }
-        var ports: [Int] = []
+        var holds: [PortHold] = []
+        defer { for hold in holds { hold.release() } }
         for _ in 0..<count {
-            let fd = makeTCPSocket()
-            guard fd >= 0 else {
-                throw MosquittoBrokerError(code: .fileSystem, message: "socket() failed: \(errnoDescription)")
-            }
-            sockets.append(fd)
-            var address = makeLoopbackAddress(port: 0)
-            let bound = withUnsafePointer(to: &address) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
-            }
-            guard bound == 0 else {
-                throw MosquittoBrokerError(
-                    code: .fileSystem,
-                    message: "cannot bind a socket to 127.0.0.1: \(errnoDescription)"
-                )
-            }
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let named = withUnsafeMutablePointer(to: &address) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    getsockname(fd, $0, &length)
-                }
-            }
-            guard named == 0 else {
-                throw MosquittoBrokerError(code: .fileSystem, message: "getsockname() failed: \(errnoDescription)")
-            }
-            ports.append(Int(UInt16(bigEndian: address.sin_port)))
+            holds.append(try PortHold(port: 0))
         }
-        return ports
+        return holds.map(\.port)
     }
 
     /// Whether a TCP connection to `127.0.0.1:port` succeeds. The connection is closed at once.
@@ -203,4 +177,76 @@ enum POSIX {
         }
         return result == 0
     }
+}
+
+/// A TCP socket bound to `127.0.0.1:port` with `SO_REUSEADDR` that never listens: it keeps the port for a broker
+/// while mosquitto is not bound to it (before the first launch, while stopped, across a restart).
+///
+/// On Linux such a socket keeps the port away from everything else: the kernel never hands it out for `bind` to
+/// port 0 or as the local port of an outgoing connection, and a `bind` without `SO_REUSEADDR` fails. Connections
+/// to it are refused, exactly as if nothing were there, and mosquitto's plain and TLS listeners (which set
+/// `SO_REUSEADDR`) still bind and listen on it. libwebsockets does not set `SO_REUSEADDR`, so a WebSockets port's
+/// hold must be released before mosquitto starts. Elsewhere (`SO_REUSEADDR` on BSD does not allow a second socket
+/// on the same address) ``sharesWithMosquitto`` is false and every hold is released before a launch.
+final class PortHold: Sendable {
+    let port: Int
+    private let descriptor: LockedValue<Int32>
+
+    /// Whether mosquitto's plain and TLS listeners can bind while the hold is kept.
+    static var sharesWithMosquitto: Bool {
+        #if os(Linux)
+        true
+        #else
+        false
+        #endif
+    }
+
+    /// Binds `127.0.0.1:port`, or a port the kernel chooses when `port` is 0.
+    init(port: Int) throws(MosquittoBrokerError) {
+        #if canImport(Darwin)
+        let fd = socket(AF_INET, SOCK_STREAM, 0)
+        if fd >= 0 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        #else
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        #endif
+        guard fd >= 0 else {
+            throw MosquittoBrokerError(code: .fileSystem, message: "socket() failed: \(POSIX.errnoDescription)")
+        }
+        var yes: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        #if canImport(Darwin)
+        address.sin_len = UInt8(MemoryLayout<sockaddr_in>.size)
+        #endif
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(truncatingIfNeeded: port).bigEndian)
+        address.sin_addr = in_addr(s_addr: in_addr_t(0x7F00_0001).bigEndian)
+        let bound = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = bound == 0 ? withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        } : -1
+        guard bound == 0, named == 0 else {
+            let description = POSIX.errnoDescription
+            close(fd)
+            throw MosquittoBrokerError(code: .fileSystem, message: "cannot bind a socket to 127.0.0.1:\(port): \(description)")
+        }
+        self.port = Int(UInt16(bigEndian: address.sin_port))
+        self.descriptor = LockedValue(fd)
+    }
+
+    /// Closes the socket; the port is free for anyone. Later calls do nothing.
+    func release() {
+        let fd = descriptor.withLock { fd -> Int32 in
+            defer { fd = -1 }
+            return fd
+        }
+        if fd >= 0 { close(fd) }
+    }
+
+    deinit { release() }
 }
