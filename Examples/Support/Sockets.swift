@@ -48,7 +48,7 @@ public final class TCPListener: @unchecked Sendable {
 
     public init() throws {
         #if canImport(Glibc)
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
         #else
         fd = socket(AF_INET, SOCK_STREAM, 0)
         #endif
@@ -126,7 +126,7 @@ public final class UDPSocket: @unchecked Sendable {
     /// Binds to `port` (0: a free one).
     public init(port: Int = 0) throws {
         #if canImport(Glibc)
-        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
         #else
         fd = socket(AF_INET, SOCK_DGRAM, 0)
         #endif

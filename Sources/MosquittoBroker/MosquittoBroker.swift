@@ -49,8 +49,8 @@ import Synchronization
 //   exited on its own (check `hasExited`). It is set only by `start()` and cleared by `stop()`/`kill()`.
 // - `starting` is true while exactly one `start()` is between its check and its end.
 // - once `isShutDown` is true the directory is gone and nothing can be started again.
-// - `holds` has a hold for each port mosquitto can share one with, and, while the broker is stopped, for every
-//   port; it is empty after shutdown.
+// - `holds` has a hold for each of the broker's ports (on Linux also while mosquitto runs, elsewhere only while it
+//   is stopped), except one something else took while the broker was down; it is empty after shutdown.
 public final class MosquittoBroker: Sendable {
     private struct State {
         var ports: BrokerPorts?
@@ -436,13 +436,10 @@ public final class MosquittoBroker: Sendable {
         }
     }
 
-    /// Releases the holds on the ports mosquitto cannot bind beside one: the WebSockets listeners' (libwebsockets
-    /// does not set `SO_REUSEADDR`), or all of them where ``PortHold/sharesWithMosquitto`` is false.
+    /// Releases every hold where mosquitto cannot bind beside one (``PortHold/sharesWithMosquitto`` is false).
     private func releaseHoldsMosquittoCannotShare(_ ports: BrokerPorts) {
-        let released = state.withLock { state in
-            let unshared = PortHold.sharesWithMosquitto ? [ports.webSockets, ports.webSocketsTLS].compactMap { $0 } : ports.all
-            return unshared.compactMap { state.holds.removeValue(forKey: $0) }
-        }
+        guard !PortHold.sharesWithMosquitto else { return }
+        let released = state.withLock { state in ports.all.compactMap { state.holds.removeValue(forKey: $0) } }
         for hold in released { hold.release() }
     }
 

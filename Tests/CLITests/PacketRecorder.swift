@@ -27,7 +27,7 @@ final class PacketRecorder: @unchecked Sendable {
     /// a certificate for 127.0.0.1 does not cover).
     init(forwardingTo brokerPort: Int, socks5: Bool = false, address listenAddress: String = "127.0.0.1") throws {
         self.socks5 = socks5
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         var address = sockaddr_in()
@@ -80,7 +80,7 @@ final class PacketRecorder: @unchecked Sendable {
                 destination = port
                 served.withLock { $0 += 1 }
             }
-            let broker = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            let broker = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)
             address.sin_addr.s_addr = inet_addr("127.0.0.1")

@@ -71,7 +71,7 @@ package final class PortHolder: Sendable {
 /// caller accepts and closes. `SO_REUSEADDR`: a stopped broker's connections may be in TIME_WAIT on the port.
 package func listenOnLoopback(port: Int = 0) throws -> (descriptor: Int32, port: Int) {
     #if canImport(Glibc)
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
     #else
     let fd = socket(AF_INET, SOCK_STREAM, 0)
     #endif

@@ -23,7 +23,7 @@ package final class CannedHTTPServer: Sendable {
 
     /// Listens on a free loopback port and answers every request with what `respond` makes of it.
     package init(respond: @escaping @Sendable (String) -> String) throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         var address = sockaddr_in()

@@ -441,7 +441,7 @@ private func canConnect(port: Int) -> Bool {
     #if canImport(Darwin)
     let fd = socket(AF_INET, SOCK_STREAM, 0)
     #else
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
     #endif
     guard fd >= 0 else { return false }
     defer { close(fd) }
@@ -505,7 +505,7 @@ private func connectErrno(_ port: Int) -> Int32 {
 
 private func withLoopbackSocket(_ port: Int, _ call: (Int32, UnsafePointer<sockaddr>) -> Int32) -> Int32 {
     #if canImport(Glibc)
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
     #else
     let fd = socket(AF_INET, SOCK_STREAM, 0)
     #endif

@@ -44,7 +44,7 @@ private final class Collected: Sendable {
 private func writeFeed(port: Int, _ lines: [String], timeout: Duration = .seconds(30)) async throws {
     let deadline = ContinuousClock.now + timeout
     while true {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")

@@ -128,7 +128,7 @@ enum POSIX {
 
     // MARK: Loopback sockets
 
-    private static func makeLoopbackAddress(port: Int) -> sockaddr_in {
+    fileprivate static func makeLoopbackAddress(port: Int) -> sockaddr_in {
         var address = sockaddr_in()
         #if canImport(Darwin)
         address.sin_len = UInt8(MemoryLayout<sockaddr_in>.size)
@@ -143,7 +143,7 @@ enum POSIX {
         #if canImport(Darwin)
         return socket(AF_INET, SOCK_STREAM, 0)
         #else
-        return socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        return socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
         #endif
     }
 
@@ -184,10 +184,9 @@ enum POSIX {
 ///
 /// On Linux such a socket keeps the port away from everything else: the kernel never hands it out for `bind` to
 /// port 0 or as the local port of an outgoing connection, and a `bind` without `SO_REUSEADDR` fails. Connections
-/// to it are refused, exactly as if nothing were there, and mosquitto's plain and TLS listeners (which set
-/// `SO_REUSEADDR`) still bind and listen on it. libwebsockets does not set `SO_REUSEADDR`, so a WebSockets port's
-/// hold must be released before mosquitto starts. Elsewhere (`SO_REUSEADDR` on BSD does not allow a second socket
-/// on the same address) ``sharesWithMosquitto`` is false and every hold is released before a launch.
+/// to it are refused, exactly as if nothing were there, and mosquitto's listeners, plain, TLS and WebSockets (all
+/// of which set `SO_REUSEADDR`), still bind and listen on it. Elsewhere (`SO_REUSEADDR` on BSD does not allow a
+/// second socket on the same address) ``sharesWithMosquitto`` is false and every hold is released before a launch.
 final class PortHold: Sendable {
     let port: Int
     private let descriptor: LockedValue<Int32>
@@ -214,13 +213,7 @@ final class PortHold: Sendable {
         }
         var yes: Int32 = 1
         _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
-        var address = sockaddr_in()
-        #if canImport(Darwin)
-        address.sin_len = UInt8(MemoryLayout<sockaddr_in>.size)
-        #endif
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(truncatingIfNeeded: port).bigEndian)
-        address.sin_addr = in_addr(s_addr: in_addr_t(0x7F00_0001).bigEndian)
+        var address = POSIX.makeLoopbackAddress(port: port)
         let bound = withUnsafePointer(to: &address) { pointer in
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
