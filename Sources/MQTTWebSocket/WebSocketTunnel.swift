@@ -337,7 +337,8 @@ package final class WebSocketTunnel: Sendable {
     /// Ends the tunnel after libmosquitto closed its socket: waits (at most `timeout`) until what libmosquitto wrote
     /// last, DISCONNECT typically, has left in frames and the close frame went after it, then closes. Closing at once
     /// could drop those bytes, and the broker would then publish the client's will. Blocks; not on an event loop.
-    package func finish(timeout: Duration = .seconds(3)) {
+    /// The default `timeout` is a little longer than the broker's own allowance (``WebSocketSide/brokerCloseWait``).
+    package func finish(timeout: Duration = .seconds(11)) {
         if accepted.value.load(ordering: .acquiring) {
             let channel = webSocket
             let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout / .nanoseconds(1)))) {
@@ -631,11 +632,18 @@ final class WebSocketSide: ChannelInboundHandler, RemovableChannelHandler {
         context.close(promise: nil)
     }
 
+    /// How long the broker gets to close the connection after the close frame before the tunnel closes it.
+    ///
+    /// Only a broker that is up but never answers the close frame costs this much; one that answers ends the wait.
+    /// It was two seconds, which a loaded machine can outlast: a loaded ThreadSanitizer run saw a clean shutdown's
+    /// will published, as when the tunnel closes before the broker has read the DISCONNECT in front of the close frame.
+    static let brokerCloseWait: TimeAmount = .seconds(10)
+
     /// Sends a close frame (normal closure) once, when libmosquitto's side ended, and lets the broker close the
     /// connection (RFC 6455: the server closes TCP first). Closing at once raced the broker: mosquitto 2.0.11 reads its
     /// WebSocket connections once per turn of its loop, and when it saw the end of the connection before the frames
     /// in front of it, it dropped them, DISCONNECT included, and published the client's will. If the broker has
-    /// not closed within two seconds, the tunnel does.
+    /// not closed within ``brokerCloseWait``, the tunnel does.
     func localEnded(context: ChannelHandlerContext) {
         guard !closeSent, context.channel.isActive else { context.close(promise: nil); return }
         closeSent = true
@@ -644,7 +652,7 @@ final class WebSocketSide: ChannelInboundHandler, RemovableChannelHandler {
         let close = WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: code)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(close)).whenFailure { _ in channel.close(promise: nil) }
-        context.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+        context.eventLoop.scheduleTask(in: Self.brokerCloseWait) { channel.close(promise: nil) }
     }
 }
 

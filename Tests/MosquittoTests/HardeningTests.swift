@@ -60,6 +60,22 @@ struct HardeningTests {
         }
     }
 
+    @Test("The connection to the broker is close-on-exec: a program the application starts gets no copy of it")
+    func connectionIsCloseOnExec() async throws {
+        try await withBroker { broker in
+            let client = try MQTTClient(configuration: config(broker))
+            try await client.connect()
+            let sockets = tcpDescriptors(toPort: broker.port)
+            #expect(sockets.count == 1, "sockets to the broker: \(sockets)")
+            for fd in sockets {
+                // libmosquitto 2.0.11 opens it without the flag; a child holding a copy would keep the connection up
+                // after the client closed it.
+                #expect(fcntl(fd, F_GETFD) & FD_CLOEXEC != 0, "descriptor \(fd) would be inherited")
+            }
+            await client.shutdown()
+        }
+    }
+
     @Test("Passwords and PSK keys never appear in logs, libmosquitto's debug lines included, or in errors")
     func secretsStayOutOfLogs() async throws {
         let password = "pa55-Sup3r-S3cret-\(UInt32.random(in: 1000...9999))"

@@ -343,6 +343,80 @@ struct WebSocketTests {
         }
     }
 
+    @Test("after libmosquitto's last bytes the tunnel sends a close frame and waits for a slow broker to close first")
+    func slowBrokerGetsTimeToClose() async throws {
+        // A stand-in broker that upgrades, reads frames until the close frame, then takes 3 s (a loaded machine,
+        // mosquitto 2.0.11 serving WebSockets once per turn of its loop) before it answers and closes. A tunnel that
+        // closed first would have the broker see the connection end before it read the DISCONNECT in front of the
+        // close frame: mosquitto then publishes the will.
+        let (listener, port) = try listenOnLoopback()
+        let report = Locked<(payload: [UInt8], openWhenAnswering: Bool)?>(nil)
+        _ = startDetachedThread {
+            defer { close(listener) }
+            let c = accept(listener, nil, nil)
+            guard c >= 0 else { return }
+            defer { close(c) }
+            var input: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            func readMore() -> Bool {
+                let n = read(c, &buffer, buffer.count)
+                if n > 0 { input += buffer[0..<n] }
+                return n > 0
+            }
+            while !input.suffix(4).elementsEqual("\r\n\r\n".utf8) { if !readMore() { return } }
+            let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + "Sec-WebSocket-Accept: \(webSocketAccept(forRequest: String(decoding: input, as: UTF8.self)) ?? "")\r\n"
+                + "Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+            _ = write(c, answer, answer.utf8.count)
+            input = []
+            // Client frames are masked; lengths here are small (7-bit).
+            var payload: [UInt8] = []
+            while true {
+                while input.count < 2 || input.count < 6 + Int(input[1] & 0x7F) { if !readMore() { return } }
+                let opcode = input[0] & 0x0F, length = Int(input[1] & 0x7F), mask = Array(input[2..<6])
+                let data = (0..<length).map { input[6 + $0] ^ mask[$0 % 4] }
+                input.removeFirst(6 + length)
+                if opcode == 0x8 { break }
+                payload += data
+            }
+            Thread.sleep(forTimeInterval: 3)
+            var probe: UInt8 = 0
+            let peeked = recv(c, &probe, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+            let open = !(peeked == 0 || (peeked < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+            report.withLock { $0 = (payload, open) }
+            let closeFrame: [UInt8] = [0x88, 0x02, 0x03, 0xE8]
+            _ = write(c, closeFrame, closeFrame.count)
+        }
+        let finished = try await onOwnThread { () throws -> Duration in
+            let tunnel = try WebSocketTunnel.open(to: WebSocketEndpoint(host: "127.0.0.1", port: port))
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+                for (i, b) in Array(tunnel.socketPath.utf8).enumerated() { raw[i] = b }
+            }
+            let rc = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            guard rc == 0 else { close(fd); throw POSIXError(.ECONNREFUSED) }
+            // The tunnel removes its socket file once it accepted this connection (as libmosquitto's, long before
+            // a shutdown): from then on it is paired.
+            for _ in 0..<(200 * testTimeScale) where access(tunnel.socketPath, F_OK) == 0 { usleep(10_000) }
+            // libmosquitto's last words: DISCONNECT, then its socket closes.
+            let disconnect: [UInt8] = [0xE0, 0x00]
+            _ = write(fd, disconnect, disconnect.count)
+            close(fd)
+            let start = ContinuousClock.now
+            tunnel.finish()
+            return ContinuousClock.now - start
+        }
+        _ = await eventually(timeout: .seconds(10)) { report.value != nil }
+        let seen = try #require(report.value, "the stand-in broker never saw the close frame")
+        #expect(seen.payload == [0xE0, 0x00], "the DISCONNECT goes out before the close frame")
+        #expect(seen.openWhenAnswering, "the tunnel closed the connection before the broker answered the close frame")
+        #expect(finished >= .seconds(2), "finish() returns once the broker closed, not before (\(finished))")
+    }
+
     @Test("the tunnel's socket lives in a private 0700 directory, which is gone once libmosquitto connected")
     func privateSocket() async throws {
         try await withBroker(Self.wsBroker) { broker in
@@ -354,7 +428,7 @@ struct WebSocketTests {
                 var st = stat()
                 guard stat(dir, &st) == 0 else { throw POSIXError(.ENOENT) }
                 guard st.st_mode & 0o777 == 0o700 else { throw POSIXError(.EPERM) }
-                let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+                let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
                 defer { close(fd) }
                 var addr = sockaddr_un()
                 addr.sun_family = sa_family_t(AF_UNIX)

@@ -319,6 +319,9 @@ final class ClientCore: @unchecked Sendable {
             }
             if loopError == nil {
                 rc = connectOnce(to: endpoint, tunnelSocket: tunnel?.socketPath)
+                // libmosquitto 2.0.11 opens its socket without close-on-exec: a program this process starts would
+                // keep a copy, and the connection would outlive our close (the broker sees no end, a tunnel no EOF).
+                if mosq.socket >= 0 { _ = fcntl(mosq.socket, F_SETFD, FD_CLOEXEC) }
                 if let io { mosq_io_set_connection(io, mosq.socket) }
             }
             if loopError != nil {
@@ -510,8 +513,12 @@ final class ClientCore: @unchecked Sendable {
         // let that close wait for the buffer to leave.
         if let io { mosq_io_set_linger(io, 2000) }
         _ = sendDisconnect(mosq, reason: reason, properties: properties)
+        // The first pass runs whatever the clock says: a thread descheduled for 2 s right here (possible on a loaded
+        // machine) must still write DISCONNECT before the socket closes.
         let deadline = ContinuousClock.now + .seconds(2)
-        while mosq.socket != -1 && ContinuousClock.now < deadline {
+        var firstPass = true
+        while mosq.socket != -1 && (firstPass || ContinuousClock.now < deadline) {
+            firstPass = false
             // Write before reading: a read error (a broker reply such as an UNSUBACK arriving as the connection
             // winds down) would end the loop without writing the queued DISCONNECT. libmosquitto closes the socket
             // once DISCONNECT is written.
