@@ -158,6 +158,25 @@ struct WebSocketCLITests {
         }
     }
 
+    /// mqtt-pub's tunnel helper waits for the broker to close after the close frame (the library tunnel's 10 s); the
+    /// tool must not kill it sooner. A stand-in broker takes 5 s to answer, as a loaded mosquitto 2.0.11 can: a tool
+    /// that killed its helper after 3 s (as it did) closed the connection first, and mosquitto, seeing it end, drops
+    /// the DISCONNECT it had not read yet and publishes the will.
+    @Test("mqtt-pub --ws lets its tunnel wait for a slow broker to close, so the DISCONNECT is read before the connection ends")
+    func slowBrokerGetsTimeToClose() async throws {
+        let broker = try SlowClosingWebSocketBroker(connack: [0x20, 0x02, 0x00, 0x00], closeDelay: 5)
+        let started = ContinuousClock.now
+        let r = try await run(tool("mqtt-pub"), ["--ws", "-h", "127.0.0.1", "-p", String(broker.port), "-i", "slowclose",
+                                                 "-t", "t", "-m", "x", "--will-topic", "w", "--will-payload", "gone"])
+        let took = ContinuousClock.now - started
+        #expect(r.status == 0, "\(r)")
+        _ = await eventually(timeout: .seconds(10)) { broker.report.value != nil }
+        let seen = try #require(broker.report.value, "the stand-in broker never saw the close frame")
+        #expect(seen.payload.suffix(2).elementsEqual([0xE0, 0x00]), "DISCONNECT went out last: \(seen.payload)")
+        #expect(seen.openWhenAnswering, "mqtt-pub ended the connection before the broker answered the close frame")
+        #expect(took >= .seconds(4), "mqtt-pub returned after \(took), before the broker closed")
+    }
+
     /// The tunnel runs in mqtt-ws-tunnel, started by the tool for --ws only.
     @Test("the tunnel is a helper process: it ends when its tool is killed with SIGKILL, and a tool without it says what is missing")
     func helperProcess() async throws {

@@ -349,44 +349,9 @@ struct WebSocketTests {
         // mosquitto 2.0.11 serving WebSockets once per turn of its loop) before it answers and closes. A tunnel that
         // closed first would have the broker see the connection end before it read the DISCONNECT in front of the
         // close frame: mosquitto then publishes the will.
-        let (listener, port) = try listenOnLoopback()
-        let report = Locked<(payload: [UInt8], openWhenAnswering: Bool)?>(nil)
-        _ = startDetachedThread {
-            defer { close(listener) }
-            let c = accept(listener, nil, nil)
-            guard c >= 0 else { return }
-            defer { close(c) }
-            var input: [UInt8] = []
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            func readMore() -> Bool {
-                let n = read(c, &buffer, buffer.count)
-                if n > 0 { input += buffer[0..<n] }
-                return n > 0
-            }
-            while !input.suffix(4).elementsEqual("\r\n\r\n".utf8) { if !readMore() { return } }
-            let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                + "Sec-WebSocket-Accept: \(webSocketAccept(forRequest: String(decoding: input, as: UTF8.self)) ?? "")\r\n"
-                + "Sec-WebSocket-Protocol: mqtt\r\n\r\n"
-            _ = write(c, answer, answer.utf8.count)
-            input = []
-            // Client frames are masked; lengths here are small (7-bit).
-            var payload: [UInt8] = []
-            while true {
-                while input.count < 2 || input.count < 6 + Int(input[1] & 0x7F) { if !readMore() { return } }
-                let opcode = input[0] & 0x0F, length = Int(input[1] & 0x7F), mask = Array(input[2..<6])
-                let data = (0..<length).map { input[6 + $0] ^ mask[$0 % 4] }
-                input.removeFirst(6 + length)
-                if opcode == 0x8 { break }
-                payload += data
-            }
-            Thread.sleep(forTimeInterval: 3)
-            var probe: UInt8 = 0
-            let peeked = recv(c, &probe, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
-            let open = !(peeked == 0 || (peeked < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
-            report.withLock { $0 = (payload, open) }
-            let closeFrame: [UInt8] = [0x88, 0x02, 0x03, 0xE8]
-            _ = write(c, closeFrame, closeFrame.count)
-        }
+        let broker = try SlowClosingWebSocketBroker(closeDelay: 3)
+        let port = broker.port
+        let report = broker.report
         let finished = try await onOwnThread { () throws -> Duration in
             let tunnel = try WebSocketTunnel.open(to: WebSocketEndpoint(host: "127.0.0.1", port: port))
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)

@@ -107,8 +107,10 @@ final class WebSocketHelper {
     }
 
     /// Lets the helper carry what libmosquitto wrote last (DISCONNECT) and end by itself (at most `seconds`), then
-    /// ends it: exiting at once dropped the DISCONNECT, and the broker then published the client's will.
-    func finish(seconds: Int = 3) {
+    /// ends it: exiting at once dropped the DISCONNECT, and the broker then published the client's will. The default
+    /// outlasts the helper's own wait for the broker's close (the tunnel's `finish`, 11 s), so the helper is killed
+    /// only when the broker never answered; a loaded machine can make a broker take seconds to close.
+    func finish(seconds: Int = 12) {
         let deadline = time(nil) + seconds
         while status == nil && time(nil) <= deadline {
             reap(block: false)
