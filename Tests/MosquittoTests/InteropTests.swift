@@ -325,6 +325,17 @@ struct InteropTests {
         #expect(wildcards)
         report(engine, "`+` and `#` wildcards", wildcards)
 
+        // ejabberd has no shared subscriptions and says so in CONNACK: a $share SUBSCRIBE is refused by the client
+        // at once, instead of the broker closing the connection over it.
+        let advertised = try await pub.connect().sharedSubscriptionAvailable
+        var refusal: MQTTError?
+        do { _ = try await pub.subscribe("$share/g/ejd/#", qos: .atLeastOnce) } catch let e as MQTTError { refusal = e }
+        let stillUp = { if case .connected = pub.state { return true } else { return false } }()
+        let sharedClear = !advertised && refusal?.code == .subscriptionRejected && refusal?.reasonCode == .sharedSubscriptionsNotSupported && stillUp
+        #expect(sharedClear, "\(String(describing: refusal))")
+        report(engine, "No shared subscriptions (CONNACK says so): `subscribe(\"$share/...\")` fails at once with a clear error, the connection stays up",
+               sharedClear, "sharedSubscriptionAvailable \(advertised); \(refusal?.message ?? "no error")")
+
         for i in 0..<1000 { try await pub.publish(MQTTMessage(topic: "ejd/s", string: "m-\(i)", qos: .atLeastOnce), completion: .enqueued) }
         await pub.waitUntilAllPublished()
         let stream = await eventually(timeout: .seconds(30)) { Set(onAll.strings.filter { $0.hasPrefix("m-") }).count == 1000 }
@@ -487,13 +498,17 @@ struct InteropTests {
         let lines = feed.lines.value.filter { $0.hasPrefix("c-") }
         let once = lines.count == n && Set(lines).count == n
         report(engine, "Two bridges share one MQTT-to-feed route with `$share/g/cmd/#`: each message reaches the feed once", once,
-               "\(lines.count) lines for \(n) messages, \(Set(lines).count) distinct")
+               "\(lines.count) lines for \(n) messages, \(Set(lines).count) distinct" + (once ? "" : "; the engine has no shared subscriptions (next row)"))
         if !once {
-            // ejabberd 23.01 has no shared subscriptions: it disconnects with 0x9E. The bridge must say so.
-            let said = logs.localizedCaseInsensitiveContains("shared subscription") || logs.contains("0x9e")
-            let line = logs.split(separator: "\n").first { $0.localizedCaseInsensitiveContains("shared") || $0.contains("0x9e") } ?? ""
-            let reason = line.range(of: "The broker").map { String(line[$0.lowerBound...]) } ?? String(line.suffix(200))
-            report(engine, "Shared subscriptions refused by the engine: the bridge's log says why", said, reason)
+            // ejabberd 23.01 has no shared subscriptions, and says so in CONNACK. Each bridge must say why its route
+            // is not subscribed, once, and keep its connection (a $share SUBSCRIBE would have the broker close it,
+            // taking the bridge's other routes down at every reconnect).
+            let lines = logs.split(separator: "\n")
+            let said = lines.filter { $0.contains("Shared Subscription Available = 0") }
+            let dropped = lines.filter { $0.contains("Disconnected") || $0.contains("connection to the broker was lost") || $0.contains("0x9e)") && !$0.contains("Cannot subscribe") }
+            let clear = said.count == bridges.count && dropped.isEmpty
+            let reason = said.first.flatMap { l in l.range(of: "Cannot subscribe").map { String(l[$0.lowerBound...]) } } ?? "\(dropped.prefix(2))"
+            report(engine, "No shared subscriptions (CONNACK): each bridge says so once, and keeps its connection", clear, reason)
         }
     }
 }

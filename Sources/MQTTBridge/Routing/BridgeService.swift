@@ -332,6 +332,7 @@ public final class BridgeService: Service, Sendable {
             }
             let logger = self.logger
             runtime.setFanOutTask(Task {
+                var sharedRefusals = 0
                 while !Task.isCancelled {
                     do {
                         // Routes start before the first connection. Made offline, a subscribe returns at once and its
@@ -356,6 +357,18 @@ public final class BridgeService: Service, Sendable {
                     } catch {
                         if Task.isCancelled { return }
                         if let e = error as? MQTTError, e.code == .shutDown || e.code == .gaveUp { return }
+                        if let e = error as? MQTTError, e.reasonCode == .sharedSubscriptionsNotSupported {
+                            // The broker has no shared subscriptions (CONNACK): retrying cannot help until the client
+                            // is on another broker (failover, or this one replaced). Said once per broker connection
+                            // that refuses, at error level the first time; the route is not ready meanwhile.
+                            sharedRefusals += 1
+                            let text = "Route \(route.name): \(e.message) The route stays unsubscribed (not ready) until the bridge is connected to a broker that has them; without share_group, run a single bridge for this route."
+                            if sharedRefusals == 1 { logger.error("\(text)") } else { logger.debug("\(text)") }
+                            while case .connected(let ack) = client.state, !ack.sharedSubscriptionAvailable, !Task.isCancelled {
+                                try? await Task.sleep(for: .milliseconds(200))
+                            }
+                            continue
+                        }
                         logger.warning("Route \(route.name): subscription failed: \(error); retrying")
                     }
                     try? await Task.sleep(for: .milliseconds(500))

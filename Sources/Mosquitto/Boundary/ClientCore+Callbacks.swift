@@ -42,8 +42,14 @@ extension ClientCore {
         // tunnel's and libmosquitto reads and writes a plain Unix socket).
         if let io, config.tls == nil || webSocket != nil { _ = mosq_io_attach(io) }
         if !ack.sessionPresent { qos2Deduplicator.reset() }
-        let (waiters, resend) = state.withLock { s in
-            (s.lifecycle.connAckAccepted(ack), s.subscriptions.connected(sessionPresent: ack.sessionPresent))
+        let (waiters, unsupported, resend) = state.withLock { s in
+            let unsupported = ack.sharedSubscriptionAvailable ? [] : s.subscriptions.sharedSubscriptionsUnavailable()
+            return (s.lifecycle.connAckAccepted(ack), unsupported, s.subscriptions.connected(sessionPresent: ack.sessionPresent))
+        }
+        for (filter, buffers) in unsupported {
+            let error = MQTTError.sharedSubscriptionsUnavailable(filter)
+            logger.error("\(error.message)")
+            for b in buffers { b.finish(error: error) }
         }
         logger.debug("Connected to \(ack.endpoint.map { "\($0)" } ?? "?") (session present: \(ack.sessionPresent))")
         // Re-subscribe: libmosquitto never does it, and subscribe calls made while offline were not queued.

@@ -40,6 +40,10 @@ extension ClientCore {
         let buffer = MessageBuffer(policy: policy) { [weak self] in self?.removeStream(streamID) }
         let toSend = try state.withLock { s throws(MQTTError) -> [Subscriptions.Entry] in
             if s.isClosing { throw s.closedError }
+            if s.lifecycle.connAck?.sharedSubscriptionAvailable == false,
+               let shared = subscriptions.first(where: { MQTTTopic.shareGroup(of: $0.filter) != nil }) {
+                throw MQTTError.sharedSubscriptionsUnavailable(shared.filter)
+            }
             return s.subscriptions.subscribeRequested(streamID: streamID, buffer: buffer, subscriptions, userProperties: userProperties)
         }
         var granted: [String: QoS?] = [:]

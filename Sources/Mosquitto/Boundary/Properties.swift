@@ -149,6 +149,10 @@ enum PropertyReader {
                 var v: UInt32 = 0
                 mosquitto_property_read_int32(p, id, &v, false)
                 ack.maximumPacketSize = v
+            case MQTT_PROP_SHARED_SUB_AVAILABLE.rawValue:
+                var v: UInt8 = 0
+                mosquitto_property_read_byte(p, id, &v, false)
+                ack.sharedSubscriptionAvailable = v != 0
             case MQTT_PROP_USER_PROPERTY.rawValue:
                 if let pair = readPair(p, id) { ack.userProperties.append(pair) }
             default:

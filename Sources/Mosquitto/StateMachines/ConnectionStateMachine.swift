@@ -28,6 +28,11 @@ struct ConnectionStateMachine<Waiter> {
     }
 
     private(set) var phase: Phase = .idle
+    /// What the broker said when this connection was accepted; nil when not connected.
+    var connAck: ConnAck? {
+        if case .connected(let ack) = phase { return ack }
+        return nil
+    }
     private(set) var waiters: [UInt64: Waiter] = [:]
     /// Whether any attempt was ever accepted.
     private(set) var everConnected = false

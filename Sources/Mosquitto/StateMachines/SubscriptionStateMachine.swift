@@ -257,6 +257,15 @@ struct SubscriptionStateMachine<Buffer: AnyObject, Waiter> {
         return filters.values.filter { !$0.confirmed }.sorted { $0.id < $1.id }
     }
 
+    /// The broker of a new connection has no shared subscriptions (its CONNACK said so): the `$share/` filters are
+    /// dropped before ``connected(sessionPresent:)`` (re-sending them would have the broker close the connection,
+    /// again at every reconnect). Returns each with the streams to end with the error.
+    mutating func sharedSubscriptionsUnavailable() -> [(filter: String, finish: [Buffer])] {
+        let shared = filters.values.filter { MQTTTopic.shareGroup(of: $0.filter) != nil }.sorted { $0.id < $1.id }
+        for e in shared { removeFilter(e.filter) }
+        return shared.map { e in (e.filter, e.streams.compactMap { streams[$0] }) }
+    }
+
     /// A re-SUBSCRIBE for `entry` was queued as packet `mid` (on the network thread, so before its SUBACK).
     mutating func resubscribeSent(_ mid: UInt16, entry: Entry) {
         subacks.expect(mid, waiter: .resubscribe(filter: entry.filter, id: entry.id))

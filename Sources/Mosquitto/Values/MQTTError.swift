@@ -194,6 +194,13 @@ extension MQTTError {
         }
     }
 
+    /// A `$share/` subscription to a broker whose CONNACK said it has no shared subscriptions: refused by the
+    /// client, as the broker would close the connection over it (DISCONNECT 0x9E).
+    static func sharedSubscriptionsUnavailable(_ filter: String) -> MQTTError {
+        let plain = MQTTTopic.shareGroup(of: filter)?.filter ?? filter
+        return MQTTError(.subscriptionRejected, "Cannot subscribe to '\(filter)': the broker does not support shared subscriptions (its CONNACK says Shared Subscription Available = 0), and would close the connection over it (reason 0x9e). Subscribe to '\(plain)' from a single client, or use a broker that has them (mosquitto does).", reasonCode: 0x9E)
+    }
+
     /// Maps a v5 reason code on PUBACK/PUBREC/SUBACK/DISCONNECT to a readable text.
     static func reasonText(_ reason: UInt8) -> String {
         String(cString: mosquitto_reason_string(Int32(reason)))

@@ -364,6 +364,12 @@ public struct ConnAck: Sendable, Hashable {
     public var receiveMaximum: UInt16
     /// The largest packet the broker accepts (MQTT 5), in bytes.
     public var maximumPacketSize: UInt32?
+    /// Whether the broker supports shared subscriptions, `$share/<group>/<filter>` (MQTT 5; true when absent).
+    /// When false, ``MQTTClient/subscribe(_:buffer:)`` refuses `$share` filters up front
+    /// (``MQTTError/Code/subscriptionRejected``, reason 0x9E) instead of sending a SUBSCRIBE the broker would answer
+    /// by closing the connection, and after a reconnect to such a broker the `$share` filters held so far end their
+    /// streams with that error. ejabberd 23.01 says false; mosquitto omits it (it supports them).
+    public var sharedSubscriptionAvailable: Bool
     /// User properties the broker sent.
     public var userProperties: [UserProperty]
     /// Which broker accepted the connection: one of ``MQTTConfiguration/endpoints``, or where a redirect led.
@@ -378,6 +384,7 @@ public struct ConnAck: Sendable, Hashable {
         self.retainAvailable = true
         self.receiveMaximum = 65535
         self.maximumPacketSize = nil
+        self.sharedSubscriptionAvailable = true
         self.userProperties = []
         self.endpoint = nil
     }

@@ -171,6 +171,23 @@ struct SubscriptionStateMachineTests {
         #expect(Self.names(m.messageArrived(topic: "a", properties: Self.properties(ids: [ea.id]))) == ["a"])
     }
 
+    @Test("a broker without shared subscriptions: the $share filters are dropped before the re-subscription, their streams end, the rest is re-sent")
+    func sharedSubscriptionsUnavailable() {
+        var m = Machine()
+        let shared = Buffer("shared"), plain = Buffer("plain")
+        let es = m.subscribeRequested(streamID: 1, buffer: shared, [Subscription("$share/g/cmd/#")], userProperties: [])[0]
+        let ep = m.subscribeRequested(streamID: 2, buffer: plain, [Subscription("cmd/#")], userProperties: [])[0]
+        _ = m.connectionLost()
+        let dropped = m.sharedSubscriptionsUnavailable()
+        #expect(dropped.map(\.filter) == ["$share/g/cmd/#"])
+        #expect(dropped.map { Self.names($0.finish) } == [["shared"]])
+        #expect(m.connected(sessionPresent: false).map(\.id) == [ep.id])
+        #expect(m.filters.keys.sorted() == ["cmd/#"])
+        #expect(Self.names(m.messageArrived(topic: "cmd/x", properties: Self.properties(ids: [es.id]))).isEmpty)
+        #expect(Self.names(m.messageArrived(topic: "cmd/x", properties: Self.properties(ids: [ep.id]))) == ["plain"])
+        #expect(m.sharedSubscriptionsUnavailable().isEmpty)
+    }
+
     // MARK: Streams ending
 
     @Test("two streams on one filter: the first to end leaves the filter subscribed, the last one unsubscribes it")
