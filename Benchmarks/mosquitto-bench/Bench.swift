@@ -44,6 +44,32 @@ struct Result: Codable {
     var cpu_ms: Double?
 }
 
+/// One variant of a comparison: a program and its arguments.
+struct Variant {
+    var name: String
+    var path: String
+    var arguments: [String]
+}
+
+/// Runs every variant once per round, `rounds` times, every other round in the opposite order so that no variant
+/// always runs right after the same one (the broker may still be freeing the previous run's memory), and returns
+/// each variant's results by name. `label` prefixes the progress line of each run on standard error.
+func alternatingRounds(_ rounds: Int, _ variants: [Variant], label: String = "", timeout: Duration) async throws -> [String: [Result]] {
+    var results: [String: [Result]] = [:]
+    for i in 1...rounds {
+        for v in i % 2 == 1 ? variants : variants.reversed() {
+            let out = try await MosquittoBroker.runCommand(v.path, v.arguments, timeout: timeout)
+            guard let line = out.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
+                  let r = try? JSONDecoder().decode(Result.self, from: Data(line.utf8)) else {
+                throw ValidationError("\(v.name) run failed: \(out.output)")
+            }
+            FileHandle.standardError.write(Data("\(label)run \(i) \(v.name): \(Int(r.rate)) msg/s, \(r.received)/\(r.messages) received, CPU \(Int(r.cpu_ms ?? 0)) ms, peak RSS \(r.peak_rss_kb) KiB\n".utf8))
+            results[v.name, default: []].append(r)
+        }
+    }
+    return results
+}
+
 struct Throughput: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run the comparison and print a Markdown table.")
 
@@ -72,31 +98,12 @@ struct Throughput: AsyncParsableCommand {
         var rows: [String] = []
         do {
             for q in qos {
-                var c: [Result] = []
-                var s: [Result] = []
-                var p: [Result] = []
-                var u: [Result] = []
-                for i in 1...self.repeat {
-                    let args = [broker.host, "\(broker.port)", "\(q)", "\(messages)", "\(size)", "5"]
-                    // Every other round runs in the opposite order, so that no implementation always runs right
-                    // after the same one (the broker may still be freeing the previous run's memory).
-                    let order = [("c", cPath, [String]()), ("swift", swiftPath, ["network"]), ("swift-pool", swiftPath, ["pool"])]
-                        + (unbatched ? [("swift-unbatched", swiftPath, ["unbatched"])] : [])
-                    for (impl, path, mode) in i % 2 == 1 ? order : order.reversed() {
-                        let out = try await MosquittoBroker.runCommand(path, args + mode, timeout: .seconds(180))
-                        guard let line = out.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
-                              let r = try? JSONDecoder().decode(Result.self, from: Data(line.utf8)) else {
-                            throw ValidationError("\(impl) run failed: \(out.output)")
-                        }
-                        FileHandle.standardError.write(Data("qos \(q) run \(i) \(impl): \(Int(r.rate)) msg/s, \(r.received)/\(r.messages) received, peak RSS \(r.peak_rss_kb) KiB\n".utf8))
-                        switch impl {
-                        case "c": c.append(r)
-                        case "swift": s.append(r)
-                        case "swift-unbatched": u.append(r)
-                        default: p.append(r)
-                        }
-                    }
-                }
+                let args = [broker.host, "\(broker.port)", "\(q)", "\(messages)", "\(size)", "5"]
+                let variants = [Variant(name: "c", path: cPath, arguments: args), Variant(name: "swift", path: swiftPath, arguments: args + ["network"]),
+                                Variant(name: "swift-pool", path: swiftPath, arguments: args + ["pool"])]
+                    + (unbatched ? [Variant(name: "swift-unbatched", path: swiftPath, arguments: args + ["unbatched"])] : [])
+                let results = try await alternatingRounds(self.repeat, variants, label: "qos \(q) ", timeout: .seconds(180))
+                let c = results["c"]!, s = results["swift"]!, p = results["swift-pool"]!, u = results["swift-unbatched"] ?? []
                 let mc = median(c.map(\.rate)), ms = median(s.map(\.rate)), mp = median(p.map(\.rate))
                 // The ratio within each round (same minute, same broker state), then its median and middle half.
                 let paired = quartiles(zip(s, c).map { $0.rate / $1.rate })
@@ -171,29 +178,13 @@ struct WebSockets: AsyncParsableCommand {
         var rows: [String] = []
         do {
             for q in qos {
-                var tcp: [Result] = []
-                var ws: [Result] = []
-                var wsPub: [Result] = []
-                var wsSub: [Result] = []
-                for i in 1...self.repeat {
-                    let order = [("tcp", broker.port, "network"), ("ws", wsPort, "ws")]
-                        + (split ? [("ws-pub", wsPort, "ws-pub"), ("ws-sub", wsPort, "ws-sub")] : [])
-                    for (impl, port, mode) in i % 2 == 1 ? order : order.reversed() {
-                        let args = [broker.host, "\(port)", "\(q)", "\(messages)", "\(size)", "5", mode, "\(broker.port)"]
-                        let out = try await MosquittoBroker.runCommand(swiftPath, args, timeout: .seconds(300))
-                        guard let line = out.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
-                              let r = try? JSONDecoder().decode(Result.self, from: Data(line.utf8)) else {
-                            throw ValidationError("\(impl) run failed: \(out.output)")
-                        }
-                        FileHandle.standardError.write(Data("qos \(q) run \(i) \(impl): \(Int(r.rate)) msg/s, \(r.received)/\(r.messages) received, CPU \(Int(r.cpu_ms ?? 0)) ms\n".utf8))
-                        switch impl {
-                        case "tcp": tcp.append(r)
-                        case "ws": ws.append(r)
-                        case "ws-pub": wsPub.append(r)
-                        default: wsSub.append(r)
-                        }
-                    }
-                }
+                let variants = [("tcp", broker.port, "network"), ("ws", wsPort, "ws")]
+                    + (split ? [("ws-pub", wsPort, "ws-pub"), ("ws-sub", wsPort, "ws-sub")] : [])
+                let results = try await alternatingRounds(self.repeat, variants.map { name, port, mode in
+                    Variant(name: name, path: swiftPath,
+                            arguments: [broker.host, "\(port)", "\(q)", "\(messages)", "\(size)", "5", mode, "\(broker.port)"])
+                }, label: "qos \(q) ", timeout: .seconds(300))
+                let tcp = results["tcp"]!, ws = results["ws"]!, wsPub = results["ws-pub"] ?? [], wsSub = results["ws-sub"] ?? []
                 let t = Throughput()
                 let mt = t.median(tcp.map(\.rate)), mw = t.median(ws.map(\.rate))
                 let paired = t.quartiles(zip(ws, tcp).map { $0.rate / $1.rate })
@@ -237,21 +228,12 @@ struct Outbox: AsyncParsableCommand {
         config.maxQueuedMessages = 0
         let broker = try MosquittoBroker(configuration: config)
         try await broker.start()
-        var results: [String: [Result]] = [:]
         let modes = ["network", "outbox-interval", "outbox-always"]
+        let results: [String: [Result]]
         do {
-            for i in 1...self.repeat {
-                for mode in i % 2 == 1 ? modes : modes.reversed() {
-                    let args = [broker.host, "\(broker.port)", "\(qos)", "\(messages)", "\(size)", "5", mode]
-                    let out = try await MosquittoBroker.runCommand(swiftPath, args, timeout: .seconds(600))
-                    guard let line = out.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
-                          let r = try? JSONDecoder().decode(Result.self, from: Data(line.utf8)) else {
-                        throw ValidationError("\(mode) run failed: \(out.output)")
-                    }
-                    FileHandle.standardError.write(Data("run \(i) \(mode): \(Int(r.rate)) msg/s, \(r.received)/\(r.messages) received, CPU \(Int(r.cpu_ms ?? 0)) ms\n".utf8))
-                    results[mode, default: []].append(r)
-                }
-            }
+            results = try await alternatingRounds(self.repeat, modes.map { mode in
+                Variant(name: mode, path: swiftPath, arguments: [broker.host, "\(broker.port)", "\(qos)", "\(messages)", "\(size)", "5", mode])
+            }, timeout: .seconds(600))
         } catch {
             await broker.shutdown()
             throw error

@@ -223,29 +223,14 @@ final class MessagePackTreeEncoder: Encoder {
         }
     }
 
-    struct UnkeyedContainer: UnkeyedEncodingContainer {
+    struct UnkeyedContainer: UnkeyedEncodingContainer, PrimitivePutting {
         let encoder: MessagePackTreeEncoder
         var codingPath: [any CodingKey] { encoder.codingPath }
         var count: Int { encoder.arrayCount }
 
-        private func put(_ value: MessagePackValue) { encoder.appendToArray(.value(value)) }
+        func put(_ value: MessagePackValue) { encoder.appendToArray(.value(value)) }
         private var nextKey: MessagePackCodingKey { MessagePackCodingKey(intValue: count) }
 
-        mutating func encodeNil() throws { put(.nil) }
-        mutating func encode(_ value: Bool) throws { put(.bool(value)) }
-        mutating func encode(_ value: String) throws { put(.string(value)) }
-        mutating func encode(_ value: Double) throws { put(.double(value)) }
-        mutating func encode(_ value: Float) throws { put(.float(value)) }
-        mutating func encode(_ value: Int) throws { put(.int(Int64(value))) }
-        mutating func encode(_ value: Int8) throws { put(.int(Int64(value))) }
-        mutating func encode(_ value: Int16) throws { put(.int(Int64(value))) }
-        mutating func encode(_ value: Int32) throws { put(.int(Int64(value))) }
-        mutating func encode(_ value: Int64) throws { put(.int(value)) }
-        mutating func encode(_ value: UInt) throws { put(.uint(UInt64(value))) }
-        mutating func encode(_ value: UInt8) throws { put(.uint(UInt64(value))) }
-        mutating func encode(_ value: UInt16) throws { put(.uint(UInt64(value))) }
-        mutating func encode(_ value: UInt32) throws { put(.uint(UInt64(value))) }
-        mutating func encode(_ value: UInt64) throws { put(.uint(value)) }
         mutating func encode<T: Encodable>(_ value: T) throws {
             let node = EncodingNode()
             let key = nextKey
@@ -272,26 +257,35 @@ final class MessagePackTreeEncoder: Encoder {
         }
     }
 
-    struct SingleContainer: SingleValueEncodingContainer {
+    struct SingleContainer: SingleValueEncodingContainer, PrimitivePutting {
         let encoder: MessagePackTreeEncoder
         var codingPath: [any CodingKey] { encoder.codingPath }
-        private func put(_ value: MessagePackValue) { encoder.storage.content = .value(value) }
+        func put(_ value: MessagePackValue) { encoder.storage.content = .value(value) }
 
-        mutating func encodeNil() throws { put(.nil) }
-        mutating func encode(_ value: Bool) throws { put(.bool(value)) }
-        mutating func encode(_ value: String) throws { put(.string(value)) }
-        mutating func encode(_ value: Double) throws { put(.double(value)) }
-        mutating func encode(_ value: Float) throws { put(.float(value)) }
-        mutating func encode(_ value: Int) throws { put(.int(Int64(value))) }
-        mutating func encode(_ value: Int8) throws { put(.int(Int64(value))) }
-        mutating func encode(_ value: Int16) throws { put(.int(Int64(value))) }
-        mutating func encode(_ value: Int32) throws { put(.int(Int64(value))) }
-        mutating func encode(_ value: Int64) throws { put(.int(value)) }
-        mutating func encode(_ value: UInt) throws { put(.uint(UInt64(value))) }
-        mutating func encode(_ value: UInt8) throws { put(.uint(UInt64(value))) }
-        mutating func encode(_ value: UInt16) throws { put(.uint(UInt64(value))) }
-        mutating func encode(_ value: UInt32) throws { put(.uint(UInt64(value))) }
-        mutating func encode(_ value: UInt64) throws { put(.uint(value)) }
         mutating func encode<T: Encodable>(_ value: T) throws { try encoder.encodeAny(value) }
     }
+}
+
+/// The primitive `encode` methods of the unkeyed and single-value containers, which differ only in where a value
+/// goes (appended to the array, or the single value).
+protocol PrimitivePutting {
+    func put(_ value: MessagePackValue)
+}
+
+extension PrimitivePutting {
+    func encodeNil() throws { put(.nil) }
+    func encode(_ value: Bool) throws { put(.bool(value)) }
+    func encode(_ value: String) throws { put(.string(value)) }
+    func encode(_ value: Double) throws { put(.double(value)) }
+    func encode(_ value: Float) throws { put(.float(value)) }
+    func encode(_ value: Int) throws { put(.int(Int64(value))) }
+    func encode(_ value: Int8) throws { put(.int(Int64(value))) }
+    func encode(_ value: Int16) throws { put(.int(Int64(value))) }
+    func encode(_ value: Int32) throws { put(.int(Int64(value))) }
+    func encode(_ value: Int64) throws { put(.int(value)) }
+    func encode(_ value: UInt) throws { put(.uint(UInt64(value))) }
+    func encode(_ value: UInt8) throws { put(.uint(UInt64(value))) }
+    func encode(_ value: UInt16) throws { put(.uint(UInt64(value))) }
+    func encode(_ value: UInt32) throws { put(.uint(UInt64(value))) }
+    func encode(_ value: UInt64) throws { put(.uint(value)) }
 }

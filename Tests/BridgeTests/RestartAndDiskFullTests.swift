@@ -114,6 +114,71 @@ struct RestartAndDiskFullTests {
         }
     }
 
+    /// What a feed had sent before the stop, and its kernel accepted, is in the bridge's receive queue (and the feed's
+    /// send queue): closing the connection at once discarded it. SIGSTOP holds the bridge while a feed fills those
+    /// queues; SIGTERM then arrives with them full.
+    @Test("SIGTERM with feed bytes queued in the kernel: the bridge reads and spools them before closing, and publishes them")
+    func stopReadsWhatTheKernelHolds() async throws {
+        let executable = try #require(builtExecutable("mqtt-bridge"), "build the mqtt-bridge executable first (swift build)")
+        try await withBroker { broker in
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let feedPort = freeLoopbackPort(), httpPort = freeLoopbackPort()
+            let arguments = ["-h", broker.host, "-p", String(broker.port), "-i", "drain-\(UUID().uuidString.prefix(6))",
+                             "--tcp-listen", "127.0.0.1:\(feedPort)", "--topic", "drained", "--spool-dir", dir + "/sp",
+                             "--metrics", "127.0.0.1:\(httpPort)", "--log-level", "info"]
+            let sub = try await connected(broker)
+            let recorder = Recorder(try await sub.subscribe("drained", qos: .atLeastOnce, buffer: .recorder))
+            let log = dir + "/bridge.log"
+            func logText() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+            let bridge = try Child(executable, arguments, output: log)
+            #expect(await eventually { (try? await httpGet(port: httpPort, path: "/readyz"))?.0 == 200 }, "not ready:\n\(logText())")
+
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+            defer { close(fd) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(feedPort).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let rc = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            try #require(rc == 0, "connect: errno \(errno)")
+            #expect(await eventually { logText().contains("Feed connection") }, "\(logText())")
+
+            bridge.signal(SIGSTOP)
+            // 64-byte lines, written without blocking until the kernel takes no more (at most 1 MiB).
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            let lineCount = 16_384
+            let bytes = Array((0..<lineCount).map { "q\(pad6($0)) " + String(repeating: "k", count: 55) + "\n" }.joined().utf8)
+            var accepted = 0
+            while accepted < bytes.count {
+                let n = bytes[accepted...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                if n <= 0 { break }
+                accepted += n
+            }
+            let complete = accepted / 64
+            try #require(complete > 100, "the kernel took only \(accepted) bytes")
+            bridge.signal(SIGTERM)
+            bridge.signal(SIGCONT)
+            let status = await bridge.exitStatus(timeout: .seconds(60) * testTimeScale)
+            #expect(status == 0, "wait status \(String(describing: status)):\n\(logText())")
+
+            // Whatever it spooled and had not published yet goes out after a restart on the same spool.
+            let again = try Child(executable, arguments, output: dir + "/bridge2.log")
+            let expected = Set((0..<complete).map { "q\(pad6($0))" })
+            let arrived = await eventually(timeout: .seconds(60) * testTimeScale) {
+                Set(recorder.strings.map { String($0.prefix(7)) }).isSuperset(of: expected)
+            }
+            let got = Set(recorder.strings.map { String($0.prefix(7)) })
+            #expect(arrived, "\(expected.subtracting(got).count) of \(complete) lines the kernel had accepted are missing (first: \(expected.subtracting(got).sorted().first ?? ""))\n\(logText())")
+            again.signal(SIGTERM)
+            _ = await again.exitStatus(timeout: .seconds(60) * testTimeScale)
+            recorder.stop()
+            await sub.shutdown()
+        }
+    }
+
     @Test("a spool on a full filesystem: failed appends leave nothing behind, acknowledgements are still recorded, delivered segments are freed",
           .enabled(if: isRoot, "mounting a small tmpfs needs root"))
     func spoolOnAFullDisk() async throws {

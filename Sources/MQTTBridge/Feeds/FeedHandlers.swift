@@ -21,6 +21,10 @@ final class FeedChannelHandler: ChannelInboundHandler {
     private var finished = false
     private var settings: LiveSettings
     private var generation: Int
+    /// Set once the route stops (``DrainFeed``): reading goes on only until the feed's bytes stop coming.
+    private var draining = false
+    /// While draining: closes the connection when no read comes within a moment (nothing more was queued).
+    private var quietClose: Scheduled<Void>?
 
     init(route: RouteRuntime) {
         self.route = route
@@ -97,10 +101,11 @@ final class FeedChannelHandler: ChannelInboundHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         let full = flush()
-        if closing {
+        if closing || (draining && full) {
             context.close(promise: nil)
             return
         }
+        if draining { armQuietClose(context) }
         if full {
             paused = true
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
@@ -155,7 +160,30 @@ final class FeedChannelHandler: ChannelInboundHandler {
         }
     }
 
+    /// Closes the connection if no read arrives within a moment: the read asked for found nothing queued.
+    private func armQuietClose(_ context: ChannelHandlerContext) {
+        quietClose?.cancel()
+        let channel = context.channel
+        quietClose = context.eventLoop.scheduleTask(in: .milliseconds(20)) { channel.close(promise: nil) }
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let drain = event as? DrainFeed {
+            // The route stops. Read and spool what the kernel already holds for this connection (the feed's
+            // kernel accepted those bytes: closing at once discarded them), then close: once no read comes for
+            // 20 ms, when the spool is full, or at the deadline. A read that does not fill its buffer is no sign
+            // of the end: on loopback the feed's send queue moves into the receive queue as the bridge reads.
+            guard !finished, !draining else { return }
+            guard route.config.direction.readsFeed, !paused, !closing else {
+                context.close(promise: nil)
+                return
+            }
+            draining = true
+            let channel = context.channel
+            context.eventLoop.scheduleTask(deadline: drain.deadline) { channel.close(promise: nil) }
+            armQuietClose(context)
+            return
+        }
         if event is IdleStateHandler.IdleStateEvent {
             // Paused by spool backpressure is not idle: the bridge is the one not reading.
             guard !paused, !finished else { return }
@@ -171,6 +199,12 @@ final class FeedChannelHandler: ChannelInboundHandler {
         route.logger.debug("Feed connection error on route \(route.config.name): \(error)")
         context.close(promise: nil)
     }
+}
+
+/// Tells a feed connection that its route stops: read what the kernel already holds, spool it, then close (by
+/// `deadline` at the latest).
+struct DrainFeed: Sendable {
+    let deadline: NIODeadline
 }
 
 /// Reads datagrams of a UDP feed: each datagram is decoded on its own (a frame never spans datagrams).

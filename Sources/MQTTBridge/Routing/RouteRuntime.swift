@@ -418,7 +418,11 @@ final class RouteRuntime: Sendable {
     func setFanOutTask(_ t: Task<Void, Never>) { state.withLock { $0.fanOutTask = t } }
     func setClientTask(_ t: Task<Void, Never>) { state.withLock { $0.clientTask = t } }
 
-    /// Stops accepting and reading, closes every connection (their partial frames follow the policy).
+    /// How long a stopping route goes on reading what its feed connections' kernel queues already hold.
+    static let feedDrainLimit: TimeAmount = .seconds(2)
+
+    /// Stops accepting; reads and spools what the kernel already holds for each feed connection (at most
+    /// ``feedDrainLimit``), then closes every connection (their partial frames follow the policy).
     func stop() async {
         let (listener, client, conns, tasks) = state.withLock { s in
             s.stopping = true
@@ -427,8 +431,19 @@ final class RouteRuntime: Sendable {
         for t in tasks { t?.cancel() }
         defer { backlog.withLock { $0.retrying }?.cancel() }
         try? await listener?.close()
+        let deadline = NIODeadline.now() + Self.feedDrainLimit
+        await withTaskGroup(of: Void.self) { group in
+            for c in conns where c.target == nil {
+                group.addTask {
+                    c.channel.pipeline.fireUserInboundEventTriggered(DrainFeed(deadline: deadline))
+                    // The handler closes by the deadline; this is the backstop should it be gone.
+                    let backstop = c.channel.eventLoop.scheduleTask(deadline: deadline + .milliseconds(500)) { c.channel.close(promise: nil) }
+                    try? await c.channel.closeFuture.get()
+                    backstop.cancel()
+                }
+            }
+        }
         try? await client?.close()
-        for c in conns where c.target == nil { try? await c.channel.close() }
         for t in tasks { await t?.value }
         untranscodableLog.flush()
         state.withLock { s in
