@@ -35,7 +35,10 @@ package struct SpawnError: Error, CustomStringConvertible, Sendable {
 ///   - executable: The program's path.
 ///   - arguments: The arguments after `argv[0]`, which is `executable`.
 ///   - environment: The environment; this process's own when `nil`.
+///   - directory: The child's working directory; this process's own when `nil`.
 ///   - standardInput: The file read as standard input.
+///   - standardInputDescriptor: A descriptor of this process to use as standard input instead of a file (a pipe's
+///     read end, say); the child gets a copy, the caller still owns it.
 ///   - standardOutput: The file standard output goes to; created with mode 0600 if missing.
 ///   - standardError: The file standard error goes to; when `nil`, the same file as standard output.
 ///   - appendOutput: Appends to the output files instead of truncating them.
@@ -43,7 +46,9 @@ package func spawnChild(
     _ executable: String,
     _ arguments: [String],
     environment: [String: String]? = nil,
+    directory: String? = nil,
     standardInput: String = "/dev/null",
+    standardInputDescriptor: Int32? = nil,
     standardOutput: String,
     standardError: String? = nil,
     appendOutput: Bool = false
@@ -52,7 +57,15 @@ package func spawnChild(
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, standardInput, O_RDONLY, 0)
+    if let standardInputDescriptor {
+        posix_spawn_file_actions_adddup2(&actions, standardInputDescriptor, 0)
+    } else {
+        posix_spawn_file_actions_addopen(&actions, 0, standardInput, O_RDONLY, 0)
+    }
+    if let directory {
+        // Before the opens below, so that relative output paths name the same files as they do here.
+        guard changeDirectory(to: directory, in: &actions) else { throw SpawnError(code: ENOSYS, executable: executable) }
+    }
     posix_spawn_file_actions_addopen(&actions, 1, standardOutput, outputFlags, 0o600)
     if let standardError {
         posix_spawn_file_actions_addopen(&actions, 2, standardError, outputFlags, 0o600)
@@ -121,4 +134,24 @@ private func closeDescriptors(from lowest: Int32, in actions: inout posix_spawn_
         }
     }
 }
+#endif
+
+/// Adds an action that changes the child's working directory; false when the C library has none.
+private func changeDirectory(to directory: String, in actions: inout posix_spawn_file_actions_t) -> Bool {
+    #if canImport(Darwin)
+    return posix_spawn_file_actions_addchdir_np(&actions, directory) == 0
+    #else
+    guard let addChdir else { return false }
+    return addChdir(&actions, directory) == 0
+    #endif
+}
+
+#if !canImport(Darwin)
+/// `posix_spawn_file_actions_addchdir_np` (glibc 2.29 and later), looked up at run time for the same reason as
+/// `addCloseFrom`.
+private typealias AddChdir = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
+private let addChdir: AddChdir? = {
+    guard let symbol = dlsym(nil, "posix_spawn_file_actions_addchdir_np") else { return nil }
+    return unsafeBitCast(symbol, to: AddChdir.self)
+}()
 #endif

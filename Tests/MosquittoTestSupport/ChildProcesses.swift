@@ -57,6 +57,10 @@ package final class Child: Sendable {
     private let errorPath: String?
     /// The temporary directory holding the output files, when the child has one; ``wait(timeout:)`` removes it.
     private let directory: String?
+    /// Set once the child is reaped. Its pid is then free for the system to reuse (pids wrap at 32,768 here, and a
+    /// test run starts thousands of processes and threads): a later `kill` or `waitpid` on it could reach another
+    /// process, such as a broker this process started, and kill or reap it.
+    private let reaped = Locked(false)
 
     /// Starts `executable` with its output in a temporary directory, read back by ``wait(timeout:)``. With
     /// `combined`, standard output and standard error go to one file (read as `stdout`), as with `2>&1`.
@@ -80,16 +84,29 @@ package final class Child: Sendable {
         pid = try spawnChild(executable, arguments, standardOutput: output, appendOutput: true)
     }
 
-    /// Sends a signal.
-    package func signal(_ sig: Int32) { kill(pid, sig) }
+    /// Sends a signal, unless the child was reaped.
+    package func signal(_ sig: Int32) {
+        reaped.withLock { done in if !done { kill(pid, sig) } }
+    }
+
+    /// Reaps the child if it ended (`block`: waits for that). Returns its wait status when this call reaped it.
+    private func reap(block: Bool) -> Int32? {
+        reaped.withLock { done -> Int32? in
+            guard !done else { return nil }
+            var status: Int32 = 0
+            var r: pid_t
+            repeat { r = waitpid(pid, &status, block ? 0 : WNOHANG) } while r < 0 && errno == EINTR
+            if r == pid || (r < 0 && errno == ECHILD) { done = true }
+            return r == pid ? status : nil
+        }
+    }
 
     /// Kills and reaps the child if it is still our unreaped child: for a `defer`, after a normal path that stopped it
     /// with a signal and waited.
     package func killIfRunning() {
-        if waitpid(pid, nil, WNOHANG) == 0 {
-            kill(pid, SIGKILL)
-            _ = waitpid(pid, nil, 0)
-        }
+        guard reap(block: false) == nil, !reaped.value else { return }
+        signal(SIGKILL)
+        _ = reap(block: true)
     }
 
     /// Waits for the exit, polling so that no thread blocks; the raw wait status, or nil when `timeout` passed
@@ -97,8 +114,8 @@ package final class Child: Sendable {
     package func exitStatus(timeout: Duration = .seconds(15)) async -> Int32? {
         let deadline = ContinuousClock.now + timeout
         while true {
-            var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid { return status }
+            if let status = reap(block: false) { return status }
+            if reaped.value { return nil }  // reaped by an earlier call
             if ContinuousClock.now > deadline { return nil }
             try? await Task.sleep(for: .milliseconds(5))
         }
@@ -110,8 +127,8 @@ package final class Child: Sendable {
         if let s = await exitStatus(timeout: timeout) {
             status = s
         } else {
-            kill(pid, SIGKILL)
-            _ = waitpid(pid, &status, 0)
+            signal(SIGKILL)
+            status = reap(block: true) ?? 0
         }
         let signalled = (status & 0x7f) != 0
         let code = signalled ? (status & 0x7f) : ((status >> 8) & 0xff)

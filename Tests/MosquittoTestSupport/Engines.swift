@@ -20,13 +20,19 @@ package enum InteropEngines {
 /// A child process started with `spawnChild`, reaped by polling `waitpid`.
 private final class EngineProcess: Sendable {
     let pid: pid_t
+    /// Set once reaped: the pid may then be reused, and must not be waited for or signalled again.
+    private let reaped = Locked(false)
     init(pid: pid_t) { self.pid = pid }
 
     /// Whether it has exited (and is now reaped).
     var hasExited: Bool {
-        var status: Int32 = 0
-        let r = waitpid(pid, &status, WNOHANG)
-        return r == pid || (r < 0 && errno == ECHILD)
+        reaped.withLock { done in
+            if done { return true }
+            var status: Int32 = 0
+            let r = waitpid(pid, &status, WNOHANG)
+            done = r == pid || (r < 0 && errno == ECHILD)
+            return done
+        }
     }
 
     /// SIGTERM, then SIGKILL after `grace`; returns once it is gone.

@@ -25,9 +25,8 @@ struct ExitStatus: Sendable, Hashable, CustomStringConvertible {
 
 /// Records when a child process exits and lets any number of tasks wait for it, with a time limit.
 ///
-/// Foundation calls ``markExited(_:)`` from the process's `terminationHandler` (on a Foundation
-/// thread, after the child has been reaped). Waiting never blocks a thread: each waiter is a
-/// continuation resumed exactly once, either by ``markExited(_:)`` or by its own timer.
+/// The child's reaper thread calls ``markExited(_:)`` once it has reaped the child. Waiting never blocks a
+/// thread: each waiter is a continuation resumed exactly once, either by ``markExited(_:)`` or by its own timer.
 final class ExitMonitor: Sendable {
     private struct State {
         var status: ExitStatus?
@@ -95,21 +94,21 @@ final class ExitMonitor: Sendable {
     }
 }
 
-/// A running child process launched with Foundation's `Process`.
+/// A running child process, started with `spawnChild` (MosquittoPOSIX)
+/// and reaped by a thread of its own.
 ///
-/// `@unchecked Sendable`: the `Process` object is configured and launched inside
-/// ``launch(executable:arguments:directory:outputFile:watchdog:watchdogRemoves:)`` before the `ChildProcess` is
-/// shared; afterwards it is only kept alive here. Every later interaction goes through the
-/// immutable ``pid`` (signals), the thread-safe ``monitor`` and the lock-protected ``watchdog``.
-final class ChildProcess: @unchecked Sendable {
+/// Not Foundation's `Process`: in the child it closes only the descriptors it listed before forking, so a socket
+/// another thread opened meanwhile without `O_CLOEXEC` stayed open, and listening, inside a broker (a port that a
+/// test had released stayed taken until that broker ended). `spawnChild` closes every descriptor above 2 in the
+/// child, and gives it an empty signal mask (threads of the Swift concurrency pool block `SIGTERM`, which a child
+/// would inherit).
+final class ChildProcess: Sendable {
     let pid: Int32
     let monitor: ExitMonitor
-    private let process: Process
     private let watchdog: Watchdog?
 
-    private init(process: Process, monitor: ExitMonitor, watchdog: Watchdog?) {
-        self.process = process
-        self.pid = process.processIdentifier
+    private init(pid: Int32, monitor: ExitMonitor, watchdog: Watchdog?) {
+        self.pid = pid
         self.monitor = monitor
         self.watchdog = watchdog
     }
@@ -118,12 +117,8 @@ final class ChildProcess: @unchecked Sendable {
         monitor.status != nil
     }
 
-    /// Launches `executable` with `arguments` in `directory`, appending its standard output and error to `outputFile`.
-    ///
-    /// The process is spawned from a short-lived thread whose signal mask is empty. Threads of the
-    /// Swift concurrency pool (libdispatch workers) block most signals, and a child inherits the
-    /// mask of the thread that spawns it: launched from there, mosquitto would ignore `SIGTERM` and
-    /// `mosquitto_sub -W` would never time out (it relies on `SIGALRM`).
+    /// Launches `executable` with `arguments` in `directory`, appending its standard output and error to
+    /// `outputFile` (created with mode 0600).
     ///
     /// With `watchdog: true`, a tiny `/bin/sh` process is started next to the child. It waits for
     /// end-of-file on a pipe whose write end only this process holds, then sends `SIGKILL` to the
@@ -139,47 +134,31 @@ final class ChildProcess: @unchecked Sendable {
         watchdog useWatchdog: Bool = false,
         watchdogRemoves directoryToRemove: String? = nil
     ) async throws(MosquittoBrokerError) -> ChildProcess {
-        let watchdog: Watchdog? = useWatchdog ? Watchdog() : nil
-        let child = try await onThreadWithEmptySignalMask { () throws(MosquittoBrokerError) -> ChildProcess in
-            let output = try POSIX.openPrivateFileForAppending(outputFile)
-            defer { try? output.close() }
-
-            let monitor = ExitMonitor()
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = arguments
-            process.currentDirectoryURL = URL(fileURLWithPath: directory, isDirectory: true)
-            process.standardInput = FileHandle.nullDevice
-            process.standardOutput = output
-            process.standardError = output
-            process.terminationHandler = { process in
-                // Disarm the watchdog before anything can wait on the exit and reuse the pid.
-                watchdog?.childExited()
-                monitor.markExited(
-                    ExitStatus(
-                        code: process.terminationStatus,
-                        wasSignalled: process.terminationReason == .uncaughtSignal
-                    )
-                )
-            }
-            do {
-                try launchSerially(process)
-            } catch {
-                watchdog?.childExited()
-                throw MosquittoBrokerError(
-                    code: .launchFailed,
-                    message: "cannot launch \(executable): \(error)"
-                )
-            }
-            watchdog?.arm(guarding: process.processIdentifier, removing: directoryToRemove)
-            return ChildProcess(process: process, monitor: monitor, watchdog: watchdog)
+        try? POSIX.openPrivateFileForAppending(outputFile).close()
+        let pid: pid_t
+        do {
+            pid = try spawnChild(executable, arguments, directory: directory, standardOutput: outputFile, appendOutput: true)
+        } catch {
+            throw MosquittoBrokerError(code: .launchFailed, message: "cannot launch \(executable): \(error)")
         }
-        return child
+        let watchdog: Watchdog? = useWatchdog ? Watchdog() : nil
+        let monitor = ExitMonitor()
+        let started = reapWhenExited(pid) { status in
+            // Disarm the watchdog before anything can wait on the exit and reuse the pid.
+            watchdog?.childExited()
+            monitor.markExited(status)
+        }
+        guard started else {
+            POSIX.send(signal: SIGKILL, to: pid)
+            while waitpid(pid, nil, 0) < 0 && errno == EINTR {}
+            throw MosquittoBrokerError(code: .launchFailed, message: "cannot launch \(executable): no thread to wait for it")
+        }
+        watchdog?.arm(guarding: pid, removing: directoryToRemove)
+        return ChildProcess(pid: pid, monitor: monitor, watchdog: watchdog)
     }
 
     func signal(_ signal: Int32) {
-        // Foundation reaps the child and calls the termination handler; once that has happened the
-        // pid may be reused, so never signal a process known to have exited.
+        // Once the child is reaped its pid may be reused, so never signal a process known to have exited.
         guard !hasExited else { return }
         POSIX.send(signal: signal, to: pid)
     }
@@ -200,20 +179,34 @@ final class ChildProcess: @unchecked Sendable {
     }
 }
 
+/// Starts a thread that waits for child `pid` to end, reaps it and passes its status to `exited`. Returns false
+/// when no thread could be started.
+private func reapWhenExited(_ pid: pid_t, _ exited: @escaping @Sendable (ExitStatus) -> Void) -> Bool {
+    startDetachedThread(stackSize: 128 << 10) {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 {
+            guard errno == EINTR else {
+                exited(ExitStatus(code: -1, wasSignalled: false))
+                return
+            }
+        }
+        // WIFEXITED and friends are macros Swift does not import.
+        let signalNumber = status & 0x7f
+        exited(signalNumber == 0 ? ExitStatus(code: (status >> 8) & 0xff, wasSignalled: false)
+                                 : ExitStatus(code: signalNumber, wasSignalled: true))
+    } == 0
+}
+
 /// Kills a child with `SIGKILL` if this process goes away without stopping it. See
 /// ``ChildProcess/launch(executable:arguments:directory:outputFile:watchdog:watchdogRemoves:)``.
-///
-/// The watchdog itself is spawned directly with `Process` from the calling thread, which
-/// ``ChildProcess/launch(executable:arguments:directory:outputFile:watchdog:watchdogRemoves:)`` guarantees has an
-/// empty signal mask.
 final class Watchdog: Sendable {
     private struct State {
         var writeEnd: Int32 = -1
-        var process: Process?
+        /// The watchdog's pid while it runs (0 once reaped, or before it started).
+        var pid: pid_t = 0
         var childExited = false
     }
 
-    // `Process` is not `Sendable`; it is only touched under this lock.
     private let state = LockedValue<State>(State())
 
     fileprivate init() {}
@@ -221,91 +214,45 @@ final class Watchdog: Sendable {
     /// Starts the watchdog for `pid`. Failures are ignored: the watchdog is a safety net only.
     fileprivate func arm(guarding pid: Int32, removing: String?) {
         guard let (readEnd, writeEnd) = POSIX.makeCloseOnExecPipe() else { return }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
         // `read` returns at end-of-file, that is when every copy of the write end is closed.
         var arguments = ["-c", "read -r line; kill -KILL \"$1\" 2>/dev/null", "mosquitto-broker-watchdog", "\(pid)"]
         if let removing {
             arguments[1] += "; rm -rf \"$2\""
             arguments.append(removing)
         }
-        process.arguments = arguments
-        let input = FileHandle(fileDescriptor: readEnd, closeOnDealloc: true)
-        process.standardInput = input
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        let launched = (try? launchSerially(process)) != nil
-        try? input.close()
-        guard launched else {
+        let watchdogPID = try? spawnChild("/bin/sh", arguments, standardInputDescriptor: readEnd, standardOutput: "/dev/null")
+        close(readEnd)
+        guard let watchdogPID else {
             close(writeEnd)
             return
         }
         let disarmNow = state.withLock { state -> Bool in
             state.writeEnd = writeEnd
-            state.process = process
+            state.pid = watchdogPID
             return state.childExited
         }
-        if disarmNow {
+        let reaping = reapWhenExited(watchdogPID) { [state] _ in
+            state.withLock { if $0.pid == watchdogPID { $0.pid = 0 } }
+        }
+        if disarmNow || !reaping {
             childExited()
         }
     }
 
     /// Stops the watchdog without letting it signal anything.
     fileprivate func childExited() {
-        let (writeEnd, pid) = state.withLock { state -> (Int32, Int32) in
+        let (writeEnd, pid) = state.withLock { state -> (Int32, pid_t) in
             state.childExited = true
-            let result = (state.writeEnd, state.process.map { $0.isRunning ? $0.processIdentifier : 0 } ?? 0)
+            let result = (state.writeEnd, state.pid)
             state.writeEnd = -1
-            state.process = nil
             return result
         }
         // Kill first: closing the pipe first would let it run `kill` on a pid that may be recycled.
-        POSIX.send(signal: SIGKILL, to: pid)
+        if pid > 0 { POSIX.send(signal: SIGKILL, to: pid) }
         if writeEnd >= 0 {
             close(writeEnd)
         }
     }
-}
-
-/// Held while Foundation launches a process; see ``launchSerially(_:)``. Counts the launches: with an empty value,
-/// the value's inout access and the read of the mutex pointer share one address, which ThreadSanitizer reports
-/// as a race.
-private let foundationLaunches = LockedValue(0)
-
-/// Runs `process`, one launch at a time in this process.
-///
-/// Foundation's `Process.run()` creates a socket pair without `O_CLOEXEC` and learns that the child exited
-/// when the child's end reaches end-of-file. In the new child it closes the descriptors that were open when
-/// it listed them; a socket pair that another thread creates in the meantime stays open in that child. A broker
-/// started at the same moment as another could hold the other's end, and when the other was killed, it would go
-/// unreaped until the first one ended. A launch takes about a millisecond, so taking turns costs little.
-private func launchSerially(_ process: Process) throws {
-    try foundationLaunches.withLock { count in
-        try process.run()
-        count += 1
-    }
-}
-
-/// Runs `body` on a new thread whose signal mask is empty and returns its result.
-private func onThreadWithEmptySignalMask<T: Sendable>(
-    _ body: @escaping @Sendable () throws(MosquittoBrokerError) -> T
-) async throws(MosquittoBrokerError) -> T {
-    // The result also passes through a lock: ThreadSanitizer does not see the happens-before edge of a
-    // continuation resumed from a plain thread, and would report the object the thread built as a race.
-    let box = LockedValue<Result<T, MosquittoBrokerError>?>(nil)
-    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        let thread = Thread {
-            var empty = sigset_t()
-            sigemptyset(&empty)
-            pthread_sigmask(SIG_SETMASK, &empty, nil)
-            let result = Result { () throws(MosquittoBrokerError) -> T in try body() }
-            box.withLock { $0 = result }
-            continuation.resume()
-        }
-        thread.name = "MosquittoBroker.spawn"
-        thread.start()
-    }
-    return try box.withLock { $0 }!.get()
 }
 
 /// Runs a helper tool (`openssl`, `mosquitto_passwd`) to completion.
