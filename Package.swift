@@ -98,7 +98,7 @@ let package = Package(
         // The engine of mqtt-pub, mqtt-sub and mqtt-rr: libmosquitto driven directly, as mosquitto's own clients
         // do, with nothing else linked but the WebSocket tunnel (which starts its threads only for --ws), so a short
         // run starts in about the time mosquitto_pub does.
-        .target(name: "MosquittoCLICore", dependencies: ["CMosquitto", "CMosquittoIO", "MQTTURLParser", "MessagePack", "MQTTOutbox", .product(name: "Logging", package: "swift-log")], path: "Sources/MosquittoCLI/Core"),
+        .target(name: "MosquittoCLICore", dependencies: ["CMosquitto", "CMosquittoIO", "MQTTURLParser", "MessagePack", "MQTTOutbox", "MosquittoPOSIX", .product(name: "Logging", package: "swift-log")], path: "Sources/MosquittoCLI/Core"),
         // ArgumentParser options in the CLIs' spelling for library clients: mqtt-bridge's broker options (and the flags to
         // name for a library error), -D properties, and mqtt-sub's printing for library messages (MessageFormatter).
         .target(

@@ -40,7 +40,11 @@ package struct SpawnError: Error, CustomStringConvertible, Sendable {
 ///   - standardInputDescriptor: A descriptor of this process to use as standard input instead of a file (a pipe's
 ///     read end, say); the child gets a copy, the caller still owns it.
 ///   - standardOutput: The file standard output goes to; created with mode 0600 if missing.
+///   - standardOutputDescriptor: A descriptor of this process to use as standard output instead of a file (a
+///     pipe's write end, say).
 ///   - standardError: The file standard error goes to; when `nil`, the same file as standard output.
+///   - standardErrorDescriptor: A descriptor of this process to use as standard error instead of a file
+///     (`STDERR_FILENO`: this process's own).
 ///   - appendOutput: Appends to the output files instead of truncating them.
 package func spawnChild(
     _ executable: String,
@@ -49,8 +53,10 @@ package func spawnChild(
     directory: String? = nil,
     standardInput: String = "/dev/null",
     standardInputDescriptor: Int32? = nil,
-    standardOutput: String,
+    standardOutput: String = "/dev/null",
+    standardOutputDescriptor: Int32? = nil,
     standardError: String? = nil,
+    standardErrorDescriptor: Int32? = nil,
     appendOutput: Bool = false
 ) throws(SpawnError) -> pid_t {
     let outputFlags = O_WRONLY | O_CREAT | (appendOutput ? O_APPEND : O_TRUNC)
@@ -66,8 +72,14 @@ package func spawnChild(
         // Before the opens below, so that relative output paths name the same files as they do here.
         guard changeDirectory(to: directory, in: &actions) else { throw SpawnError(code: ENOSYS, executable: executable) }
     }
-    posix_spawn_file_actions_addopen(&actions, 1, standardOutput, outputFlags, 0o600)
-    if let standardError {
+    if let standardOutputDescriptor {
+        posix_spawn_file_actions_adddup2(&actions, standardOutputDescriptor, 1)
+    } else {
+        posix_spawn_file_actions_addopen(&actions, 1, standardOutput, outputFlags, 0o600)
+    }
+    if let standardErrorDescriptor {
+        posix_spawn_file_actions_adddup2(&actions, standardErrorDescriptor, 2)
+    } else if let standardError {
         posix_spawn_file_actions_addopen(&actions, 2, standardError, outputFlags, 0o600)
     } else {
         posix_spawn_file_actions_adddup2(&actions, 1, 2)

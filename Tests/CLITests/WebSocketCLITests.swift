@@ -216,6 +216,37 @@ struct WebSocketCLITests {
         }
     }
 
+    /// The helper is started with nothing of the tool's but its standard error: a helper that inherited the tool's
+    /// descriptors held an `--outbox` lock after a `kill -9` of the tool, until it noticed its tool was gone.
+    @Test("mqtt-ws-tunnel inherits none of its tool's descriptors: mqtt-pub -l --ws --outbox keeps its outbox to itself")
+    func helperInheritsNothing() async throws {
+        try await withBroker(Self.wsBroker) { broker in
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let fifo = dir + "/lines"
+            try #require(mkfifo(fifo, 0o600) == 0)
+            let writer = open(fifo, O_RDWR | O_CLOEXEC)  // keeps mqtt-pub's standard input open, and never blocks
+            try #require(writer >= 0)
+            defer { close(writer) }
+            let pub = try Child(tool("mqtt-pub"), ["--ws", "-h", broker.host, "-p", String(broker.webSocketsPort ?? 0), "-t", "wsfd/x",
+                                                   "-q", "1", "-l", "--outbox", dir + "/outbox"], stdinPath: fifo)
+            defer { pub.killIfRunning() }
+            let watcher = try await libraryClient(broker)
+            let got = try await watcher.subscribe("wsfd/x", qos: .atLeastOnce)
+            _ = write(writer, "ready\n", 6)
+            let arrived = await Self.take(got, 1, within: .seconds(30) * testTimeScale)
+            #expect(arrived.first?.string == "ready")
+            let children = (try? String(contentsOfFile: "/proc/\(pub.pid)/task/\(pub.pid)/children", encoding: .utf8)) ?? ""
+            let helper = try #require(children.split(separator: " ").compactMap { pid_t($0) }.first, "mqtt-pub has no helper")
+            let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(helper)/fd")
+            let targets = fds.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(helper)/fd/\($0)") }
+            #expect(!targets.contains { $0.hasPrefix(dir) }, "the helper holds the tool's files: \(targets.sorted())")
+            let standardInput = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(helper)/fd/0")
+            #expect(standardInput == "/dev/null", "the helper's standard input: \(standardInput ?? "none")")
+            await watcher.shutdown()
+        }
+    }
+
     @Test("mqtt-rr --ws: request and response over WebSockets")
     func rrOverWebSockets() async throws {
         try await withBroker(Self.wsBroker) { broker in

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import MosquittoPOSIX
 
 /// `--ws`: the WebSocket tunnel runs in `mqtt-ws-tunnel`, a helper program next to the tool, so that the tools'
 /// plain-MQTT path does not load SwiftNIO and BoringSSL (`WebSocketTunnelHelper` in MQTTWebSocket has the other
@@ -47,21 +48,17 @@ final class WebSocketHelper {
         guard pipe(&fds) == 0 else {
             return .failure(Failure(kind: "system", number: errno, message: "Could not start mqtt-ws-tunnel: \(String(cString: strerror(errno)))."))
         }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO)
-        posix_spawn_file_actions_addclose(&actions, fds[0])
-        posix_spawn_file_actions_addclose(&actions, fds[1])
-        let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
-        defer { for p in argv { free(p) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, path, &actions, nil, argv, environ)
-        closeDescriptor(fds[1])
-        guard rc == 0 else {
+        // Its standard output is the pipe, its standard error ours; nothing else of this process's is inherited (an
+        // outbox's lock, say, which a helper outliving a killed tool would hold).
+        let pid: pid_t
+        do throws(SpawnError) {
+            pid = try spawnChild(path, arguments, standardOutputDescriptor: fds[1], standardErrorDescriptor: STDERR_FILENO)
+        } catch {
+            closeDescriptor(fds[1])
             closeDescriptor(fds[0])
-            return .failure(Failure(kind: "system", number: rc, message: "Could not start \(path): \(String(cString: strerror(rc)))."))
+            return .failure(Failure(kind: "system", number: error.code, message: "Could not start \(path): \(String(cString: strerror(error.code)))."))
         }
+        closeDescriptor(fds[1])
         // One line: read until the newline or the end.
         var line: [UInt8] = []
         var byte: UInt8 = 0
