@@ -124,9 +124,22 @@ struct RestartAndDiskFullTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let feedPort = freeLoopbackPort(), httpPort = freeLoopbackPort()
-            let arguments = ["-h", broker.host, "-p", String(broker.port), "-i", "drain-\(UUID().uuidString.prefix(6))",
-                             "--tcp-listen", "127.0.0.1:\(feedPort)", "--topic", "drained", "--spool-dir", dir + "/sp",
-                             "--metrics", "127.0.0.1:\(httpPort)", "--log-level", "info"]
+            // drain_timeout 60: the feed is read for up to 15 s, which 1 MiB needs under ThreadSanitizer on a loaded
+            // machine (2 s did not suffice there).
+            try writePrivate("""
+            address \(broker.host):\(broker.port)
+            remote_clientid drain-\(UUID().uuidString.prefix(6))
+            spool_dir \(dir)/sp
+            metrics_listen 127.0.0.1:\(httpPort)
+            drain_timeout 60
+
+            route feed
+            direction to_mqtt
+            mode tcp_server
+            address 127.0.0.1:\(feedPort)
+            topic drained
+            """, to: dir + "/bridge.conf")
+            let arguments = ["--config", dir + "/bridge.conf", "--log-level", "info"]
             let sub = try await connected(broker)
             let recorder = Recorder(try await sub.subscribe("drained", qos: .atLeastOnce, buffer: .recorder))
             let log = dir + "/bridge.log"

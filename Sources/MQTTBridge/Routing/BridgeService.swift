@@ -391,7 +391,11 @@ public final class BridgeService: Service, Sendable {
             s.httpChannel = nil
             return (r, h)
         }
-        for r in routes { await r.stop() }
+        // Together: each route may read its feeds for a while before it closes them.
+        let feedDrainLimit = RouteRuntime.feedDrainLimit(drainTimeout: configuration.drainTimeout)
+        await withTaskGroup(of: Void.self) { group in
+            for r in routes { group.addTask { await r.stop(feedDrainLimit: feedDrainLimit) } }
+        }
         if drain, publisherRunning, let publisher = state.withLock({ $0.publisher }) {
             let deadline = ContinuousClock.now + configuration.drainTimeout
             while !publisher.isDrained && ContinuousClock.now < deadline && metrics.isMQTTConnected {
@@ -577,7 +581,7 @@ public final class BridgeService: Service, Sendable {
             }
             restart.insert(name)
             let runtime = state.withLock { $0.routes.removeValue(forKey: name) }
-            await runtime?.stop()
+            await runtime?.stop(feedDrainLimit: RouteRuntime.feedDrainLimit(drainTimeout: merged.drainTimeout))
             logger.info("Reload: route \(name) \(newRoutes[name] == nil ? "removed" : "changed")")
         }
         for (name, route) in newRoutes where oldRoutes[name] == nil || restart.contains(name) {

@@ -418,12 +418,14 @@ final class RouteRuntime: Sendable {
     func setFanOutTask(_ t: Task<Void, Never>) { state.withLock { $0.fanOutTask = t } }
     func setClientTask(_ t: Task<Void, Never>) { state.withLock { $0.clientTask = t } }
 
-    /// How long a stopping route goes on reading what its feed connections' kernel queues already hold.
-    static let feedDrainLimit: TimeAmount = .seconds(2)
+    /// How long a stopping route goes on reading what its feed connections' kernel queues already hold: a quarter
+    /// of `drain_timeout` (2.5 s by default), leaving the rest of the stop's budget to publishing the spool.
+    static func feedDrainLimit(drainTimeout: Duration) -> Duration { drainTimeout / 4 }
 
-    /// Stops accepting; reads and spools what the kernel already holds for each feed connection (at most
-    /// ``feedDrainLimit``), then closes every connection (their partial frames follow the policy).
-    func stop() async {
+    /// Stops accepting; reads and spools what the kernel already holds for each feed connection (until it is
+    /// quiet for 20 ms, at most `feedDrainLimit`), then closes every connection (their partial frames follow the
+    /// policy).
+    func stop(feedDrainLimit: Duration) async {
         let (listener, client, conns, tasks) = state.withLock { s in
             s.stopping = true
             return (s.listener, s.clientChannel, Array(s.connections.values), [s.clientTask, s.fanOutTask])
@@ -431,7 +433,7 @@ final class RouteRuntime: Sendable {
         for t in tasks { t?.cancel() }
         defer { backlog.withLock { $0.retrying }?.cancel() }
         try? await listener?.close()
-        let deadline = NIODeadline.now() + Self.feedDrainLimit
+        let deadline = NIODeadline.now() + TimeAmount(feedDrainLimit)
         await withTaskGroup(of: Void.self) { group in
             for c in conns where c.target == nil {
                 group.addTask {
