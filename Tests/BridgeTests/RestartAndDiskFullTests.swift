@@ -180,7 +180,7 @@ struct RestartAndDiskFullTests {
             // Whatever it spooled and had not published yet goes out after a restart on the same spool.
             let again = try Child(executable, arguments, output: dir + "/bridge2.log")
             let expected = Set((0..<complete).map { "q\(pad6($0))" })
-            let arrived = await eventually(timeout: .seconds(60) * testTimeScale) {
+            let arrived = await eventually(timeout: .seconds(60)) {
                 Set(recorder.strings.map { String($0.prefix(7)) }).isSuperset(of: expected)
             }
             let got = Set(recorder.strings.map { String($0.prefix(7)) })
