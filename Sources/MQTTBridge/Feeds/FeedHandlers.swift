@@ -160,18 +160,23 @@ final class FeedChannelHandler: ChannelInboundHandler {
         }
     }
 
-    /// Closes the connection if no read arrives within a moment: the read asked for found nothing queued.
+    /// How long a draining connection may go without a read before it is closed. Bytes still in the feed's send
+    /// queue reach the bridge's receive queue only as it reads (on loopback, in a softirq that a loaded machine can
+    /// delay by tens of milliseconds), so this is longer than a read takes.
+    static let quietPeriod: TimeAmount = .milliseconds(100)
+
+    /// Closes the connection if no read arrives within ``quietPeriod``: the read asked for found nothing queued.
     private func armQuietClose(_ context: ChannelHandlerContext) {
         quietClose?.cancel()
         let channel = context.channel
-        quietClose = context.eventLoop.scheduleTask(in: .milliseconds(20)) { channel.close(promise: nil) }
+        quietClose = context.eventLoop.scheduleTask(in: Self.quietPeriod) { channel.close(promise: nil) }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let drain = event as? DrainFeed {
             // The route stops. Read and spool what the kernel already holds for this connection (the feed's
             // kernel accepted those bytes: closing at once discarded them), then close: once no read comes for
-            // 20 ms, when the spool is full, or at the deadline. A read that does not fill its buffer is no sign
+            // the quiet period, when the spool is full, or at the deadline. A read that does not fill its buffer is no sign
             // of the end: on loopback the feed's send queue moves into the receive queue as the bridge reads.
             guard !finished, !draining else { return }
             guard route.config.direction.readsFeed, !paused, !closing else {

@@ -423,7 +423,7 @@ final class RouteRuntime: Sendable {
     static func feedDrainLimit(drainTimeout: Duration) -> Duration { drainTimeout / 4 }
 
     /// Stops accepting; reads and spools what the kernel already holds for each feed connection (until it is
-    /// quiet for 20 ms, at most `feedDrainLimit`), then closes every connection (their partial frames follow the
+    /// quiet for 100 ms, at most `feedDrainLimit`), then closes every connection (their partial frames follow the
     /// policy).
     func stop(feedDrainLimit: Duration) async {
         let (listener, client, conns, tasks) = state.withLock { s in
