@@ -176,8 +176,9 @@ final class FeedChannelHandler: ChannelInboundHandler {
         if let drain = event as? DrainFeed {
             // The route stops. Read and spool what the kernel already holds for this connection (the feed's
             // kernel accepted those bytes: closing at once discarded them), then close: once no read comes for
-            // the quiet period, when the spool is full, or at the deadline. A read that does not fill its buffer is no sign
-            // of the end: on loopback the feed's send queue moves into the receive queue as the bridge reads.
+            // the quiet period, when the spool is full, or at the deadline. A read that does not fill its buffer
+            // is no sign of the end: on loopback the feed's send queue moves into the receive queue as the bridge
+            // reads.
             guard !finished, !draining else { return }
             guard route.config.direction.readsFeed, !paused, !closing else {
                 context.close(promise: nil)

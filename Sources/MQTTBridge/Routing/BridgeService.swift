@@ -359,8 +359,9 @@ public final class BridgeService: Service, Sendable {
                         if let e = error as? MQTTError, e.code == .shutDown || e.code == .gaveUp { return }
                         if let e = error as? MQTTError, e.reasonCode == .sharedSubscriptionsNotSupported {
                             // The broker has no shared subscriptions (CONNACK): retrying cannot help until the client
-                            // is on another broker (failover, or this one replaced). Said once per broker connection
-                            // that refuses, at error level the first time; the route is not ready meanwhile.
+                            // is on another broker (failover, or this one replaced). Logged at error level the first
+                            // time, at debug level after (once per connection to such a broker); the route is not
+                            // ready meanwhile.
                             sharedRefusals += 1
                             let text = "Route \(route.name): \(e.message) The route stays unsubscribed (not ready) until the bridge is connected to a broker that has them; without share_group, run a single bridge for this route."
                             if sharedRefusals == 1 { logger.error("\(text)") } else { logger.debug("\(text)") }
