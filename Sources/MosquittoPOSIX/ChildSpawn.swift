@@ -68,10 +68,6 @@ package func spawnChild(
     } else {
         posix_spawn_file_actions_addopen(&actions, 0, standardInput, O_RDONLY, 0)
     }
-    if let directory {
-        // Before the opens below, so that relative output paths name the same files as they do here.
-        guard changeDirectory(to: directory, in: &actions) else { throw SpawnError(code: ENOSYS, executable: executable) }
-    }
     if let standardOutputDescriptor {
         posix_spawn_file_actions_adddup2(&actions, standardOutputDescriptor, 1)
     } else {
@@ -83,6 +79,10 @@ package func spawnChild(
         posix_spawn_file_actions_addopen(&actions, 2, standardError, outputFlags, 0o600)
     } else {
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    }
+    if let directory {
+        // After the opens above, so that relative input and output paths name the same files as they do here.
+        guard changeDirectory(to: directory, in: &actions) else { throw SpawnError(code: ENOSYS, executable: executable) }
     }
 
     var attributes = posix_spawnattr_t()

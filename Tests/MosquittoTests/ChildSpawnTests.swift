@@ -16,6 +16,24 @@ import Testing
 /// through which Foundation's `Process` learns that mosquitto exited, a killed broker went unreaped.
 @Suite("spawnChild: a child starts as from a shell", .timeLimit(.minutes(1 * testTimeScale)))
 struct ChildSpawnTests {
+    @Test("directory: the child runs there, and a relative output path still names the file it names here")
+    func workingDirectory() async throws {
+        let base = temporaryDirectory()
+        // Deeper than this process's working directory, so that the relative path below, resolved from there,
+        // would name another file.
+        let elsewhere = base + "/a/b/c/d/e/f/g/h/elsewhere"
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        try FileManager.default.createDirectory(atPath: elsewhere, withIntermediateDirectories: true)
+        // A path relative to this process's working directory (not changed here: the suite runs in parallel).
+        let depth = FileManager.default.currentDirectoryPath.split(separator: "/").count
+        let relative = String(repeating: "../", count: depth) + base.dropFirst() + "/out"
+        let pid = try spawnChild("/bin/sh", ["-c", "pwd"], directory: elsewhere, standardOutput: relative)
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, 0)
+        let printed = (try? String(contentsOfFile: base + "/out", encoding: .utf8)) ?? "(no \(base)/out)"
+        #expect(printed.trimmingCharacters(in: .whitespacesAndNewlines) == elsewhere)
+    }
+
     @Test("the child inherits no descriptor above 2, though this process holds some without O_CLOEXEC")
     func noInheritedDescriptors() async throws {
         var ends: [Int32] = [-1, -1]
